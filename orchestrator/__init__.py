@@ -1,0 +1,37 @@
+"""magpipe-orchestrator: places outbound AI-agent calls through Magpipe and follows them.
+
+The public API is what ``__all__`` names; everything else is internal and may change.
+"""
+
+from __future__ import annotations
+
+from orchestrator.client import CallRequest, MagpipeClient, PlacedCall
+from orchestrator.config import Config
+from orchestrator.exceptions import (
+    AmbiguousPlacement,
+    ConfigError,
+    InputError,
+    MagpipeError,
+    OrchestratorError,
+    ProviderRefused,
+    ProviderUnavailable,
+    Retry,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmbiguousPlacement",
+    "CallRequest",
+    "Config",
+    "ConfigError",
+    "InputError",
+    "MagpipeClient",
+    "MagpipeError",
+    "OrchestratorError",
+    "PlacedCall",
+    "ProviderRefused",
+    "ProviderUnavailable",
+    "Retry",
+    "__version__",
+]

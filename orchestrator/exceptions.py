@@ -1,0 +1,231 @@
+"""Every error the orchestrator raises, in one tree.
+
+Library errors (httpx, aiohttp, database drivers) are wrapped where they enter, so callers only
+ever catch these::
+
+    OrchestratorError                 code, message, call_id, rule, plugin
+    ├── ConfigError                   a config file or value is wrong (file, line, key)
+    ├── InputError                    refused locally: nothing was sent
+    │   ├── InvalidNumber             not a valid, dialable E.164 number   INVALID_PHONE_NUMBER
+    │   └── InvalidMetadata           metadata is not a flat JSON object   INVALID_METADATA
+    ├── StoreError                    the store (SQLite, PostgreSQL) failed
+    └── MagpipeError                  the provider's side; status, retry
+        ├── ProviderRefused           a definite refusal        retry: POINTLESS
+        │   ├── InvalidPhoneNumber    INVALID_PHONE_NUMBER
+        │   ├── Unauthorized          UNAUTHORIZED (alias: unauthorized)
+        │   ├── InsufficientBalance   INSUFFICIENT_BALANCE (alias: insufficient_credits)
+        │   ├── AgentNotFound         AGENT_NOT_FOUND (alias: no_agent_assigned)
+        │   ├── NumberNotOwned        NUMBER_NOT_OWNED
+        │   └── UnexpectedRefusal     an unknown code, a bare string or a non-JSON 4xx body
+        ├── ProviderUnavailable       certainly not placed      retry: SAFE
+        │   ├── RateLimited           HTTP 429 (retry_after)
+        │   ├── ServiceUnavailable    HTTP 503: refused before processing
+        │   └── ConnectFailed         the request never reached the provider
+        └── AmbiguousPlacement        a call may have been placed   retry: UNSAFE
+                                      (timeout or dropped connection after the request was
+                                      sent, 500/502/504, a success without a call id)
+
+``retry`` tells the dialer what a failed placement allows: SAFE means send it again (after
+``retry_after`` if set), UNSAFE means never resend it (the person may already be ringing; wait for
+a webhook or the watchdog), POINTLESS means the same request will be refused again.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Retry(StrEnum):
+    """Whether a failed placement may be sent again."""
+
+    SAFE = "safe"
+    UNSAFE = "unsafe"
+    POINTLESS = "pointless"
+
+
+class OrchestratorError(Exception):
+    """Root of every orchestrator error; carries a stable ``code`` and optional context."""
+
+    code: str = "ORCHESTRATOR_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        call_id: str | None = None,
+        rule: str | None = None,
+        plugin: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.call_id = call_id
+        self.rule = rule
+        self.plugin = plugin
+
+    def context(self) -> dict[str, str]:
+        """The context fields that are set, for structured logs."""
+        fields = {"call_id": self.call_id, "rule": self.rule, "plugin": self.plugin}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def __str__(self) -> str:
+        ctx = " ".join(f"{k}={v}" for k, v in self.context().items())
+        return f"{self.code}: {self.message}" + (f" ({ctx})" if ctx else "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+class ConfigError(OrchestratorError):
+    """A configuration file or value is invalid; the message names file, line and key."""
+
+    code = "CONFIG_ERROR"
+
+
+class InputError(OrchestratorError):
+    """Input refused by local validation; nothing was sent to the provider."""
+
+    code = "INVALID_INPUT"
+
+
+class InvalidNumber(InputError):
+    """A phone number that is not a valid, dialable E.164 number."""
+
+    code = "INVALID_PHONE_NUMBER"
+
+
+class InvalidMetadata(InputError):
+    """Call metadata that is not a flat JSON object of scalar values."""
+
+    code = "INVALID_METADATA"
+
+
+class StoreError(OrchestratorError):
+    """The store failed; the driver's error is the ``__cause__``."""
+
+    code = "STORE_ERROR"
+
+
+class MagpipeError(OrchestratorError):
+    """An error on the provider's side of a request: its code, message and HTTP status."""
+
+    code = "MAGPIPE_ERROR"
+    retry: Retry = Retry.UNSAFE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        provider_code: str | None = None,
+        call_id: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, call_id=call_id)
+        self.status = status
+        self.retry_after = retry_after
+        # The code exactly as the provider spelled it (e.g. ``insufficient_credits``).
+        self.provider_code = provider_code
+
+    def __str__(self) -> str:
+        http = f" [HTTP {self.status}]" if self.status is not None else ""
+        return super().__str__() + http
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, "
+            f"status={self.status!r}, retry={self.retry.value!r})"
+        )
+
+
+class ProviderRefused(MagpipeError):
+    """The provider answered with a definite refusal: sending the same request again is
+    pointless."""
+
+    code = "PROVIDER_REFUSED"
+    retry = Retry.POINTLESS
+
+
+class InvalidPhoneNumber(ProviderRefused):
+    """The provider says the destination is not a valid E.164 number."""
+
+    code = "INVALID_PHONE_NUMBER"
+
+
+class Unauthorized(ProviderRefused):
+    """The access token is invalid or expired."""
+
+    code = "UNAUTHORIZED"
+
+
+class InsufficientBalance(ProviderRefused):
+    """The account balance cannot pay for a call."""
+
+    code = "INSUFFICIENT_BALANCE"
+
+
+class AgentNotFound(ProviderRefused):
+    """The agent does not exist, or no agent is assigned to the caller id."""
+
+    code = "AGENT_NOT_FOUND"
+
+
+class NumberNotOwned(ProviderRefused):
+    """The caller id is not provisioned in the account."""
+
+    code = "NUMBER_NOT_OWNED"
+
+
+class UnexpectedRefusal(ProviderRefused):
+    """A 4xx answer with an unknown code, a bare string error or a body that is not JSON."""
+
+    code = "UNEXPECTED_RESPONSE"
+
+
+class ProviderUnavailable(MagpipeError):
+    """The request certainly placed no call; it is safe to send again."""
+
+    code = "PROVIDER_UNAVAILABLE"
+    retry = Retry.SAFE
+
+
+class RateLimited(ProviderUnavailable):
+    """HTTP 429; ``retry_after`` holds the seconds the provider asked us to wait."""
+
+    code = "RATE_LIMITED"
+
+
+class ServiceUnavailable(ProviderUnavailable):
+    """HTTP 503: the provider refused the request before processing it."""
+
+    code = "SERVICE_UNAVAILABLE"
+
+
+class ConnectFailed(ProviderUnavailable):
+    """The connection could not be made, so the request never reached the provider."""
+
+    code = "CONNECT_FAILED"
+
+
+class AmbiguousPlacement(MagpipeError):
+    """The request may have placed a call (timeout or drop after sending, a 5xx that may
+    follow processing, a success without an id). Never resend it: resolve it from webhooks or
+    the watchdog."""
+
+    code = "AMBIGUOUS"
+    retry = Retry.UNSAFE
+
+
+# Documented codes and the deployed service's aliases, matched case-insensitively.
+REFUSALS: dict[str, type[ProviderRefused]] = {
+    "invalid_phone_number": InvalidPhoneNumber,
+    "unauthorized": Unauthorized,
+    "insufficient_balance": InsufficientBalance,
+    "insufficient_credits": InsufficientBalance,
+    "agent_not_found": AgentNotFound,
+    "no_agent_assigned": AgentNotFound,
+    "number_not_owned": NumberNotOwned,
+}

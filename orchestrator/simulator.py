@@ -1,0 +1,755 @@
+"""A Magpipe simulator: an aiohttp app that places fake calls and sends their status webhooks.
+
+It speaks either the documented API or the shape the provider actually deploys (see
+`magpipe-contract.md`), can inject the faults a real provider shows (429, 503, slow or dropped
+answers, duplicate, shuffled, early or lost webhooks), and exposes `/_simulator/...` routes so
+tests and demos can see what happened. The pure model lives in `orchestrator.simulation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import phonenumbers
+import structlog
+from aiohttp import web
+
+from orchestrator.simulation import (
+    DEFAULT_OUTCOME_MIX,
+    FAULT_NAMES,
+    CallRecord,
+    Dialect,
+    Faults,
+    Outcome,
+    RawAnswer,
+    Script,
+    SimulatorConfig,
+    WebhookRecord,
+    draw_plan,
+    iso_now,
+)
+
+__all__ = [
+    "DEFAULT_OUTCOME_MIX",
+    "PLACE_CALL_PATH",
+    "CallRecord",
+    "Dialect",
+    "Faults",
+    "Outcome",
+    "RawAnswer",
+    "Script",
+    "Simulator",
+    "SimulatorConfig",
+    "WebhookRecord",
+    "add_arguments",
+    "build_app",
+    "config_from_args",
+    "serve",
+]
+
+log = structlog.get_logger(__name__)
+
+PLACE_CALL_PATH = "/functions/v1/initiate-bridged-call"
+SIGNATURE_HEADER = "x-magpipe-signature"
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+
+# `+`, a country code that does not start with 0, 10 to 15 digits in all (the document's rule).
+_E164 = re.compile(r"\+[1-9]\d{9,14}")
+
+
+def is_valid_e164(number: object) -> bool:
+    """Whether `number` is an E.164 string the document accepts: the right form and dialable."""
+    if not isinstance(number, str) or _E164.fullmatch(number) is None:
+        return False
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return False
+    return bool(phonenumbers.is_valid_number(parsed))
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The `x-magpipe-signature` value for a webhook body: `sha256=` and the hex HMAC."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _Slots:
+    """A FIFO counter of live calls, so queued calls start in the order they were placed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.live = 0
+        self.max_live_seen = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        # Nobody may jump the queue: a free slot goes to the oldest waiter first.
+        if self.live < self.limit and not self._waiters:
+            self._take()
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                # The slot was handed over just as we were cancelled: give it back.
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                # Hand the slot straight over, so `live` never dips and overshoots.
+                waiter.set_result(None)
+                return
+        self.live -= 1
+
+    def _take(self) -> None:
+        self.live += 1
+        self.max_live_seen = max(self.max_live_seen, self.live)
+
+
+class _Rejection(Exception):
+    """An error answer decided while validating a place-call request."""
+
+    def __init__(self, response: web.Response, reason: str) -> None:
+        super().__init__(reason)
+        self.response = response
+        self.reason = reason
+
+
+class Simulator:
+    """A running Magpipe stand-in: serves the provider API and drives each call's lifecycle.
+
+    Use `async with Simulator(config) as sim:` (ephemeral port) or `start()`/`stop()`.
+    """
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.calls: list[CallRecord] = []
+        self.balance = config.balance
+        self._rng = random.Random(config.seed)
+        self._slots = _Slots(config.max_concurrent)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._requests = 0
+        self._rejected = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._url: str | None = None
+
+    # -- lifecycle of the simulator itself -------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve on `host:port` (0 picks a free port) and return the base URL."""
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_SECONDS)
+        )
+        # A short shutdown timeout: in-flight answers (slow faults) must not hold up stop().
+        runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            await self._session.close()
+            self._session = None
+            raise
+        self._runner = runner
+        bound_host, bound_port = runner.addresses[0][:2]
+        self._url = f"http://{_url_host(bound_host)}:{bound_port}"
+        return self._url
+
+    async def stop(self) -> None:
+        """Stop serving, cancel every call lifecycle and close the webhook session."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def url(self) -> str:
+        """The base URL the simulator serves on; only valid once started."""
+        if self._url is None:
+            raise RuntimeError("simulator not started")
+        return self._url
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for inspection: placed calls, live calls, requests, rejections, balance."""
+        return {
+            "placed": len(self.calls),
+            "live": self._slots.live,
+            "max_live_seen": self._slots.max_live_seen,
+            "requests": self._requests,
+            "rejected": self._rejected,
+            "balance": round(self.balance, 6),
+        }
+
+    async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109 - the agreed API
+        """Wait until every call lifecycle has finished sending its webhooks.
+
+        Raises TimeoutError if that takes longer than `timeout` seconds.
+        """
+        async with asyncio.timeout(timeout):
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+
+    # -- the provider API ------------------------------------------------------------------
+
+    async def handle_place_call(self, request: web.Request) -> web.StreamResponse:
+        """`POST /functions/v1/initiate-bridged-call`: validate, place, answer (or misbehave)."""
+        self._requests += 1
+        raw = await request.read()
+        body = _json_object(raw)
+        to = _first(body, "to", "phone_number")
+        script = self.config.scripts.get(to) if isinstance(to, str) else None
+        forced = script.fault if script is not None else None
+
+        if script is not None and script.answer is not None:
+            answer = script.answer
+            return self._reject(
+                web.Response(status=answer.status, text=answer.body, headers=dict(answer.headers)),
+                "scripted answer",
+            )
+        try:
+            # Every draw for this request happens here, before any await, so concurrent
+            # requests cannot interleave their draws and seeded runs stay reproducible.
+            self._check_auth(request)
+            if self._hit("rate_limit", forced, self._rng):
+                retry = str(self.config.faults.retry_after)
+                raise _Rejection(
+                    _error_response(
+                        429, "RATE_LIMITED", "Too many requests", {"Retry-After": retry}
+                    ),
+                    "rate_limit fault",
+                )
+            if self._hit("server_error", forced, self._rng):
+                raise _Rejection(
+                    _error_response(503, "SERVICE_UNAVAILABLE", "Service temporarily unavailable"),
+                    "server_error fault",
+                )
+            fields = self._validate(body)
+        except _Rejection as rejection:
+            return self._reject(rejection.response, rejection.reason)
+
+        call = self._new_call(fields)
+        early = self._hit("early_webhook", forced, self._rng)
+        slow = self._hit("slow", forced, self._rng)
+        drop = self._hit("drop_answer", forced, self._rng)
+
+        # The call's own generator: its lifecycle draws never touch the shared one.
+        call_rng = random.Random(call.plan.rng_seed)
+        acquired = self._slots.try_acquire()
+        initiated_sent = False
+        if acquired and early and self.config.dialect is Dialect.DOCUMENTED:
+            # The documented webhook beats the answer to the POST: the receiver must cope with
+            # hearing about a call it does not know yet.
+            call.status = "initiated"
+            await self._deliver(call, call.documented_webhook(), call_rng)
+            initiated_sent = True
+        self._spawn(call, call_rng, acquired=acquired, initiated_sent=initiated_sent)
+
+        if slow:
+            await asyncio.sleep(self.config.faults.slow_seconds)
+        if drop:
+            # Close without a byte of answer: the call is placed but the client cannot know.
+            log.info("simulator.answer_dropped", call_id=call.id)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=200)
+        return web.json_response(self._success_body(call, acquired))
+
+    def _check_auth(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        expected = self.config.token.encode()
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected):
+            return
+        deployed = self.config.dialect is Dialect.DEPLOYED
+        code = "unauthorized" if deployed else "UNAUTHORIZED"
+        raise _Rejection(
+            _error_response(401, code, "Invalid or expired access token"), "unauthorized"
+        )
+
+    def _validate(self, body: dict[str, Any] | None) -> dict[str, Any]:
+        """Check a place-call body in the documented order and return its fields."""
+        deployed = self.config.dialect is Dialect.DEPLOYED
+        if body is None:
+            if deployed:
+                raise _Rejection(_plain_error(400, "Invalid JSON body"), "body not an object")
+            raise _Rejection(
+                _error_response(400, "INVALID_REQUEST", "Request body must be a JSON object"),
+                "body not an object",
+            )
+        to = _first(body, "to", "phone_number")
+        from_ = _first(body, "from", "caller_id")
+        if deployed and (not to or not from_):
+            raise _Rejection(
+                _plain_error(400, "phone_number and caller_id are required"), "numbers missing"
+            )
+        if not is_valid_e164(to):
+            if deployed:
+                raise _Rejection(
+                    _plain_error(400, "Invalid phone number format. Use E.164 (+14155551234)"),
+                    "invalid to",
+                )
+            raise _Rejection(
+                _error_response(
+                    400,
+                    "INVALID_PHONE_NUMBER",
+                    "The 'to' field must be a valid E.164 phone number",
+                ),
+                "invalid to",
+            )
+        if from_ not in self.config.numbers:
+            raise _Rejection(
+                _error_response(
+                    422 if deployed else 403,
+                    "NUMBER_NOT_OWNED",
+                    "The 'from' number is not provisioned in your account",
+                ),
+                "number not owned",
+            )
+        agent_id = body.get("agent_id")
+        if agent_id is not None and agent_id not in self.config.agents:
+            if deployed:
+                response = _error_response(
+                    422, "no_agent_assigned", "No agent is assigned to handle this call"
+                )
+            else:
+                response = _error_response(
+                    404, "AGENT_NOT_FOUND", "Agent with specified ID not found"
+                )
+            raise _Rejection(response, "agent not found")
+        metadata = body.get("metadata")
+        if metadata is None:
+            metadata = {}
+        if not _is_flat_object(metadata):
+            message = "metadata must be a flat JSON object"
+            response = (
+                _plain_error(400, message)
+                if deployed
+                else _error_response(400, "INVALID_REQUEST", message)
+            )
+            raise _Rejection(response, "bad metadata")
+        if self.balance <= 0:
+            if deployed:
+                response = _error_response(402, "insufficient_credits", "Insufficient credits")
+            else:
+                response = _error_response(
+                    402, "INSUFFICIENT_BALANCE", "Insufficient account balance to place call"
+                )
+            raise _Rejection(response, "insufficient balance")
+        webhook_url = body.get("webhook_url")
+        dynamic = body.get("dynamic_variables")
+        return {
+            "to": to,
+            "from_": from_,
+            "agent_id": agent_id,
+            "metadata": metadata,
+            "purpose": _str_or_none(body.get("purpose")),
+            "goal": _str_or_none(body.get("goal")),
+            "template_id": _str_or_none(body.get("template_id")),
+            "dynamic_variables": dynamic if isinstance(dynamic, dict) else None,
+            # The deployed code ignores a per-call webhook_url: webhooks are per API key.
+            "webhook_url": None if deployed else _str_or_none(webhook_url),
+        }
+
+    def _new_call(self, fields: dict[str, Any]) -> CallRecord:
+        plan = draw_plan(self.config, self._rng, fields["to"])
+        call = CallRecord(
+            id=CallRecord.new_id(),
+            dialect=self.config.dialect,
+            outcome=plan.outcome,
+            plan=plan,
+            **fields,
+        )
+        if self.config.dialect is Dialect.DEPLOYED:
+            call.call_sid = CallRecord.new_sid()
+            call.agent_call_sid = CallRecord.new_sid()
+        self.calls.append(call)
+        log.info(
+            "simulator.call_placed",
+            call_id=call.id,
+            to=call.to,
+            from_number=call.from_,
+            outcome=call.outcome.value,
+        )
+        return call
+
+    def _success_body(self, call: CallRecord, acquired: bool) -> dict[str, Any]:
+        if self.config.dialect is Dialect.DEPLOYED:
+            return {
+                "success": True,
+                "call_sid": call.call_sid,
+                "agent_call_sid": call.agent_call_sid,
+                "call_record_id": call.id,
+                "status": "queued",
+                "message": "Call initiated successfully",
+            }
+        return {
+            "success": True,
+            "call_id": call.id,
+            "status": "initiated" if acquired else "queued",
+            "from_number": call.from_,
+            "to_number": call.to,
+            "agent_id": call.agent_id or (self.config.agents[0] if self.config.agents else None),
+            "created_at": call.placed_at,
+        }
+
+    def _reject(self, response: web.Response, reason: str) -> web.Response:
+        self._rejected += 1
+        log.info("simulator.request_rejected", status=response.status, reason=reason)
+        return response
+
+    def _hit(self, fault: str, forced: str | None, rng: random.Random) -> bool:
+        """Draw whether `fault` strikes now; a script naming it forces it."""
+        probability = 1.0 if forced == fault else float(getattr(self.config.faults, fault))
+        # No draw when the fault is off, so enabling no faults leaves the outcome stream alone.
+        return probability > 0 and rng.random() < probability
+
+    # -- call lifecycles -------------------------------------------------------------------
+
+    def _spawn(
+        self, call: CallRecord, rng: random.Random, *, acquired: bool, initiated_sent: bool
+    ) -> None:
+        task = asyncio.create_task(
+            self._lifecycle(call, rng, acquired=acquired, initiated_sent=initiated_sent),
+            name=f"simulated-call-{call.id}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _lifecycle(
+        self, call: CallRecord, rng: random.Random, *, acquired: bool, initiated_sent: bool
+    ) -> None:
+        """Walk one call through its statuses, sending webhooks, then free its slot."""
+        plan = call.plan
+        script = self.config.scripts.get(call.to)
+        forced = script.fault if script is not None else None
+        holding = acquired
+        try:
+            if not holding:
+                await self._slots.acquire()
+                holding = True
+            shuffle = self._hit("out_of_order", forced, rng)
+            buffer: list[dict[str, Any]] | None = [] if shuffle else None
+            if not initiated_sent:
+                await self._advance(call, "initiated", rng, buffer)
+            await self._sleep(plan.dial_delay)
+            await self._advance(call, "ringing", rng, buffer)
+            await self._sleep(plan.ring)
+            if plan.outcome is Outcome.COMPLETED:
+                await self._advance(call, "in-progress", rng, buffer)
+                await self._sleep(plan.talk)
+            call.duration = round(plan.talk)
+            call.ended_at = iso_now()
+            self.balance -= call.duration / 60 * self.config.price_per_minute
+            # The slot frees at the terminal state, before its webhook goes out.
+            self._slots.release()
+            holding = False
+            await self._advance(call, plan.outcome.value, rng, buffer)
+            if buffer:
+                shuffled = list(buffer)
+                rng.shuffle(shuffled)
+                if shuffled == buffer:
+                    shuffled.reverse()
+                for payload in shuffled:
+                    await self._deliver(call, payload, rng)
+        finally:
+            if holding:
+                self._slots.release()
+
+    async def _advance(
+        self,
+        call: CallRecord,
+        status: str,
+        rng: random.Random,
+        buffer: list[dict[str, Any]] | None,
+    ) -> None:
+        call.status = status
+        if self.config.dialect is Dialect.DEPLOYED:
+            # The deployed provider reports only answered calls, once, after post-processing.
+            if status == Outcome.COMPLETED:
+                default_agent = self.config.agents[0] if self.config.agents else None
+                await self._deliver(call, call.deployed_webhook(default_agent), rng)
+            return
+        payload = call.documented_webhook()
+        if buffer is not None:
+            buffer.append(payload)
+        else:
+            await self._deliver(call, payload, rng)
+
+    async def _deliver(self, call: CallRecord, payload: dict[str, Any], rng: random.Random) -> None:
+        """Send one webhook (maybe twice, maybe not at all) and record what happened."""
+        url = call.webhook_url or self.config.webhook_url
+        if url is None:
+            return
+        script = self.config.scripts.get(call.to)
+        forced = script.fault if script is not None else None
+        status = str(payload.get("status") or payload.get("data", {}).get("status"))
+        if self._hit("lose_webhooks", forced, rng):
+            call.webhooks.append(
+                WebhookRecord(status=status, url=url, payload=payload, sent_at=iso_now(), lost=True)
+            )
+            log.info("simulator.webhook_lost", call_id=call.id, status=status)
+            return
+        copies = 2 if self._hit("duplicate_webhooks", forced, rng) else 1
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.config.webhook_secret:
+            headers[SIGNATURE_HEADER] = sign(self.config.webhook_secret, body)
+        for _ in range(copies):
+            record = WebhookRecord(status=status, url=url, payload=payload, sent_at=iso_now())
+            call.webhooks.append(record)
+            await self._post(record, body, headers)
+            log.info(
+                "simulator.webhook",
+                call_id=call.id,
+                status=status,
+                url=url,
+                http_status=record.http_status,
+                error=record.error,
+            )
+
+    async def _post(self, record: WebhookRecord, body: bytes, headers: Mapping[str, str]) -> None:
+        # A receiver that is down or broken is the receiver's problem: record it, never raise.
+        if self._session is None or record.url is None:
+            record.error = "simulator not started"
+            return
+        try:
+            async with self._session.post(record.url, data=body, headers=headers) as response:
+                await response.read()
+                record.http_status = response.status
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+
+    async def _sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds * self.config.time_scale)
+
+    # -- inspection routes -----------------------------------------------------------------
+
+    async def handle_calls(self, request: web.Request) -> web.Response:
+        """`GET /_simulator/calls`: every placed call with its webhooks."""
+        return web.json_response([call.to_json() for call in self.calls])
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        """`GET /_simulator/stats`: the counters from `stats()`."""
+        return web.json_response(self.stats())
+
+    async def handle_account(self, request: web.Request) -> web.Response:
+        """`POST /_simulator/account` `{"balance": n}`: change the balance at runtime."""
+        body = _json_object(await request.read())
+        balance = body.get("balance") if body is not None else None
+        if isinstance(balance, bool) or not isinstance(balance, int | float):
+            return web.json_response({"error": 'expected {"balance": number}'}, status=400)
+        self.balance = float(balance)
+        return web.json_response({"balance": self.balance})
+
+
+def build_app(sim: Simulator) -> web.Application:
+    """The aiohttp application serving `sim`: the provider API and the inspection routes."""
+    app = web.Application()
+    app.router.add_post(PLACE_CALL_PATH, sim.handle_place_call)
+    app.router.add_get("/_simulator/calls", sim.handle_calls)
+    app.router.add_get("/_simulator/stats", sim.handle_stats)
+    app.router.add_post("/_simulator/account", sim.handle_account)
+    return app
+
+
+# -- small helpers ---------------------------------------------------------------------------
+
+
+def _error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+def _plain_error(status: int, message: str) -> web.Response:
+    # The deployed code answers some errors with a bare string instead of {code, message}.
+    return web.json_response({"error": message}, status=status)
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _first(body: dict[str, Any] | None, *keys: str) -> Any:
+    """The first present, non-null value among `keys`: both spellings of a field are accepted."""
+    if body is None:
+        return None
+    for key in keys:
+        value = body.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _is_flat_object(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    return all(
+        isinstance(k, str) and (v is None or isinstance(v, str | int | float | bool))
+        for k, v in value.items()
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+# -- CLI helpers -----------------------------------------------------------------------------
+
+# Parameters `--fault` accepts besides the probabilities themselves.
+_FAULT_PARAMETERS = ("retry_after", "slow_seconds")
+
+
+def _fault_arg(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in (*FAULT_NAMES, *_FAULT_PARAMETERS):
+        choices = ", ".join((*FAULT_NAMES, *_FAULT_PARAMETERS))
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of: {choices}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
+    if name in FAULT_NAMES and not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{name}: probability must be in [0, 1]")
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{name}: must be >= 0")
+    return name, number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's command-line options to `parser` (used by the CLI's subcommand)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8700, help="port to listen on (0: any)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("MAGPIPE_TOKEN", "sim-token"),
+        help="bearer token to accept (default: $MAGPIPE_TOKEN or sim-token)",
+    )
+    parser.add_argument(
+        "--dialect",
+        choices=[d.value for d in Dialect],
+        default=Dialect.DOCUMENTED.value,
+        help="answer as the documented API or as the deployed provider",
+    )
+    parser.add_argument("--time-scale", type=float, default=1.0, help="multiply every delay")
+    parser.add_argument("--max-concurrent", type=int, default=None, help="live call limit")
+    parser.add_argument("--balance", type=float, default=None, help="starting account balance")
+    parser.add_argument("--webhook-url", default=None, help="account-level webhook URL")
+    parser.add_argument(
+        "--webhook-secret", default=None, help="HMAC secret signing webhooks (default built in)"
+    )
+    parser.add_argument(
+        "--number", action="append", default=None, help="provisioned caller id (repeatable)"
+    )
+    parser.add_argument("--agent", action="append", default=None, help="agent id (repeatable)")
+    parser.add_argument(
+        "--fault",
+        action="append",
+        type=_fault_arg,
+        default=None,
+        metavar="NAME=PROB",
+        help="inject a fault, e.g. rate_limit=0.1 (repeatable)",
+    )
+
+
+def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
+    """Build a SimulatorConfig from options added by `add_arguments`; unset ones keep defaults."""
+    defaults = SimulatorConfig()
+    faults: dict[str, float | int] = {}
+    for name, value in ns.fault or ():
+        faults[name] = int(value) if name == "retry_after" else value
+    return SimulatorConfig(
+        token=ns.token,
+        numbers=tuple(ns.number) if ns.number else defaults.numbers,
+        agents=tuple(ns.agent) if ns.agent else defaults.agents,
+        balance=ns.balance if ns.balance is not None else defaults.balance,
+        max_concurrent=(
+            ns.max_concurrent if ns.max_concurrent is not None else defaults.max_concurrent
+        ),
+        time_scale=ns.time_scale,
+        seed=ns.seed,
+        dialect=Dialect(ns.dialect),
+        webhook_url=ns.webhook_url,
+        webhook_secret=(
+            ns.webhook_secret if ns.webhook_secret is not None else defaults.webhook_secret
+        ),
+        faults=Faults(**faults),  # type: ignore[arg-type]
+    )
+
+
+async def serve(config: SimulatorConfig, host: str, port: int) -> None:
+    """Run a simulator on `host:port` until cancelled, logging where it listens."""
+    sim = Simulator(config)
+    url = await sim.start(host, port)
+    log.info(
+        "simulator.listening",
+        url=url,
+        dialect=config.dialect.value,
+        numbers=list(config.numbers),
+        agents=list(config.agents),
+        seed=config.seed,
+        time_scale=config.time_scale,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+        log.info("simulator.stopped", stats=sim.stats())
