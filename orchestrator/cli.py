@@ -74,6 +74,30 @@ def _parser() -> argparse.ArgumentParser:
         help="config file (else MAGPIPE_BASE_URL and MAGPIPE_TOKEN from the environment)",
     )
 
+    call.add_argument(
+        "--wait",
+        action="store_true",
+        help="queue the call through the running daemon's control API (api.listen and "
+        "api.token from --config) and wait for and print its terminal event",
+    )
+    call.add_argument(
+        "--timeout", type=float, default=3600.0, help="with --wait: give up after SECONDS"
+    )
+
+    run = commands.add_parser(
+        "run",
+        help="run the daemon",
+        description="Run the orchestrator daemon: webhook intake, control API, dialer, "
+        "handler deliveries and timers. SIGTERM or SIGINT stops it gracefully.",
+    )
+    run.add_argument("--config", type=Path, required=True, help="the YAML config file")
+    run.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        help="seconds in-flight work gets to finish on SIGTERM (default 10)",
+    )
+
     sim = commands.add_parser(
         "simulator",
         help="run the built-in Magpipe simulator",
@@ -96,10 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     fmt = args.log_format
     level = args.log_level or ("warning" if args.command == "demo" else "info")
-    log.configure(level=level, json=None if fmt == "auto" else fmt == "json")
+    redactor = log.configure(level=level, json=None if fmt == "auto" else fmt == "json")
     try:
         if args.command == "call":
-            return asyncio.run(_call(args))
+            return asyncio.run(_wait(args) if args.wait else _call(args))
+        if args.command == "run":
+            return _run(args, redactor)
         if args.command == "simulator":
             return _simulator(args)
         if args.command == "demo":
@@ -184,3 +210,60 @@ def _simulator(args: argparse.Namespace) -> int:
     cfg = simulator.config_from_args(args)
     asyncio.run(simulator.serve(cfg, args.host, args.port))
     return EXIT_OK
+
+
+def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
+    from orchestrator import app
+
+    cfg = config.load(args.config)
+    redactor.add(*cfg.secrets())
+    daemon = app.Daemon(cfg, shutdown_grace=args.shutdown_grace)
+    return asyncio.run(daemon.run())
+
+
+async def _wait(args: argparse.Namespace) -> int:
+    """Queue through the daemon's API and poll until the call is terminal."""
+    import httpx
+
+    if args.config is None:
+        raise exceptions.ConfigError("--wait needs --config (for api.listen and api.token)")
+    cfg = config.load(args.config)
+    if cfg.api.token is None:
+        raise exceptions.ConfigError("--wait needs api.token in the config")
+    body: dict[str, object] = {"to": args.to, "metadata": _metadata(args.metadata)}
+    optional = {
+        "from": args.from_,
+        "agent_id": args.agent,
+        "purpose": args.purpose,
+        "goal": args.goal,
+        "template_id": args.template,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
+    headers = {"Authorization": f"Bearer {cfg.api.token.get_secret_value()}"}
+    base = f"http://{cfg.api.listen}"
+    terminal = {"completed", "busy", "no_answer", "failed", "canceled", "rejected", "timed_out"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0) as api:
+        try:
+            answer = await api.post("/v1/calls", json=body)
+        except httpx.TransportError as exc:
+            print(
+                f"orchestrator: cannot reach the daemon at {base}: {type(exc).__name__}",
+                file=sys.stderr,
+            )
+            return EXIT_UNAVAILABLE
+        if answer.status_code != 202:
+            error = answer.json().get("error", {})
+            print(f"orchestrator: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+            return EXIT_REFUSED
+        call_id = answer.json()["id"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.timeout
+        while loop.time() < deadline:
+            call = (await api.get(f"/v1/calls/{call_id}")).json()
+            if call["status"] in terminal:
+                final = [e for e in call["events"] if e["status"] == call["status"]]
+                print(json.dumps(final[-1] if final else call, indent=2))
+                return EXIT_OK if call["status"] == "completed" else EXIT_REFUSED
+            await asyncio.sleep(0.5)
+    print(f"orchestrator: call {call_id} did not end within {args.timeout:g}s", file=sys.stderr)
+    return EXIT_AMBIGUOUS

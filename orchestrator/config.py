@@ -126,7 +126,7 @@ class Config(_Model):
     defaults: Defaults = Defaults()
     webhooks: WebhookSettings = WebhookSettings()
     api: ApiSettings = ApiSettings()
-    store: str = "sqlite:///orchestrator.db"
+    store: str = "sqlite://orchestrator.db"
     dialer: DialerSettings = DialerSettings()
     plugins: dict[str, dict[str, Any]] = {}
     rules: list[dict[str, Any]] = []
@@ -138,7 +138,19 @@ class Config(_Model):
 
 
 class _MarkedLoader(yaml.SafeLoader):
-    """A safe loader that also records where every mapping key and value starts."""
+    """A safe loader with YAML 1.2 booleans: only true/false are booleans, so a rule's
+    ``on:`` key stays the string "on" (YAML 1.1 would read it as True)."""
+
+
+_MarkedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_MarkedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
 
 
 def _load_marked(text: str) -> tuple[Any, dict[tuple[str | int, ...], tuple[int, int]]]:

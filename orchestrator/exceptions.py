@@ -9,6 +9,7 @@ ever catch these::
     │   ├── InvalidNumber             not a valid, dialable E.164 number   INVALID_PHONE_NUMBER
     │   └── InvalidMetadata           metadata is not a flat JSON object   INVALID_METADATA
     ├── StoreError                    the store (SQLite, PostgreSQL) failed
+    ├── IdempotencyConflict           an Idempotency-Key reused for another request
     └── MagpipeError                  the provider's side; status, retry
         ├── ProviderRefused           a definite refusal        retry: POINTLESS
         │   ├── InvalidPhoneNumber    INVALID_PHONE_NUMBER
@@ -229,3 +230,9 @@ REFUSALS: dict[str, type[ProviderRefused]] = {
     "no_agent_assigned": AgentNotFound,
     "number_not_owned": NumberNotOwned,
 }
+
+
+class IdempotencyConflict(OrchestratorError):
+    """An Idempotency-Key was reused for a different request."""
+
+    code = "IDEMPOTENCY_CONFLICT"

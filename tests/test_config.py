@@ -120,3 +120,12 @@ def test_interpolation_rules() -> None:
 def test_an_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(exceptions.ConfigError, match="cannot read"):
         config.load(tmp_path / "absent.yaml")
+
+
+def test_yaml_1_1_booleans_are_strings(tmp_path: Path) -> None:
+    text = "magpipe: {token: abcd}\nrules:\n  - {name: r, on: call.completed, do: x}\n  - {name: yes, on: [call.busy], do: off}\n"
+    cfg = config.load(write(tmp_path, text), environ={})
+    assert cfg.rules[0]["on"] == "call.completed"
+    assert cfg.rules[1] == {"name": "yes", "on": ["call.busy"], "do": "off"}
+    cfg2 = config.load(write(tmp_path, "magpipe: {token: abcd, send_aliases: false}\n"), environ={})
+    assert cfg2.magpipe.send_aliases is False

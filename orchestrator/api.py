@@ -1,0 +1,211 @@
+"""The control API: queue calls and look at them. Every route but the health checks needs
+``Authorization: Bearer <api.token>``."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator import config, exceptions, phone
+from orchestrator.model import RESERVED_PREFIX, NewCall, iso
+from orchestrator.store import Store
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class CallBody(BaseModel):
+    """``POST /v1/calls``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    to: str
+    from_: str | None = Field(default=None, alias="from")
+    agent_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    purpose: str | None = None
+    goal: str | None = None
+    template_id: str | None = None
+    campaign: str | None = Field(default=None, max_length=200)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def call_json(
+    call: dict[str, Any],
+    attempts: list[dict[str, Any]] | None = None,
+    events: list[Any] | None = None,
+) -> dict[str, Any]:
+    """The public JSON form of a call row (with attempts and events when given)."""
+    out: dict[str, Any] = {
+        "id": call["id"],
+        "status": call["status"],
+        "reason": call["reason"],
+        "to": call["to_number"],
+        "from": call["from_number"],
+        "agent_id": call["agent_id"],
+        "campaign": call["campaign"],
+        "metadata": json.loads(call["metadata"]),
+        "purpose": call["purpose"],
+        "goal": call["goal"],
+        "template_id": call["template_id"],
+        "created_at": iso(call["created_at"]),
+        "updated_at": iso(call["updated_at"]),
+        "ended_at": iso(call["ended_at"]),
+    }
+    if attempts is not None:
+        out["attempts"] = [
+            {
+                "number": a["number"],
+                "status": a["status"],
+                "provider_call_id": a["provider_call_id"],
+                "provider_status": a["provider_status"],
+                "ambiguous": bool(a["ambiguous"]),
+                "error": (
+                    {"code": a["error_code"], "message": a["error_message"]}
+                    if a["error_code"]
+                    else None
+                ),
+                "duration": a["duration"],
+                "created_at": iso(a["created_at"]),
+                "placed_at": iso(a["placed_at"]),
+                "ended_at": iso(a["ended_at"]),
+                "next_attempt_at": iso(a["not_before"]) if a["status"] == "queued" else None,
+            }
+            for a in attempts
+        ]
+    if events is not None:
+        out["events"] = [e.to_json() for e in events]
+    return out
+
+
+class ControlApi:
+    """The aiohttp app behind ``api.listen``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        token: str | None,
+        defaults: config.Defaults,
+        on_queued: Callable[[], None],
+        ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
+    ) -> None:
+        self.store = store
+        self._token = token.encode() if token else None
+        self.defaults = defaults
+        self.on_queued = on_queued
+        self.ready = ready
+
+    def app(self) -> web.Application:
+        """The API application."""
+        app = web.Application(middlewares=[self._auth], client_max_size=1 << 20)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_post("/v1/calls", self.create)
+        app.router.add_get("/v1/calls", self.list)
+        app.router.add_get("/v1/calls/{id}", self.get)
+        return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in ("/healthz", "/readyz"):
+            return await handler(request)
+        if self._token is None:
+            return _error(403, "API_DISABLED", "set api.token to use the control API")
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), b"Bearer " + self._token):
+            return _error(401, "UNAUTHORIZED", "missing or wrong bearer token")
+        try:
+            return await handler(request)
+        except exceptions.StoreError as exc:
+            log.error("api.store_failed", error=str(exc))
+            return _error(503, "STORE_UNAVAILABLE", "the store is unavailable")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Alive."""
+        return web.json_response({"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Store and provider usable."""
+        ok, detail = await self.ready()
+        return web.json_response({"ok": ok, **detail}, status=200 if ok else 503)
+
+    async def create(self, request: web.Request) -> web.Response:
+        """Queue a call; an ``Idempotency-Key`` makes a repeat return the first call."""
+        try:
+            body = CallBody.model_validate(await request.json())
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "MALFORMED_JSON", "the body is not JSON")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            return _error(400, "INVALID_REQUEST", f"{where}: {first['msg']}")
+        caller = body.from_ or self.defaults.from_
+        if caller is None:
+            return _error(400, "INVALID_REQUEST", "from: required (no defaults.from configured)")
+        try:
+            new = NewCall(
+                to=phone.validate_number(body.to, field="to"),
+                from_=phone.validate_number(caller, field="from"),
+                agent_id=body.agent_id or self.defaults.agent_id,
+                metadata=phone.validate_metadata(body.metadata, reserved_prefix=RESERVED_PREFIX),
+                purpose=body.purpose or self.defaults.purpose,
+                goal=body.goal or self.defaults.goal,
+                template_id=body.template_id or self.defaults.template_id,
+                campaign=body.campaign,
+            )
+        except exceptions.InputError as exc:
+            return _error(400, exc.code, exc.message)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not 0 < len(key) <= 200:
+            return _error(400, "INVALID_REQUEST", "Idempotency-Key must be 1 to 200 characters")
+        try:
+            call, created = await self.store.create_call(new, idempotency_key=key)
+        except exceptions.IdempotencyConflict as exc:
+            return _error(409, exc.code, exc.message)
+        if created:
+            self.on_queued()
+            log.info("api.call_queued", call_id=call["id"], to=new.to)
+        return web.json_response(
+            {"id": call["id"], "status": call["status"], "created": created}, status=202
+        )
+
+    async def get(self, request: web.Request) -> web.Response:
+        """One call with its attempts and events."""
+        found = await self.store.get_call(request.match_info["id"])
+        if found is None:
+            return _error(404, "NOT_FOUND", "no such call")
+        call, attempts, events = found
+        return web.json_response(call_json(call, attempts, events))
+
+    async def list(self, request: web.Request) -> web.Response:
+        """Calls in creation order; ``next`` is the cursor for ``after``."""
+        query = request.query
+        try:
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            return _error(400, "INVALID_REQUEST", "limit must be a number")
+        if not 1 <= limit <= 1000:
+            return _error(400, "INVALID_REQUEST", "limit must be between 1 and 1000")
+        rows = await self.store.list_calls(
+            status=query.get("status"),
+            campaign=query.get("campaign"),
+            after=query.get("after"),
+            limit=limit,
+        )
+        return web.json_response(
+            {
+                "calls": [call_json(r) for r in rows],
+                "next": rows[-1]["id"] if len(rows) == limit else None,
+            }
+        )

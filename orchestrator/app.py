@@ -1,0 +1,220 @@
+"""The daemon: intake, control API, dialer, delivery workers and timers as named, watched
+tasks over one store.
+
+A task that crashes stops the daemon loudly (exit status 1). SIGTERM or SIGINT stops it
+gracefully: no new claims, in-flight work finishes until the deadline, leases are released,
+exit status 0. A restart picks up from the store exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any
+
+import httpx
+import structlog
+from aiohttp import web
+
+from orchestrator import (
+    api,
+    bus,
+    client,
+    config,
+    connector,
+    dialer,
+    exceptions,
+    intake,
+    plugin,
+    rules,
+    timers,
+)
+from orchestrator.model import CallStatus, Event, new_id
+from orchestrator.store import Store
+
+log = structlog.get_logger(__name__)
+
+
+def _address(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    try:
+        return host.strip("[]") or "127.0.0.1", int(port)
+    except ValueError:
+        raise exceptions.ConfigError(f"listen address {listen!r} is not HOST:PORT") from None
+
+
+def subscriptions_from(cfg: config.Config) -> list[bus.Subscription]:
+    """The handler subscriptions the config's plugins and rules describe; ConfigError if any
+    rule or plugin is invalid."""
+    subs, problems = rules.subscriptions(cfg.plugins, cfg.rules, plugin.installed())
+    if problems:
+        raise exceptions.ConfigError(
+            f"{len(problems)} problem(s) in rules and plugins:\n  " + "\n  ".join(problems)
+        )
+    return subs
+
+
+class Daemon:
+    """One orchestrator process."""
+
+    def __init__(
+        self,
+        cfg: config.Config,
+        *,
+        subscriptions: Sequence[bus.Subscription] | None = None,
+        shutdown_grace: float = 10.0,
+    ) -> None:
+        self.cfg = cfg
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
+        self.bus = bus.EventBus(subscriptions_from(cfg) if subscriptions is None else subscriptions)
+        self.store = Store(connector.connect(cfg.store), router=self.bus.route)
+        self.shutdown_grace = shutdown_grace
+        self.stopping = asyncio.Event()
+        self.urls: dict[str, str] = {}
+        self._dialer: dialer.Dialer | None = None
+
+    def publish(self, events: Iterable[Event]) -> None:
+        """Wake whoever the durable ``events`` concern."""
+        events = list(events)
+        self.bus.publish(events)
+        if self._dialer is not None and any(
+            e.status is not None and CallStatus(e.status).terminal for e in events
+        ):
+            self._dialer.wake.set()  # a slot was freed
+
+    async def _ready(self) -> tuple[bool, dict[str, Any]]:
+        detail: dict[str, Any] = {}
+        try:
+            await self.store.ping()
+            detail["store"] = "ok"
+        except exceptions.StoreError as exc:
+            detail["store"] = str(exc)
+        usable = self._dialer is not None and self._dialer.usable
+        detail["provider"] = "ok" if usable else "unauthorized"
+        return detail["store"] == "ok" and usable, detail
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or :attr:`stopping` is set); return the exit status."""
+        cfg = self.cfg
+        await self.store.open()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        magpipe = client.MagpipeClient(
+            token=cfg.magpipe.token,
+            base_url=cfg.magpipe.base_url,
+            timeout=cfg.magpipe.timeout,
+            send_aliases=cfg.magpipe.send_aliases,
+        )
+        runners: list[web.AppRunner] = []
+        tasks: list[asyncio.Task[None]] = []
+        status = 0
+        try:
+            webhook_host, webhook_port = _address(cfg.webhooks.listen)
+            secret = cfg.magpipe.webhook_secret
+            intake_app = intake.Intake(
+                self.store,
+                publish=self.publish,
+                secret=secret.get_secret_value() if secret else None,
+                max_body=cfg.webhooks.max_body,
+            ).app()
+            self.urls["webhooks"] = await self._serve(
+                intake_app, webhook_host, webhook_port, runners
+            )
+            public = (cfg.webhooks.public_url or self.urls["webhooks"]).rstrip("/")
+            self._dialer = dialer.Dialer(
+                self.store,
+                magpipe,
+                dialer.DialerSettings(
+                    max_live_calls=cfg.dialer.max_live_calls,
+                    calls_per_second=cfg.dialer.calls_per_second,
+                    max_call_duration=cfg.dialer.max_call_duration,
+                    webhook_base=public + intake.PATH,
+                    agent_id=cfg.defaults.agent_id,
+                ),
+                owner=self.owner,
+                publish=self.publish,
+            )
+            api_token = cfg.api.token
+            control = api.ControlApi(
+                self.store,
+                token=api_token.get_secret_value() if api_token else None,
+                defaults=cfg.defaults,
+                on_queued=self._dialer.wake.set,
+                ready=self._ready,
+            )
+            api_host, api_port = _address(cfg.api.listen)
+            self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
+            workers = self.bus.workers(self.store, self.owner, http)
+            keeper = timers.Timekeeper(self.store, owner=self.owner, publish=self.publish)
+            tasks.append(self._task("dialer", self._dialer.run()))
+            tasks.append(self._task("timers", keeper.run()))
+            tasks.extend(self._task(f"deliveries:{w.sub.name}", w.run()) for w in workers)
+            log.info(
+                "daemon.started",
+                owner=self.owner,
+                store=connector.redact_url(cfg.store),
+                handlers=[s.name for s in self.bus.subscriptions],
+                **self.urls,
+            )
+            stop = asyncio.ensure_future(self.stopping.wait())
+            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            for task in done:
+                if task is stop:
+                    continue
+                # A background task must never end on its own: that is a crash.
+                error = task.exception() if not task.cancelled() else None
+                log.critical("daemon.task_crashed", task=task.get_name(), error=repr(error))
+                status = 1
+            log.info("daemon.stopping", grace=self.shutdown_grace)
+            deadline = time.monotonic() + self.shutdown_grace
+            keeper.stop()
+            await asyncio.gather(
+                self._dialer.stop(deadline),
+                *(w.stop(deadline) for w in workers),
+                return_exceptions=True,
+            )
+            await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=2.0)
+            try:
+                await self.store.release(self.owner)
+            except exceptions.StoreError as exc:
+                log.error("daemon.release_failed", error=str(exc))
+            for runner in runners:
+                await runner.cleanup()
+            await magpipe.aclose()
+            await http.aclose()
+            await self.store.close()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("daemon.stopped", status=status)
+        return status
+
+    def _task(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=name)
+
+    async def _serve(
+        self, app: web.Application, host: str, port: int, runners: list[web.AppRunner]
+    ) -> str:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise exceptions.ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
+        bound = runner.addresses[0]
+        return f"http://{host}:{bound[1]}"

@@ -1,0 +1,141 @@
+"""The connector contract: how the engine talks to a database.
+
+The engine (:mod:`orchestrator.store`) never writes SQL. It runs *named queries* inside
+transactions; each connector knows how to run them. The SQL connectors read them from
+``queries.sql`` (with per-dialect overrides); :class:`~orchestrator.memory.MemoryConnector`
+implements them in Python for fast unit tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from orchestrator import exceptions
+
+Row = dict[str, Any]
+
+
+class Transaction(Protocol):
+    """One open transaction; every named query runs inside one."""
+
+    async def fetch(self, query: str, **params: Any) -> list[Row]:
+        """Run a named query and return its rows."""
+        ...
+
+    async def fetchone(self, query: str, **params: Any) -> Row | None:
+        """Run a named query and return its first row, if any."""
+        ...
+
+    async def execute(self, query: str, **params: Any) -> int:
+        """Run a named query and return the number of rows it changed."""
+        ...
+
+
+class Connector(Protocol):
+    """A database the store can use: SQLite, PostgreSQL or in-memory."""
+
+    dialect: str
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        ...
+
+    async def close(self) -> None:
+        """Release every connection."""
+        ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction: committed when the block exits normally, rolled back on error."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Migration:
+    """One versioned schema change."""
+
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration shipped in ``orchestrator/migrations``, in version order."""
+    found = []
+    for entry in resources.files("orchestrator.migrations").iterdir():
+        match = re.fullmatch(r"(\d+)_(\w+)\.sql", entry.name)
+        if match:
+            found.append(
+                Migration(
+                    version=int(match.group(1)),
+                    name=match.group(2),
+                    sql=entry.read_text(encoding="utf-8"),
+                )
+            )
+    return sorted(found, key=lambda m: m.version)
+
+
+def queries(dialect: str) -> dict[str, str]:
+    """The named queries for ``dialect``: ``NAME@dialect`` blocks replace ``NAME``."""
+    text = resources.files("orchestrator").joinpath("queries.sql").read_text(encoding="utf-8")
+    base: dict[str, str] = {}
+    override: dict[str, str] = {}
+    for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
+        header, _, body = block.partition("\n")
+        name, _, variant = header.strip().partition("@")
+        sql = "\n".join(
+            line for line in body.splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        if not variant:
+            base[name] = sql
+        elif variant == dialect:
+            override[name] = sql
+    return base | override
+
+
+def statements(sql: str) -> list[str]:
+    """Split a migration into statements (none of ours contain a ``;`` inside a literal)."""
+    body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+    return [s.strip() for s in body.split(";") if s.strip()]
+
+
+def connect(url: str) -> Connector:
+    """The connector for a store URL: ``sqlite:///path``, ``memory://`` or ``postgresql://``."""
+    if url.startswith("sqlite://"):
+        from orchestrator import sqlite
+
+        return sqlite.SQLiteConnector(url)
+    if url.startswith("memory:"):
+        from orchestrator import memory
+
+        return memory.MemoryConnector()
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from orchestrator import postgres  # type: ignore[attr-defined,unused-ignore]
+        except ImportError as exc:
+            raise exceptions.ConfigError(
+                "PostgreSQL support needs the 'postgres' extra: "
+                "pip install 'magpipe-orchestrator[postgres]'"
+            ) from exc
+        connector: Connector = postgres.PostgresConnector(url)
+        return connector
+    raise exceptions.ConfigError(
+        f"unknown store URL {redact_url(url)!r}: use sqlite:///path or postgresql://..."
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, for logs and errors."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def check_params(sql: str, params: Mapping[str, Any], name: str) -> None:
+    """Raise StoreError naming the query when a ``:param`` it uses was not given."""
+    needed = set(re.findall(r"(?<!:):([a-z_]+)", sql))
+    missing = needed - params.keys()
+    if missing:
+        raise exceptions.StoreError(f"query {name} is missing parameters {sorted(missing)}")

@@ -1,0 +1,208 @@
+"""The dialer: claims queued attempts from the store and places them through the client.
+
+Pacing is ``max_live_calls`` (checked by the claim, in the store) and ``calls_per_second``
+(a token bucket here). What a failed placement allows is decided by its error's ``retry``:
+SAFE goes back to the queue, POINTLESS ends the call as ``call.rejected``, UNSAFE (ambiguous)
+is never resent and waits for a webhook or the watchdog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from orchestrator import client, exceptions
+from orchestrator.model import CORRELATION_KEY, Event
+from orchestrator.store import Claim, Store
+
+log = structlog.get_logger(__name__)
+
+Publish = Callable[[Iterable[Event]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DialerSettings:
+    """What the dialer needs from the config."""
+
+    max_live_calls: int
+    calls_per_second: float
+    max_call_duration: float
+    webhook_base: str
+    agent_id: str | None = None
+    unavailable_backoff: float = 5.0
+
+
+class Pacer:
+    """A token bucket: at most ``rate`` starts per second, bursts of at most ``burst``."""
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._at = time.monotonic()
+        self._paused_until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Hold every start for ``seconds`` (the provider said 429 Retry-After)."""
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def refund(self) -> None:
+        """Give back a token that was not used (nothing was dialed)."""
+        self._tokens = min(self.burst, self._tokens + 1.0)
+
+    async def acquire(self) -> None:
+        """Wait for the next token."""
+        while True:
+            now = time.monotonic()
+            if now < self._paused_until:
+                await asyncio.sleep(self._paused_until - now)
+                continue
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return
+            await asyncio.sleep((1.0 - self._tokens) / self.rate)
+
+
+class Dialer:
+    """Claims attempts and places them, one task per placement."""
+
+    poll = 1.0
+
+    def __init__(
+        self,
+        store: Store,
+        magpipe: client.MagpipeClient,
+        settings: DialerSettings,
+        *,
+        owner: str,
+        publish: Publish,
+    ) -> None:
+        self.store = store
+        self.magpipe = magpipe
+        self.settings = settings
+        self.owner = owner
+        self.publish = publish
+        self.wake = asyncio.Event()
+        self.pacer = Pacer(settings.calls_per_second)
+        self.last_error: exceptions.MagpipeError | None = None
+        self._stopping = asyncio.Event()
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    @property
+    def usable(self) -> bool:
+        """False after the provider refused our token (readiness fails until it accepts)."""
+        return not isinstance(self.last_error, exceptions.Unauthorized)
+
+    async def run(self) -> None:
+        """Claim and place until :meth:`stop`."""
+        # A placement's lease must outlive the request; rescue() treats an expired one as a
+        # daemon that died mid-request.
+        lease = self.magpipe.timeout * 2 + 30.0
+        while not self._stopping.is_set():
+            self.wake.clear()
+            await self.pacer.acquire()
+            if self._stopping.is_set():
+                break
+            claim = await self.store.claim_attempt(
+                self.owner,
+                max_live=self.settings.max_live_calls,
+                lease=lease,
+                watchdog_after=self.settings.max_call_duration,
+            )
+            if claim is None:
+                self.pacer.refund()
+                await self._idle()
+                continue
+            task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
+            self._inflight.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("dialer.placement_crashed", error=repr(task.exception()))
+
+    async def _idle(self) -> None:
+        waiters = [
+            asyncio.ensure_future(self.wake.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    def request(self, claim: Claim) -> client.CallRequest:
+        """The provider request for a claimed attempt."""
+        call, attempt = claim.call, claim.attempt
+        metadata = {**json.loads(call["metadata"]), CORRELATION_KEY: attempt["id"]}
+        return client.CallRequest(
+            to=call["to_number"],
+            from_=call["from_number"],
+            agent_id=call["agent_id"] or self.settings.agent_id,
+            metadata=metadata,
+            webhook_url=f"{self.settings.webhook_base}/{attempt['webhook_token']}",
+            purpose=call["purpose"],
+            goal=call["goal"],
+            template_id=call["template_id"],
+        )
+
+    async def _place(self, claim: Claim) -> None:
+        attempt_id = claim.attempt_id
+        bound = log.bind(call_id=claim.call["id"], attempt=claim.attempt["number"])
+        events: list[Event] = []
+        try:
+            placed = await self.magpipe.place_call(self.request(claim))
+        except exceptions.InputError as exc:
+            events = await self.store.refused(attempt_id, exc)
+            bound.warning("dialer.invalid", code=exc.code, error=exc.message)
+        except exceptions.MagpipeError as exc:
+            self.last_error = exc
+            if exc.retry is exceptions.Retry.POINTLESS:
+                events = await self.store.refused(attempt_id, exc)
+                bound.warning("dialer.rejected", code=exc.code, error=exc.message)
+            elif exc.retry is exceptions.Retry.SAFE:
+                wait = (
+                    exc.retry_after
+                    if exc.retry_after is not None
+                    else self.settings.unavailable_backoff
+                )
+                if isinstance(exc, exceptions.RateLimited):
+                    self.pacer.pause(wait)
+                await self.store.requeue(attempt_id, exc, retry_at=self.store.clock() + wait)
+                bound.info("dialer.requeued", code=exc.code, retry_in=wait)
+                self.wake.set()
+            else:
+                await self.store.ambiguous(attempt_id, exc)
+                bound.warning("dialer.ambiguous", code=exc.code, error=exc.message)
+        else:
+            self.last_error = None
+            events = await self.store.placed(
+                attempt_id, provider_call_id=placed.call_id, provider_status=placed.status
+            )
+            bound.info(
+                "dialer.placed", provider_call_id=placed.call_id, provider_status=placed.status
+            )
+        self.publish(events)
+
+    async def stop(self, deadline: float) -> None:
+        """Stop claiming; let placements in flight finish until ``deadline`` (monotonic).
+
+        A placement cut off here is left ``dialing``; ``release`` marks it ambiguous, so it is
+        never sent twice.
+        """
+        self._stopping.set()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=max(0.0, deadline - time.monotonic()))
+        for task in self._inflight:
+            task.cancel()
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=1.0)

@@ -1,0 +1,217 @@
+"""The values of a call's life: statuses, event types and the event itself."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+# The metadata key that carries the orchestrator's correlation id. Users may not use keys with
+# this prefix, so a webhook's echoed metadata always points at the attempt that placed it.
+RESERVED_PREFIX = "_orchestrator"
+CORRELATION_KEY = "_orchestrator_attempt"
+
+
+class CallStatus(StrEnum):
+    """Where a call (and each of its attempts) stands. Terminal statuses are final."""
+
+    QUEUED = "queued"
+    DIALING = "dialing"
+    INITIATED = "initiated"
+    RINGING = "ringing"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    BUSY = "busy"
+    NO_ANSWER = "no_answer"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        """True for the statuses a call never leaves."""
+        return self in TERMINAL
+
+    @property
+    def rank(self) -> int:
+        """Order along the lifecycle; a webhook never moves a call to a lower rank."""
+        return _RANK[self]
+
+    @property
+    def event_type(self) -> str:
+        """The lifecycle event announcing this status, e.g. ``call.no_answer``."""
+        return f"call.{self.value}"
+
+    @classmethod
+    def from_provider(cls, status: str) -> CallStatus | None:
+        """Map a provider status (``in-progress``, ``no-answer``...) to ours, else None."""
+        try:
+            found = cls(status.strip().lower().replace("-", "_"))
+        except ValueError:
+            return None
+        return found if found in _PROVIDER else None
+
+
+TERMINAL = frozenset(
+    {
+        CallStatus.COMPLETED,
+        CallStatus.BUSY,
+        CallStatus.NO_ANSWER,
+        CallStatus.FAILED,
+        CallStatus.CANCELED,
+        CallStatus.REJECTED,
+        CallStatus.TIMED_OUT,
+    }
+)
+_PROVIDER = frozenset(
+    {
+        CallStatus.INITIATED,
+        CallStatus.RINGING,
+        CallStatus.IN_PROGRESS,
+        CallStatus.COMPLETED,
+        CallStatus.BUSY,
+        CallStatus.NO_ANSWER,
+        CallStatus.FAILED,
+        CallStatus.CANCELED,
+    }
+)
+_RANK = {
+    CallStatus.QUEUED: 0,
+    CallStatus.DIALING: 1,
+    CallStatus.INITIATED: 2,
+    CallStatus.RINGING: 3,
+    CallStatus.IN_PROGRESS: 4,
+    **dict.fromkeys(TERMINAL, 5),
+}
+
+EVENT_TYPES = tuple(s.event_type for s in CallStatus if s is not CallStatus.DIALING)
+
+
+def matches(pattern: str, event_type: str) -> bool:
+    """True if ``event_type`` matches ``pattern`` (``call.*``, ``call.completed``, ``*``)."""
+    return fnmatch.fnmatchcase(event_type, pattern)
+
+
+def new_id() -> str:
+    """A UUIDv7-shaped id: unique, and sortable by creation time as a string."""
+    ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 4 & ((1 << 76) - 1))
+    value = value & ~(0x3 << 62) | (0x2 << 62)  # RFC 4122 variant
+    text = f"{value:032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def iso(ts: float | None) -> str | None:
+    """ISO 8601 (UTC, milliseconds, ``Z``) for an epoch timestamp."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallRef:
+    """The call an event is about, as handlers see it."""
+
+    id: str
+    to: str
+    from_: str
+    agent_id: str | None
+    campaign: str | None
+    metadata: Mapping[str, Any]
+    attempt: int
+    provider_call_id: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready form; ``from_`` is spelled ``from``."""
+        return {
+            "id": self.id,
+            "to": self.to,
+            "from": self.from_,
+            "agent_id": self.agent_id,
+            "campaign": self.campaign,
+            "metadata": dict(self.metadata),
+            "attempt": self.attempt,
+            "provider_call_id": self.provider_call_id,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One lifecycle event. ``id`` is stable: a redelivered event carries the same id."""
+
+    id: str
+    type: str
+    occurred_at: float
+    call: CallRef
+    status: str | None = None
+    duration: float | None = None
+    recording_url: str | None = None
+    transcript: str | None = None
+    error: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as JSON handlers and the API receive it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "occurred_at": iso(self.occurred_at),
+            "call": self.call.to_json(),
+            "status": self.status,
+            "duration": self.duration,
+            "recording_url": self.recording_url,
+            "transcript": self.transcript,
+            "error": dict(self.error) if self.error is not None else None,
+            "data": dict(self.data),
+        }
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any], *, seq: int = 0) -> Event:
+        """Rebuild an event from :meth:`to_json` output (as stored in the event log)."""
+        call = body["call"]
+        occurred = datetime.fromisoformat(str(body["occurred_at"]).replace("Z", "+00:00"))
+        return cls(
+            id=body["id"],
+            type=body["type"],
+            occurred_at=occurred.timestamp(),
+            call=CallRef(
+                id=call["id"],
+                to=call["to"],
+                from_=call["from"],
+                agent_id=call.get("agent_id"),
+                campaign=call.get("campaign"),
+                metadata=call.get("metadata") or {},
+                attempt=int(call.get("attempt") or 0),
+                provider_call_id=call.get("provider_call_id"),
+            ),
+            status=body.get("status"),
+            duration=body.get("duration"),
+            recording_url=body.get("recording_url"),
+            transcript=body.get("transcript"),
+            error=body.get("error"),
+            data=body.get("data") or {},
+            seq=seq,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewCall:
+    """A call to queue, already validated."""
+
+    to: str
+    from_: str
+    agent_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    purpose: str | None = None
+    goal: str | None = None
+    template_id: str | None = None
+    campaign: str | None = None
+    priority: int = 0

@@ -1,0 +1,230 @@
+-- Named queries of the store. Each block starts with "-- name: NAME"; a block named
+-- "NAME@postgres" replaces NAME on PostgreSQL. Parameters are :name. Queries that return rows
+-- return whole rows (RETURNING *), so every connector hands back the same dicts.
+-- The in-memory connector (orchestrator.memory) implements each of these in Python.
+
+-- name: insert_call
+INSERT INTO calls (id, idempotency_key, request_hash, to_number, from_number, agent_id,
+                   campaign, metadata, purpose, goal, template_id, status, reason, attempts,
+                   created_at, updated_at, ended_at)
+VALUES (:id, :idempotency_key, :request_hash, :to_number, :from_number, :agent_id,
+        :campaign, :metadata, :purpose, :goal, :template_id, :status, NULL, 1,
+        :now, :now, NULL)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING *;
+
+-- name: get_call
+SELECT * FROM calls WHERE id = :id;
+
+-- name: get_call_by_idempotency_key
+SELECT * FROM calls WHERE idempotency_key = :idempotency_key;
+
+-- name: list_calls
+SELECT * FROM calls
+WHERE (CAST(:status AS TEXT) IS NULL OR status = :status)
+  AND (CAST(:campaign AS TEXT) IS NULL OR campaign = :campaign)
+  AND (CAST(:after AS TEXT) IS NULL OR id > :after)
+ORDER BY id
+LIMIT :limit;
+
+-- name: update_call
+-- Only the call's latest attempt speaks for the call.
+UPDATE calls SET status = :status, reason = :reason, ended_at = :ended_at, updated_at = :now
+WHERE id = :id AND attempts = :attempt;
+
+-- name: insert_attempt
+INSERT INTO attempts (id, call_id, number, to_number, from_number, status, live, ambiguous,
+                      webhook_token, priority, not_before, created_at)
+VALUES (:id, :call_id, :number, :to_number, :from_number, 'queued', 0, 0,
+        :webhook_token, :priority, :not_before, :now)
+RETURNING *;
+
+-- name: get_attempt
+SELECT * FROM attempts WHERE id = :id;
+
+-- name: get_attempt_by_token
+SELECT * FROM attempts WHERE webhook_token = :webhook_token;
+
+-- name: get_attempt_by_provider_id
+SELECT * FROM attempts WHERE provider_call_id = :provider_call_id;
+
+-- name: get_ambiguous_attempt
+-- The deployed provider echoes no metadata: an attempt whose answer was lost is matched by its
+-- numbers (the newest live, ambiguous attempt between them).
+SELECT * FROM attempts
+WHERE to_number = :to_number AND from_number = :from_number AND ambiguous = 1 AND live = 1
+ORDER BY created_at DESC
+LIMIT 1;
+
+-- name: list_attempts
+SELECT * FROM attempts WHERE call_id = :call_id ORDER BY number;
+
+-- name: count_live
+SELECT COUNT(*) AS n FROM attempts WHERE live = 1;
+
+-- name: claim_attempt
+-- The next due queued attempt whose number has no live call, marked dialing and leased.
+UPDATE attempts
+SET status = 'dialing', live = 1, lease_owner = :owner, lease_until = :lease_until,
+    placed_at = :now
+WHERE id = (
+    SELECT a.id FROM attempts a
+    WHERE a.status = 'queued' AND a.not_before <= :now
+      AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
+    ORDER BY a.priority DESC, a.not_before, a.id
+    LIMIT 1
+)
+RETURNING *;
+
+-- name: claim_attempt@postgres
+UPDATE attempts
+SET status = 'dialing', live = 1, lease_owner = :owner, lease_until = :lease_until,
+    placed_at = :now
+WHERE id = (
+    SELECT a.id FROM attempts a
+    WHERE a.status = 'queued' AND a.not_before <= :now
+      AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
+    ORDER BY a.priority DESC, a.not_before, a.id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: update_attempt
+-- Every column an attempt's progress can change, set at once from the engine's new row.
+UPDATE attempts
+SET status = :status, live = :live, ambiguous = :ambiguous,
+    provider_call_id = :provider_call_id, provider_status = :provider_status,
+    error_code = :error_code, error_message = :error_message, not_before = :not_before,
+    lease_owner = :lease_owner, lease_until = :lease_until, duration = :duration,
+    ended_at = :ended_at
+WHERE id = :id;
+
+-- name: rescue_attempts
+-- A placement whose daemon died mid-request: its outcome is unknown, so it is never resent.
+UPDATE attempts
+SET ambiguous = 1, lease_owner = NULL, lease_until = NULL,
+    error_code = 'ABANDONED',
+    error_message = 'the daemon stopped while placing this call; its outcome is unknown'
+WHERE status = 'dialing' AND ambiguous = 0 AND lease_until < :now
+RETURNING *;
+
+-- name: release_attempts
+UPDATE attempts
+SET ambiguous = 1, lease_owner = NULL, lease_until = NULL,
+    error_code = 'ABANDONED',
+    error_message = 'the daemon stopped while placing this call; its outcome is unknown'
+WHERE status = 'dialing' AND ambiguous = 0 AND lease_owner = :owner
+RETURNING *;
+
+-- name: insert_event
+INSERT INTO events (id, call_id, attempt_id, type, occurred_at, dedupe_key, body)
+VALUES (:id, :call_id, :attempt_id, :type, :occurred_at, :dedupe_key, :body)
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING seq;
+
+-- name: list_events
+SELECT * FROM events WHERE call_id = :call_id ORDER BY seq;
+
+-- name: get_event
+SELECT * FROM events WHERE seq = :seq;
+
+-- name: insert_delivery
+INSERT INTO deliveries (id, event_seq, event_id, call_id, handler, state, tries, not_before,
+                        updated_at)
+VALUES (:id, :event_seq, :event_id, :call_id, :handler, 'pending', 0, :now, :now);
+
+-- name: claim_deliveries
+-- Only the head of each (call, handler) queue: deliveries stay in order per call per handler.
+UPDATE deliveries
+SET lease_owner = :owner, lease_until = :lease_until, tries = tries + 1
+WHERE id IN (
+    SELECT d.id FROM deliveries d
+    WHERE d.handler = :handler AND d.state = 'pending' AND d.not_before <= :now
+      AND (d.lease_until IS NULL OR d.lease_until < :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries e
+          WHERE e.call_id = d.call_id AND e.handler = d.handler AND e.state = 'pending'
+            AND e.event_seq < d.event_seq)
+    ORDER BY d.event_seq
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: claim_deliveries@postgres
+UPDATE deliveries
+SET lease_owner = :owner, lease_until = :lease_until, tries = tries + 1
+WHERE id IN (
+    SELECT d.id FROM deliveries d
+    WHERE d.handler = :handler AND d.state = 'pending' AND d.not_before <= :now
+      AND (d.lease_until IS NULL OR d.lease_until < :now)
+      AND NOT EXISTS (
+          SELECT 1 FROM deliveries e
+          WHERE e.call_id = d.call_id AND e.handler = d.handler AND e.state = 'pending'
+            AND e.event_seq < d.event_seq)
+    ORDER BY d.event_seq
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: finish_delivery
+-- state is 'done', 'pending' (retry at :not_before) or 'dead'; only the lease holder may.
+UPDATE deliveries
+SET state = :state, not_before = :not_before, last_error = :last_error,
+    lease_owner = NULL, lease_until = NULL, updated_at = :now
+WHERE id = :id AND lease_owner = :owner;
+
+-- name: list_deliveries
+SELECT * FROM deliveries
+WHERE (CAST(:state AS TEXT) IS NULL OR state = :state)
+  AND (CAST(:handler AS TEXT) IS NULL OR handler = :handler)
+ORDER BY event_seq, handler
+LIMIT :limit;
+
+-- name: release_deliveries
+UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, tries = tries - 1
+WHERE lease_owner = :owner AND state = 'pending';
+
+-- name: insert_timer
+INSERT INTO timers (id, kind, ref, due_at) VALUES (:id, :kind, :ref, :due_at)
+ON CONFLICT (kind, ref) DO NOTHING;
+
+-- name: claim_timers
+UPDATE timers SET lease_owner = :owner, lease_until = :lease_until
+WHERE id IN (
+    SELECT t.id FROM timers t
+    WHERE t.due_at <= :now AND (t.lease_until IS NULL OR t.lease_until < :now)
+    ORDER BY t.due_at
+    LIMIT :limit
+)
+RETURNING *;
+
+-- name: claim_timers@postgres
+UPDATE timers SET lease_owner = :owner, lease_until = :lease_until
+WHERE id IN (
+    SELECT t.id FROM timers t
+    WHERE t.due_at <= :now AND (t.lease_until IS NULL OR t.lease_until < :now)
+    ORDER BY t.due_at
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: delete_timer
+DELETE FROM timers WHERE kind = :kind AND ref = :ref;
+
+-- name: next_timer
+SELECT MIN(due_at) AS due_at FROM timers;
+
+-- name: release_timers
+UPDATE timers SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = :owner;
+
+-- name: insert_receipt
+INSERT INTO receipts (id, received_at, attempt_id, outcome, body)
+VALUES (:id, :now, NULL, 'received', :body)
+ON CONFLICT (id) DO NOTHING
+RETURNING id;
+
+-- name: update_receipt
+UPDATE receipts SET attempt_id = :attempt_id, outcome = :outcome WHERE id = :id;

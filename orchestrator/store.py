@@ -1,0 +1,679 @@
+"""The engine's durable operations: every state change of a call, one transaction each.
+
+The store is the source of truth. Each method here is one transaction over named queries
+(:mod:`orchestrator.connector`), so the same logic runs on SQLite, PostgreSQL and in memory.
+Events are written in the same transaction as the change they announce, together with one
+outbox row per subscribed handler; nothing is published that is not already durable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from orchestrator import exceptions
+from orchestrator.connector import Connector, Row, Transaction
+from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
+
+Router = Callable[[Event], Sequence[str]]
+Clock = Callable[[], float]
+
+WATCHDOG = "watchdog"
+
+
+class Ingest(StrEnum):
+    """What a webhook delivery did."""
+
+    APPLIED = "applied"  # it moved the call forward and emitted an event
+    DUPLICATE = "duplicate"  # the exact same delivery was received before
+    STALE = "stale"  # out of order or after a terminal state: recorded, no event
+    UNMATCHED = "unmatched"  # no call of ours
+    CONFLICT = "conflict"  # the token's attempt has another provider call id
+
+
+@dataclass(frozen=True, kw_only=True)
+class Webhook:
+    """A parsed status webhook, whichever shape it arrived in."""
+
+    raw: bytes
+    status: CallStatus
+    provider_call_id: str | None = None
+    correlation: str | None = None
+    to: str | None = None
+    from_: str | None = None
+    duration: float | None = None
+    recording_url: str | None = None
+    transcript: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestResult:
+    """The outcome of one webhook delivery and the events it emitted."""
+
+    outcome: Ingest
+    call_id: str | None = None
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """An attempt claimed for dialing, with the call it belongs to."""
+
+    attempt: Row
+    call: Row
+
+    @property
+    def attempt_id(self) -> str:
+        return str(self.attempt["id"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Delivery:
+    """One (event, handler) delivery claimed from the outbox."""
+
+    id: str
+    handler: str
+    tries: int
+    event: Event
+
+
+class Store:
+    """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`.
+
+    ``router`` names the handlers subscribed to an event; it runs inside the transaction that
+    writes the event, so the outbox rows are exactly as durable as the event.
+    """
+
+    def __init__(
+        self, connector: Connector, *, router: Router | None = None, clock: Clock = time.time
+    ) -> None:
+        self.connector = connector
+        self.router: Router = router or (lambda event: ())
+        self.clock = clock
+
+    async def open(self) -> None:
+        """Open the connector and apply migrations."""
+        await self.connector.open()
+
+    async def close(self) -> None:
+        """Close the connector."""
+        await self.connector.close()
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the store answers a query."""
+        async with self.connector.transaction() as tx:
+            await tx.fetchone("count_live")
+
+    # -- calls -------------------------------------------------------------------------------
+
+    async def create_call(
+        self, new: NewCall, *, idempotency_key: str | None = None
+    ) -> tuple[Row, bool]:
+        """Queue a call (with its first attempt and ``call.queued``); return (call, created).
+
+        With an ``idempotency_key`` already used for the same request, the first call is
+        returned and nothing is queued; for a different request, IdempotencyConflict.
+        """
+        now = self.clock()
+        request_hash = _request_hash(new)
+        async with self.connector.transaction() as tx:
+            if idempotency_key is not None:
+                existing = await tx.fetchone(
+                    "get_call_by_idempotency_key", idempotency_key=idempotency_key
+                )
+                if existing is not None:
+                    return _same_request(existing, request_hash), False
+            call = await tx.fetchone(
+                "insert_call",
+                id=new_id(),
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                to_number=new.to,
+                from_number=new.from_,
+                agent_id=new.agent_id,
+                campaign=new.campaign,
+                metadata=json.dumps(dict(new.metadata), sort_keys=True),
+                purpose=new.purpose,
+                goal=new.goal,
+                template_id=new.template_id,
+                status=CallStatus.QUEUED.value,
+                now=now,
+            )
+            if call is None:  # another transaction used the key first
+                existing = await tx.fetchone(
+                    "get_call_by_idempotency_key", idempotency_key=idempotency_key
+                )
+                assert existing is not None
+                return _same_request(existing, request_hash), False
+            attempt = await self._new_attempt(tx, call, number=1, not_before=now, now=now)
+            await self._emit(tx, call, attempt, CallStatus.QUEUED, now=now)
+        return call, True
+
+    async def _new_attempt(
+        self, tx: Transaction, call: Row, *, number: int, not_before: float, now: float
+    ) -> Row:
+        attempt = await tx.fetchone(
+            "insert_attempt",
+            id=new_id(),
+            call_id=call["id"],
+            number=number,
+            to_number=call["to_number"],
+            from_number=call["from_number"],
+            # The per-attempt secret in the webhook URL: it authenticates the provider's
+            # deliveries and names the attempt even before the placing POST has returned.
+            webhook_token=secrets.token_urlsafe(24),
+            priority=0,
+            not_before=not_before,
+            now=now,
+        )
+        assert attempt is not None
+        return attempt
+
+    async def get_call(self, call_id: str) -> tuple[Row, list[Row], list[Event]] | None:
+        """The call, its attempts and its events, or None."""
+        async with self.connector.transaction() as tx:
+            call = await tx.fetchone("get_call", id=call_id)
+            if call is None:
+                return None
+            attempts = await tx.fetch("list_attempts", call_id=call_id)
+            events = await tx.fetch("list_events", call_id=call_id)
+        return (
+            call,
+            attempts,
+            [Event.from_json(json.loads(e["body"]), seq=e["seq"]) for e in events],
+        )
+
+    async def list_calls(
+        self,
+        *,
+        status: str | None = None,
+        campaign: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+    ) -> list[Row]:
+        """Calls in id (creation) order after the cursor ``after``."""
+        async with self.connector.transaction() as tx:
+            return await tx.fetch(
+                "list_calls", status=status, campaign=campaign, after=after, limit=limit
+            )
+
+    async def live_count(self) -> int:
+        """How many attempts hold a concurrency slot right now."""
+        async with self.connector.transaction() as tx:
+            row = await tx.fetchone("count_live")
+        return int(row["n"]) if row else 0
+
+    # -- dialing -----------------------------------------------------------------------------
+
+    async def claim_attempt(
+        self, owner: str, *, max_live: int, lease: float, watchdog_after: float
+    ) -> Claim | None:
+        """Claim the next due attempt if a slot is free: it becomes live and ``dialing``.
+
+        The watchdog timer is written in the same transaction, so even a daemon killed
+        mid-request leaves a call that ends by itself.
+        """
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            live = await tx.fetchone("count_live")
+            if live is not None and int(live["n"]) >= max_live:
+                return None
+            attempt = await tx.fetchone(
+                "claim_attempt", owner=owner, lease_until=now + lease, now=now
+            )
+            if attempt is None:
+                return None
+            call = await tx.fetchone("get_call", id=attempt["call_id"])
+            assert call is not None
+            await tx.execute(
+                "insert_timer",
+                id=new_id(),
+                kind=WATCHDOG,
+                ref=attempt["id"],
+                due_at=now + watchdog_after,
+            )
+            await self._sync_call(tx, attempt, now=now)
+        return Claim(attempt=attempt, call=call)
+
+    async def placed(
+        self, attempt_id: str, *, provider_call_id: str, provider_status: str
+    ) -> list[Event]:
+        """The provider accepted the placement; ``call.initiated`` unless it only queued it."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            status = CallStatus(attempt["status"])
+            changes: dict[str, Any] = {
+                "provider_call_id": attempt["provider_call_id"] or provider_call_id,
+                "provider_status": provider_status,
+                "ambiguous": 0,
+                "lease_owner": None,
+                "lease_until": None,
+            }
+            if status.terminal or provider_status != "initiated" or status.rank >= 2:
+                await self._update_attempt(tx, attempt, **changes)
+                return []
+            return await self._advance(tx, attempt, CallStatus.INITIATED, now=now, **changes)
+
+    async def refused(self, attempt_id: str, error: exceptions.OrchestratorError) -> list[Event]:
+        """The provider (or local validation) refused the placement: ``call.rejected``."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if CallStatus(attempt["status"]).terminal:
+                return []
+            status = getattr(error, "status", None)
+            return await self._advance(
+                tx,
+                attempt,
+                CallStatus.REJECTED,
+                now=now,
+                error_code=error.code,
+                error_message=error.message,
+                lease_owner=None,
+                lease_until=None,
+                error={"code": error.code, "message": error.message, "http_status": status},
+            )
+
+    async def requeue(
+        self, attempt_id: str, error: exceptions.OrchestratorError, *, retry_at: float
+    ) -> bool:
+        """The placement certainly did not happen (429, 503, no connection): queue it again.
+
+        Only an attempt still ``dialing`` and not ambiguous goes back; returns whether it did.
+        """
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if attempt["status"] != CallStatus.DIALING or attempt["ambiguous"]:
+                return False
+            await self._update_attempt(
+                tx,
+                attempt,
+                status=CallStatus.QUEUED.value,
+                live=0,
+                not_before=retry_at,
+                error_code=error.code,
+                error_message=error.message,
+                lease_owner=None,
+                lease_until=None,
+            )
+            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
+            await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
+        return True
+
+    async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:
+        """The placement may have happened: never resend; wait for a webhook or the watchdog."""
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if CallStatus(attempt["status"]).terminal:
+                return
+            await self._update_attempt(
+                tx,
+                attempt,
+                ambiguous=0 if attempt["provider_call_id"] else 1,
+                error_code=error.code,
+                error_message=error.message,
+                lease_owner=None,
+                lease_until=None,
+            )
+
+    async def rescue(self) -> int:
+        """Mark placements abandoned by a dead daemon (expired lease) ambiguous."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            return len(await tx.fetch("rescue_attempts", now=now))
+
+    async def release(self, owner: str) -> None:
+        """On shutdown: hand back this daemon's leases so another daemon can go on at once."""
+        async with self.connector.transaction() as tx:
+            await tx.fetch("release_attempts", owner=owner)
+            await tx.execute("release_deliveries", owner=owner)
+            await tx.execute("release_timers", owner=owner)
+
+    # -- webhooks ----------------------------------------------------------------------------
+
+    async def ingest(self, hook: Webhook, *, token: str | None = None) -> IngestResult:
+        """Record one webhook delivery and apply its effect, in one transaction."""
+        now = self.clock()
+        receipt = hashlib.sha256(hook.raw).hexdigest()
+        async with self.connector.transaction() as tx:
+            inserted = await tx.fetchone(
+                "insert_receipt", id=receipt, now=now, body=hook.raw.decode("utf-8", "replace")
+            )
+            if inserted is None:
+                return IngestResult(outcome=Ingest.DUPLICATE)
+            attempt = await self._match(tx, hook, token)
+            if attempt is None:
+                await tx.execute(
+                    "update_receipt", id=receipt, attempt_id=None, outcome=Ingest.UNMATCHED.value
+                )
+                return IngestResult(outcome=Ingest.UNMATCHED)
+            result = await self._apply(tx, attempt, hook, now=now)
+            await tx.execute(
+                "update_receipt", id=receipt, attempt_id=attempt["id"], outcome=result.outcome.value
+            )
+        return result
+
+    async def _match(self, tx: Transaction, hook: Webhook, token: str | None) -> Row | None:
+        if token is not None:
+            return await tx.fetchone("get_attempt_by_token", webhook_token=token)
+        if hook.correlation:
+            found = await tx.fetchone("get_attempt", id=hook.correlation)
+            if found is not None:
+                return found
+        if hook.provider_call_id:
+            found = await tx.fetchone(
+                "get_attempt_by_provider_id", provider_call_id=hook.provider_call_id
+            )
+            if found is not None:
+                return found
+        if hook.to and hook.from_:
+            return await tx.fetchone(
+                "get_ambiguous_attempt", to_number=hook.to, from_number=hook.from_
+            )
+        return None
+
+    async def _apply(
+        self, tx: Transaction, attempt: Row, hook: Webhook, *, now: float
+    ) -> IngestResult:
+        known = attempt["provider_call_id"]
+        if known and hook.provider_call_id and known != hook.provider_call_id:
+            return IngestResult(outcome=Ingest.CONFLICT, call_id=attempt["call_id"])
+        current = CallStatus(attempt["status"])
+        provider_call_id = known or hook.provider_call_id
+        if current.terminal or hook.status.rank <= current.rank:
+            if provider_call_id != known:
+                await self._update_attempt(tx, attempt, provider_call_id=provider_call_id)
+            return IngestResult(outcome=Ingest.STALE, call_id=attempt["call_id"])
+        events = await self._advance(
+            tx,
+            attempt,
+            hook.status,
+            now=now,
+            provider_call_id=provider_call_id,
+            provider_status=hook.status.value,
+            ambiguous=0,
+            duration=hook.duration,
+            recording_url=hook.recording_url,
+            transcript=hook.transcript,
+            data=hook.data,
+        )
+        return IngestResult(
+            outcome=Ingest.APPLIED, call_id=attempt["call_id"], events=tuple(events)
+        )
+
+    # -- timers ------------------------------------------------------------------------------
+
+    async def claim_timers(self, owner: str, *, limit: int, lease: float) -> list[Row]:
+        """Due timers, leased to ``owner``."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            return await tx.fetch(
+                "claim_timers", owner=owner, lease_until=now + lease, now=now, limit=limit
+            )
+
+    async def next_timer(self) -> float | None:
+        """When the next timer is due (epoch seconds), if any."""
+        async with self.connector.transaction() as tx:
+            row = await tx.fetchone("next_timer")
+        return float(row["due_at"]) if row and row["due_at"] is not None else None
+
+    async def fire(self, timer: Row) -> list[Event]:
+        """Run a due timer. The watchdog ends a still-live attempt as ``call.timed_out``."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            await tx.execute("delete_timer", kind=timer["kind"], ref=timer["ref"])
+            if timer["kind"] != WATCHDOG:
+                return []
+            attempt = await tx.fetchone("get_attempt", id=timer["ref"])
+            if attempt is None or CallStatus(attempt["status"]).terminal:
+                return []
+            if attempt["ambiguous"]:
+                code, message = (
+                    "AMBIGUOUS",
+                    (
+                        "the placement's outcome was never known and no webhook came "
+                        f"({attempt['error_code']}: {attempt['error_message']})"
+                    ),
+                )
+            else:
+                code, message = (
+                    "NO_TERMINAL_WEBHOOK",
+                    (
+                        f"no terminal webhook within max_call_duration (last status: "
+                        f"{attempt['status']})"
+                    ),
+                )
+            return await self._advance(
+                tx,
+                attempt,
+                CallStatus.TIMED_OUT,
+                now=now,
+                error_code=code,
+                error_message=message,
+                lease_owner=None,
+                lease_until=None,
+                error={"code": code, "message": message},
+            )
+
+    # -- deliveries --------------------------------------------------------------------------
+
+    async def claim_deliveries(
+        self, handler: str, owner: str, *, limit: int, lease: float
+    ) -> list[Delivery]:
+        """Up to ``limit`` due deliveries for ``handler``, at most one per call (in order)."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            rows = await tx.fetch(
+                "claim_deliveries",
+                handler=handler,
+                owner=owner,
+                lease_until=now + lease,
+                now=now,
+                limit=limit,
+            )
+            out = []
+            for row in sorted(rows, key=lambda r: r["event_seq"]):
+                event = await tx.fetchone("get_event", seq=row["event_seq"])
+                assert event is not None
+                out.append(
+                    Delivery(
+                        id=row["id"],
+                        handler=handler,
+                        tries=int(row["tries"]),
+                        event=Event.from_json(json.loads(event["body"]), seq=event["seq"]),
+                    )
+                )
+        return out
+
+    async def finish_delivery(
+        self,
+        delivery: Delivery,
+        owner: str,
+        *,
+        error: str | None = None,
+        retry_at: float | None = None,
+    ) -> bool:
+        """Mark a delivery done (no ``error``), due again at ``retry_at``, or dead.
+
+        Returns False when the lease was lost (another worker took the delivery over).
+        """
+        state = "done" if error is None else ("pending" if retry_at is not None else "dead")
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            changed = await tx.execute(
+                "finish_delivery",
+                id=delivery.id,
+                owner=owner,
+                state=state,
+                not_before=retry_at if retry_at is not None else now,
+                last_error=error[:2000] if error else None,
+                now=now,
+            )
+        return changed > 0
+
+    async def list_deliveries(
+        self, *, state: str | None = None, handler: str | None = None, limit: int = 100
+    ) -> list[Row]:
+        """Outbox rows, e.g. the dead letters (``state='dead'``)."""
+        async with self.connector.transaction() as tx:
+            return await tx.fetch("list_deliveries", state=state, handler=handler, limit=limit)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _attempt(self, tx: Transaction, attempt_id: str) -> Row:
+        attempt = await tx.fetchone("get_attempt", id=attempt_id)
+        if attempt is None:
+            raise exceptions.StoreError(f"no attempt {attempt_id}")
+        return attempt
+
+    async def _update_attempt(self, tx: Transaction, attempt: Row, **changes: Any) -> Row:
+        row = {**attempt, **{k: v for k, v in changes.items() if k in attempt}}
+        await tx.execute(
+            "update_attempt",
+            **{
+                k: row[k]
+                for k in (
+                    "id",
+                    "status",
+                    "live",
+                    "ambiguous",
+                    "provider_call_id",
+                    "provider_status",
+                    "error_code",
+                    "error_message",
+                    "not_before",
+                    "lease_owner",
+                    "lease_until",
+                    "duration",
+                    "ended_at",
+                )
+            },
+        )
+        return row
+
+    async def _advance(
+        self, tx: Transaction, attempt: Row, status: CallStatus, *, now: float, **fields: Any
+    ) -> list[Event]:
+        """Move an attempt (and its call) to ``status`` and emit the event for it."""
+        changes = {"status": status.value, **fields}
+        if status.terminal:
+            changes.update(live=0, ended_at=now, ambiguous=0)
+            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt["id"])
+        row = await self._update_attempt(tx, attempt, **changes)
+        call = await self._sync_call(tx, row, now=now)
+        event = await self._emit(
+            tx,
+            call,
+            row,
+            status,
+            now=now,
+            duration=fields.get("duration"),
+            recording_url=fields.get("recording_url"),
+            transcript=fields.get("transcript"),
+            error=fields.get("error"),
+            data=fields.get("data") or {},
+        )
+        return [event] if event is not None else []
+
+    async def _sync_call(self, tx: Transaction, attempt: Row, *, now: float) -> Row:
+        status = CallStatus(attempt["status"])
+        reason = attempt.get("error_code") if status.terminal else None
+        await tx.execute(
+            "update_call",
+            id=attempt["call_id"],
+            attempt=attempt["number"],
+            status=status.value,
+            reason=reason,
+            ended_at=now if status.terminal else None,
+            now=now,
+        )
+        call = await tx.fetchone("get_call", id=attempt["call_id"])
+        assert call is not None
+        return call
+
+    async def _emit(
+        self,
+        tx: Transaction,
+        call: Row,
+        attempt: Row,
+        status: CallStatus,
+        *,
+        now: float,
+        **fields: Any,
+    ) -> Event | None:
+        event = Event(
+            id=new_id(),
+            type=status.event_type,
+            occurred_at=now,
+            call=CallRef(
+                id=call["id"],
+                to=call["to_number"],
+                from_=call["from_number"],
+                agent_id=call["agent_id"],
+                campaign=call["campaign"],
+                metadata=json.loads(call["metadata"]),
+                attempt=int(attempt["number"]),
+                provider_call_id=attempt["provider_call_id"],
+            ),
+            status=status.value,
+            duration=fields.get("duration"),
+            recording_url=fields.get("recording_url"),
+            transcript=fields.get("transcript"),
+            error=fields.get("error"),
+            data=fields.get("data") or {},
+        )
+        inserted = await tx.fetchone(
+            "insert_event",
+            id=event.id,
+            call_id=call["id"],
+            attempt_id=attempt["id"],
+            type=event.type,
+            occurred_at=now,
+            dedupe_key=f"{attempt['id']}:{event.type}",
+            body=json.dumps(event.to_json()),
+        )
+        if inserted is None:
+            return None
+        seq = int(inserted["seq"])
+        for handler in self.router(event):
+            await tx.execute(
+                "insert_delivery",
+                id=new_id(),
+                event_seq=seq,
+                event_id=event.id,
+                call_id=call["id"],
+                handler=handler,
+                now=now,
+            )
+        return Event.from_json(event.to_json(), seq=seq)
+
+
+def _request_hash(new: NewCall) -> str:
+    body = {
+        "to": new.to,
+        "from": new.from_,
+        "agent_id": new.agent_id,
+        "metadata": dict(new.metadata),
+        "purpose": new.purpose,
+        "goal": new.goal,
+        "template_id": new.template_id,
+        "campaign": new.campaign,
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _same_request(existing: Row, request_hash: str) -> Row:
+    if existing["request_hash"] != request_hash:
+        raise exceptions.IdempotencyConflict(
+            "this Idempotency-Key was used for a different request", call_id=existing["id"]
+        )
+    return existing
