@@ -1,89 +1,129 @@
 """``orchestrator demo``: the product on a laptop with nothing configured.
 
-It starts the built-in simulator in this process, places a few calls through the real client
-and prints each call's lifecycle as the simulator's status webhooks arrive.
+It runs the built-in simulator and the daemon in this process, on a temporary SQLite file,
+queues a small campaign, and prints each call's lifecycle events as the handlers receive them,
+then a summary of outcomes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
-from typing import Any
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, TextIO
 
-from aiohttp import web
-
-from orchestrator import client, exceptions
-from orchestrator.simulation import Outcome, Script, SimulatorConfig
+from orchestrator import app, bus, config, phone
+from orchestrator.model import CallStatus, Event, NewCall
+from orchestrator.plugin import Context
+from orchestrator.simulation import Faults, SimulatorConfig
 from orchestrator.simulator import Simulator
 
 FROM = "+16045551234"
 AGENT = "c72ea2b8-1234-5678-9abc-def012345678"
-TERMINAL = {"completed", "busy", "no-answer", "failed", "canceled"}
-
-# One call per outcome, plus one the client refuses locally and one the provider refuses.
-CALLS: list[tuple[str, Script | None]] = [
-    ("+14155550101", Script(outcome=Outcome.COMPLETED, duration=95, ring=6)),
-    ("+14155550102", Script(outcome=Outcome.BUSY, ring=2)),
-    ("+14155550103", Script(outcome=Outcome.NO_ANSWER, ring=30)),
-    ("+14155550104", Script(outcome=Outcome.FAILED, ring=1)),
-    ("+14155550105", Script(outcome=Outcome.CANCELED, ring=3)),
-    ("+1415555010", None),
-]
 
 
-async def run(out: Any = None) -> int:
+class Printer:
+    """A handler that prints one line per event."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.started = time.monotonic()
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        extra = ""
+        if event.duration:
+            extra = f" ({event.duration:.0f}s)"
+        if event.error:
+            extra = f" ({event.error.get('code')})"
+        print(
+            f"{time.monotonic() - self.started:6.2f}s  {event.call.to}  {event.type}{extra}",
+            file=self.out,
+        )
+
+
+async def run(out: TextIO | None = None, *, calls: int = 24) -> int:
     """Run the demo; print to ``out`` (stdout by default). Returns an exit status."""
     out = out or sys.stdout
-    events: dict[str, list[str]] = {}
-    finished = asyncio.Event()
-    expected: set[str] = set()
-
-    async def receive(request: web.Request) -> web.Response:
-        body = await request.json()
-        call_id, status = body.get("call_id"), body.get("status")
-        events.setdefault(call_id, []).append(status)
-        print(f"  webhook  {call_id[:8]}  {status}", file=out)
-        done = {c for c, seen in events.items() if TERMINAL & set(seen)}
-        if expected and expected <= done:
-            finished.set()
-        return web.json_response({"ok": True})
-
-    receiver = web.Application()
-    receiver.router.add_post("/webhooks", receive)
-    runner = web.AppRunner(receiver, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    scripts = {to: script for to, script in CALLS if script is not None}
-    sim = Simulator(SimulatorConfig(time_scale=0.01, seed=1, scripts=scripts))
+    sim = Simulator(
+        SimulatorConfig(
+            time_scale=0.01,
+            seed=42,
+            max_concurrent=50,
+            faults=Faults(duplicate_webhooks=0.2, out_of_order=0.2, early_webhook=0.2),
+        )
+    )
     base_url = await sim.start()
-    print(f"simulator on {base_url}, webhooks to http://127.0.0.1:{port}/webhooks", file=out)
-    try:
-        async with client.MagpipeClient(token=sim.config.token, base_url=base_url) as magpipe:
-            for to, _ in CALLS:
-                request = client.CallRequest(
-                    to=to,
-                    from_=FROM,
-                    agent_id=AGENT,
-                    metadata={"campaign": "demo"},
-                    webhook_url=f"http://127.0.0.1:{port}/webhooks",
-                    purpose="Appointment reminder",
+    with tempfile.TemporaryDirectory(prefix="orchestrator-demo-") as tmp:
+        cfg = config.Config.model_validate(
+            {
+                "magpipe": {"base_url": base_url, "token": sim.config.token, "timeout": "5s"},
+                "defaults": {"from": FROM, "agent_id": AGENT},
+                "webhooks": {"listen": "127.0.0.1:0"},
+                "api": {"listen": "127.0.0.1:0"},
+                "store": f"sqlite://{Path(tmp) / 'demo.db'}",
+                "dialer": {"max_live_calls": 8, "calls_per_second": 20, "max_call_duration": "10s"},
+            }
+        )
+        printer = bus.Subscription(name="printer", handler=Printer(out), patterns=("call.*",))
+        daemon = app.Daemon(cfg, subscriptions=[printer], shutdown_grace=5)
+        runner = asyncio.create_task(daemon.run(), name="daemon")
+        try:
+            await _wait_open(daemon, runner)
+            print(f"simulator {base_url}  daemon webhooks {daemon.urls['webhooks']}", file=out)
+            ids = []
+            for i in range(calls):
+                to = phone.validate_number(f"+1415555{2000 + i:04d}")
+                call, _ = await daemon.store.create_call(
+                    NewCall(
+                        to=to,
+                        from_=FROM,
+                        metadata={"campaign": "demo", "row": i},
+                        purpose="Appointment reminder",
+                        campaign="demo",
+                    )
                 )
-                try:
-                    placed = await magpipe.place_call(request)
-                except exceptions.OrchestratorError as exc:
-                    print(f"call {to}: refused: {exc}", file=out)
-                    continue
-                expected.add(placed.call_id)
-                print(f"call {to}: {json.dumps(dict(placed.raw))}", file=out)
-            await asyncio.wait_for(finished.wait(), timeout=30)
-    finally:
-        await sim.stop()
-        await runner.cleanup()
+                ids.append(call["id"])
+            daemon.publish([])
+            assert daemon._dialer is not None
+            daemon._dialer.wake.set()
+            rows = await _wait_ended(daemon, ids, runner)
+        finally:
+            daemon.stopping.set()
+            status = await runner
+            await sim.stop()
+    outcomes = Counter(r["status"] for r in rows)
     print("\nsummary", file=out)
-    for record in sim.calls:
-        seen = " -> ".join(events.get(record.id, []))
-        print(f"  {record.to}  {record.outcome.value:<10} {seen}", file=out)
-    return 0
+    for status_name, count in sorted(outcomes.items(), key=lambda kv: -kv[1]):
+        print(f"  {status_name:<12} {count}", file=out)
+    stats = sim.stats()
+    print(
+        f"  dials {stats['placed']} for {len(rows)} calls; peak live {stats['max_live_seen']}",
+        file=out,
+    )
+    return status
+
+
+async def _wait_open(daemon: app.Daemon, runner: asyncio.Task[int]) -> None:
+    while "api" not in daemon.urls:
+        if runner.done():
+            runner.result()
+            raise RuntimeError("the daemon stopped during start-up")
+        await asyncio.sleep(0.01)
+
+
+async def _wait_ended(
+    daemon: app.Daemon, ids: list[str], runner: asyncio.Task[int]
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 60
+    while True:
+        rows = [r for r in await daemon.store.list_calls(limit=1000) if r["id"] in set(ids)]
+        if all(CallStatus(r["status"]).terminal for r in rows) and len(rows) == len(ids):
+            # Let the last deliveries reach the printer.
+            await asyncio.sleep(0.3)
+            return rows
+        if runner.done() or time.monotonic() > deadline:
+            raise RuntimeError("the demo did not finish")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,609 @@
+"""A pure-Python in-memory connector, for fast unit tests of the engine.
+
+Every named query of ``queries.sql`` is one method of :class:`_Database`, written to behave as
+the SQL does on SQLite: the same row dicts (every column, in table order), the same ordering,
+``LIMIT`` and ``NULL`` semantics, ``ON CONFLICT DO NOTHING`` returning no row, the column
+defaults of the migration and its constraints (``NOT NULL``, ``UNIQUE``, the partial unique
+index ``attempts_one_live_per_number``, the ``attempts.call_id`` foreign key), each raising
+:class:`~orchestrator.exceptions.StoreError` as a wrapped SQLite ``IntegrityError`` would.
+
+Values get SQLite's column affinity (an int stored in a ``DOUBLE PRECISION`` column reads back
+as a float). Rows are never changed in place: an update stores a new dict, so a transaction's
+snapshot is a shallow copy of each table, and every row handed out is a copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from orchestrator import connector, exceptions
+from orchestrator.connector import Row
+
+Params = dict[str, Any]
+Result = tuple[list[Row], int]  # (rows returned, rows changed; -1 for a SELECT like sqlite3)
+Tables = dict[str, dict[Any, Row]]
+
+# Columns in declared order: T (TEXT), I (INTEGER), R (DOUBLE PRECISION); "!" is NOT NULL.
+_SPEC = {
+    "calls": "id T!, idempotency_key T, request_hash T, to_number T!, from_number T!, "
+    "agent_id T, campaign T, metadata T!, purpose T, goal T, template_id T, status T!, "
+    "reason T, attempts I!, created_at R!, updated_at R!, ended_at R",
+    "attempts": "id T!, call_id T!, number I!, to_number T!, from_number T!, status T!, "
+    "live I!, ambiguous I!, webhook_token T!, provider_call_id T, provider_status T, "
+    "error_code T, error_message T, priority I!, not_before R!, lease_owner T, lease_until R, "
+    "duration R, created_at R!, placed_at R, ended_at R",
+    "events": "seq I!, id T!, call_id T!, attempt_id T, type T!, occurred_at R!, "
+    "dedupe_key T, body T!",
+    "deliveries": "id T!, event_seq I!, event_id T!, call_id T!, handler T!, state T!, "
+    "tries I!, not_before R!, lease_owner T, lease_until R, last_error T, updated_at R!",
+    "timers": "id T!, kind T!, ref T!, due_at R!, lease_owner T, lease_until R",
+    "receipts": "id T!, received_at R!, attempt_id T, outcome T!, body T!",
+}
+_COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
+    table: {
+        name: (kind.rstrip("!"), kind.endswith("!"))
+        for name, kind in (column.split() for column in spec.split(", "))
+    }
+    for table, spec in _SPEC.items()
+}
+_PRIMARY = {"events": "seq"}  # every other table's primary key is "id"
+_DEFAULTS: dict[str, Row] = {
+    "attempts": {"live": 0, "ambiguous": 0, "priority": 0},
+    "deliveries": {"tries": 0},
+}
+
+
+def _always(row: Row) -> bool:
+    return True
+
+
+def _is_live(row: Row) -> bool:
+    return bool(row["live"] == 1)
+
+
+# Each UNIQUE constraint or unique index: its columns and the rows it covers.
+_UNIQUE: dict[str, list[tuple[tuple[str, ...], Callable[[Row], bool]]]] = {
+    "calls": [(("id",), _always), (("idempotency_key",), _always)],
+    "attempts": [
+        (("id",), _always),
+        (("webhook_token",), _always),
+        (("provider_call_id",), _always),
+        (("call_id", "number"), _always),
+        (("to_number",), _is_live),  # attempts_one_live_per_number
+    ],
+    "events": [(("seq",), _always), (("id",), _always), (("dedupe_key",), _always)],
+    "deliveries": [(("id",), _always), (("event_id", "handler"), _always)],
+    "timers": [(("id",), _always), (("kind", "ref"), _always)],
+    "receipts": [(("id",), _always)],
+}
+
+_ABANDONED = {
+    "ambiguous": 1,
+    "lease_owner": None,
+    "lease_until": None,
+    "error_code": "ABANDONED",
+    "error_message": "the daemon stopped while placing this call; its outcome is unknown",
+}
+
+
+class _IntegrityError(Exception):
+    """A constraint violation, wrapped in StoreError with the query's name."""
+
+
+def _affinity(kind: str, value: Any) -> Any:
+    """The value as SQLite stores it in a column of this affinity."""
+    if isinstance(value, bool):
+        value = int(value)
+    if kind == "T" and isinstance(value, int | float):
+        return str(value)
+    if kind == "R" and isinstance(value, int):
+        return float(value)
+    if kind == "I" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _key(value: Any) -> tuple[int, Any]:
+    """SQLite's sort order across types: NULL, numbers, text, blobs."""
+    if value is None:
+        return (0, 0)
+    if isinstance(value, int | float):
+        return (1, value)
+    return (2, value) if isinstance(value, str) else (3, value)
+
+
+def _eq(a: Any, b: Any) -> bool:
+    """SQL ``a = b``: never true when either side is NULL."""
+    return a is not None and b is not None and _key(a) == _key(b)
+
+
+def _lt(a: Any, b: Any) -> bool:
+    """SQL ``a < b``: never true when either side is NULL."""
+    return a is not None and b is not None and _key(a) < _key(b)
+
+
+def _le(a: Any, b: Any) -> bool:
+    return _lt(a, b) or _eq(a, b)
+
+
+def _order(rows: Iterable[Row], *keys: str) -> list[Row]:
+    """Rows sorted by ``keys`` (``-name`` descending); ties keep insertion (rowid) order."""
+    out = list(rows)
+    for key in reversed(keys):
+        name = key.lstrip("-")
+        out.sort(key=lambda row: _key(row[name]), reverse=key.startswith("-"))
+    return out
+
+
+def _limit(rows: list[Row], limit: Any) -> list[Row]:
+    """SQLite's ``LIMIT``: a negative limit is none; NULL is an error."""
+    if limit is None or isinstance(limit, str | bytes):
+        raise _IntegrityError("datatype mismatch")
+    return rows if limit < 0 else rows[: int(limit)]
+
+
+def _pick(params: Params, names: str) -> Params:
+    """The parameters named in the space-separated ``names``."""
+    return {name: params[name] for name in names.split()}
+
+
+class _Database:
+    """The tables, and one method per named query returning (rows, rows changed)."""
+
+    def __init__(self) -> None:
+        self.tables: Tables = {table: {} for table in _COLUMNS}
+
+    def snapshot(self) -> Tables:
+        """The tables as they are now (rows are immutable, so a shallow copy is enough)."""
+        return {table: dict(rows) for table, rows in self.tables.items()}
+
+    def restore(self, snapshot: Tables) -> None:
+        """Put back the tables of a :meth:`snapshot`."""
+        self.tables = snapshot
+
+    # -- storage -------------------------------------------------------------------------
+
+    def _new_row(self, table: str, values: Params) -> Row:
+        defaults = _DEFAULTS.get(table, {})
+        return {
+            name: _affinity(kind, values[name] if name in values else defaults.get(name))
+            for name, (kind, _) in _COLUMNS[table].items()
+        }
+
+    def _clash(self, table: str, row: Row, columns: tuple[str, ...]) -> bool:
+        pk = _PRIMARY.get(table, "id")
+        cover = next(c for cols, c in _UNIQUE[table] if cols == columns)
+        if not cover(row) or any(row[c] is None for c in columns):
+            return False
+        return any(
+            other[pk] != row[pk] and cover(other) and all(_eq(other[c], row[c]) for c in columns)
+            for other in self.tables[table].values()
+        )
+
+    def _check(self, table: str, row: Row) -> None:
+        for name, (_, not_null) in _COLUMNS[table].items():
+            if not_null and row[name] is None:
+                raise _IntegrityError(f"NOT NULL constraint failed: {table}.{name}")
+        for columns, _ in _UNIQUE[table]:
+            if self._clash(table, row, columns):
+                names = ", ".join(f"{table}.{c}" for c in columns)
+                raise _IntegrityError(f"UNIQUE constraint failed: {names}")
+
+    def _insert(
+        self, table: str, values: Params, *, on_conflict: tuple[str, ...] | None = None
+    ) -> Row | None:
+        """INSERT one row; None when ``ON CONFLICT (on_conflict) DO NOTHING`` applied."""
+        row = self._new_row(table, values)
+        pk = _PRIMARY.get(table, "id")
+        if row[pk] is None:
+            raise _IntegrityError(f"NOT NULL constraint failed: {table}.{pk}")
+        if row[pk] in self.tables[table]:
+            if on_conflict == (pk,):
+                return None
+            raise _IntegrityError(f"UNIQUE constraint failed: {table}.{pk}")
+        if on_conflict is not None and self._clash(table, row, on_conflict):
+            return None
+        self._check(table, row)
+        self.tables[table][row[pk]] = row
+        return row
+
+    def _update(self, table: str, rows: list[Row], changes: Callable[[Row], Params]) -> list[Row]:
+        """UPDATE ``rows`` with ``changes(row)``, atomically (all or none on a violation)."""
+        pk = _PRIMARY.get(table, "id")
+        stored = self.tables[table]
+        before = {row[pk]: stored[row[pk]] for row in rows}
+        after = []
+        for row in rows:
+            new = dict(row)
+            for name, value in changes(row).items():
+                new[name] = _affinity(_COLUMNS[table][name][0], value)
+            stored[new[pk]] = new
+            after.append(new)
+        try:
+            for new in after:
+                self._check(table, new)
+        except _IntegrityError:
+            stored.update(before)
+            raise
+        return after
+
+    def _where(self, table: str, test: Callable[[Row], bool]) -> list[Row]:
+        return [row for row in self.tables[table].values() if test(row)]
+
+    def _delete(self, table: str, rows: list[Row]) -> int:
+        pk = _PRIMARY.get(table, "id")
+        for row in rows:
+            del self.tables[table][row[pk]]
+        return len(rows)
+
+    @staticmethod
+    def _one(row: Row | None) -> Result:
+        return ([row], 1) if row is not None else ([], 0)
+
+    @staticmethod
+    def _select(rows: list[Row]) -> Result:
+        return rows, -1
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def insert_call(self, p: Params) -> Result:
+        values = _pick(
+            p,
+            "id idempotency_key request_hash to_number from_number agent_id campaign metadata "
+            "purpose goal template_id status",
+        )
+        values |= {"reason": None, "attempts": 1, "created_at": p["now"]}
+        values |= {"updated_at": p["now"], "ended_at": None}
+        return self._one(self._insert("calls", values, on_conflict=("idempotency_key",)))
+
+    def get_call(self, p: Params) -> Result:
+        return self._select(self._where("calls", lambda r: _eq(r["id"], p["id"])))
+
+    def get_call_by_idempotency_key(self, p: Params) -> Result:
+        key = p["idempotency_key"]
+        return self._select(self._where("calls", lambda r: _eq(r["idempotency_key"], key)))
+
+    def list_calls(self, p: Params) -> Result:
+        status, campaign, after = p["status"], p["campaign"], p["after"]
+        rows = self._where(
+            "calls",
+            lambda r: (
+                (status is None or _eq(r["status"], status))
+                and (campaign is None or _eq(r["campaign"], campaign))
+                and (after is None or _lt(after, r["id"]))
+            ),
+        )
+        return self._select(_limit(_order(rows, "id"), p["limit"]))
+
+    def update_call(self, p: Params) -> Result:
+        rows = self._where(
+            "calls", lambda r: _eq(r["id"], p["id"]) and _eq(r["attempts"], p["attempt"])
+        )
+        changes = {
+            "status": p["status"],
+            "reason": p["reason"],
+            "ended_at": p["ended_at"],
+            "updated_at": p["now"],
+        }
+        return [], len(self._update("calls", rows, lambda r: changes))
+
+    # -- attempts ------------------------------------------------------------------------
+
+    def insert_attempt(self, p: Params) -> Result:
+        if not any(_eq(p["call_id"], call_id) for call_id in self.tables["calls"]):
+            raise _IntegrityError("FOREIGN KEY constraint failed")
+        fields = "id call_id number to_number from_number webhook_token priority not_before"
+        values = _pick(p, fields)
+        values |= {"status": "queued", "live": 0, "ambiguous": 0, "created_at": p["now"]}
+        return self._one(self._insert("attempts", values))
+
+    def get_attempt(self, p: Params) -> Result:
+        return self._select(self._where("attempts", lambda r: _eq(r["id"], p["id"])))
+
+    def get_attempt_by_token(self, p: Params) -> Result:
+        token = p["webhook_token"]
+        return self._select(self._where("attempts", lambda r: _eq(r["webhook_token"], token)))
+
+    def get_attempt_by_provider_id(self, p: Params) -> Result:
+        provider = p["provider_call_id"]
+        return self._select(self._where("attempts", lambda r: _eq(r["provider_call_id"], provider)))
+
+    def get_ambiguous_attempt(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts",
+            lambda r: (
+                _eq(r["to_number"], p["to_number"])
+                and _eq(r["from_number"], p["from_number"])
+                and _eq(r["ambiguous"], 1)
+                and _eq(r["live"], 1)
+            ),
+        )
+        return self._select(_order(rows, "-created_at")[:1])
+
+    def list_attempts(self, p: Params) -> Result:
+        rows = self._where("attempts", lambda r: _eq(r["call_id"], p["call_id"]))
+        return self._select(_order(rows, "number"))
+
+    def count_live(self, p: Params) -> Result:
+        return self._select([{"n": len(self._where("attempts", lambda r: _eq(r["live"], 1)))}])
+
+    def claim_attempt(self, p: Params) -> Result:
+        live = {r["to_number"] for r in self._where("attempts", lambda r: _eq(r["live"], 1))}
+        due = self._where(
+            "attempts",
+            lambda r: (
+                _eq(r["status"], "queued")
+                and _le(r["not_before"], p["now"])
+                and r["to_number"] not in live
+            ),
+        )
+        chosen = _order(due, "-priority", "not_before", "id")[:1]
+        changes = {
+            "status": "dialing",
+            "live": 1,
+            "lease_owner": p["owner"],
+            "lease_until": p["lease_until"],
+            "placed_at": p["now"],
+        }
+        rows = self._update("attempts", chosen, lambda r: changes)
+        return rows, len(rows)
+
+    def update_attempt(self, p: Params) -> Result:
+        changes = _pick(
+            p,
+            "status live ambiguous provider_call_id provider_status error_code error_message "
+            "not_before lease_owner lease_until duration ended_at",
+        )
+        rows = self._where("attempts", lambda r: _eq(r["id"], p["id"]))
+        return [], len(self._update("attempts", rows, lambda r: changes))
+
+    def rescue_attempts(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts",
+            lambda r: (
+                _eq(r["status"], "dialing")
+                and _eq(r["ambiguous"], 0)
+                and _lt(r["lease_until"], p["now"])
+            ),
+        )
+        rows = self._update("attempts", rows, lambda r: _ABANDONED)
+        return rows, len(rows)
+
+    def release_attempts(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts",
+            lambda r: (
+                _eq(r["status"], "dialing")
+                and _eq(r["ambiguous"], 0)
+                and _eq(r["lease_owner"], p["owner"])
+            ),
+        )
+        rows = self._update("attempts", rows, lambda r: _ABANDONED)
+        return rows, len(rows)
+
+    # -- events and deliveries -----------------------------------------------------------
+
+    def insert_event(self, p: Params) -> Result:
+        seq = max(self.tables["events"], default=0) + 1  # INTEGER PRIMARY KEY: max(rowid) + 1
+        fields = "id call_id attempt_id type occurred_at dedupe_key body"
+        values = _pick(p, fields) | {"seq": seq}
+        row = self._insert("events", values, on_conflict=("dedupe_key",))
+        return self._one({"seq": row["seq"]} if row is not None else None)
+
+    def list_events(self, p: Params) -> Result:
+        rows = self._where("events", lambda r: _eq(r["call_id"], p["call_id"]))
+        return self._select(_order(rows, "seq"))
+
+    def get_event(self, p: Params) -> Result:
+        return self._select(self._where("events", lambda r: _eq(r["seq"], p["seq"])))
+
+    def insert_delivery(self, p: Params) -> Result:
+        values = _pick(p, "id event_seq event_id call_id handler")
+        values |= {"state": "pending", "tries": 0, "not_before": p["now"], "updated_at": p["now"]}
+        self._insert("deliveries", values)
+        return [], 1
+
+    def claim_deliveries(self, p: Params) -> Result:
+        now = p["now"]
+        pending = self._where("deliveries", lambda r: _eq(r["state"], "pending"))
+
+        def head(d: Row) -> bool:
+            return not any(
+                _eq(e["call_id"], d["call_id"])
+                and _eq(e["handler"], d["handler"])
+                and _lt(e["event_seq"], d["event_seq"])
+                for e in pending
+            )
+
+        due = [
+            d
+            for d in pending
+            if _eq(d["handler"], p["handler"])
+            and _le(d["not_before"], now)
+            and (d["lease_until"] is None or _lt(d["lease_until"], now))
+            and head(d)
+        ]
+        chosen = _limit(_order(due, "event_seq"), p["limit"])
+        rows = self._update(
+            "deliveries",
+            chosen,
+            lambda r: {
+                "lease_owner": p["owner"],
+                "lease_until": p["lease_until"],
+                "tries": r["tries"] + 1,
+            },
+        )
+        return rows, len(rows)
+
+    def finish_delivery(self, p: Params) -> Result:
+        rows = self._where(
+            "deliveries", lambda r: _eq(r["id"], p["id"]) and _eq(r["lease_owner"], p["owner"])
+        )
+        changes = {
+            "state": p["state"],
+            "not_before": p["not_before"],
+            "last_error": p["last_error"],
+            "lease_owner": None,
+            "lease_until": None,
+            "updated_at": p["now"],
+        }
+        return [], len(self._update("deliveries", rows, lambda r: changes))
+
+    def list_deliveries(self, p: Params) -> Result:
+        state, handler = p["state"], p["handler"]
+        rows = self._where(
+            "deliveries",
+            lambda r: (
+                (state is None or _eq(r["state"], state))
+                and (handler is None or _eq(r["handler"], handler))
+            ),
+        )
+        return self._select(_limit(_order(rows, "event_seq", "handler"), p["limit"]))
+
+    def release_deliveries(self, p: Params) -> Result:
+        rows = self._where(
+            "deliveries",
+            lambda r: _eq(r["lease_owner"], p["owner"]) and _eq(r["state"], "pending"),
+        )
+
+        def changes(row: Row) -> Params:
+            return {"lease_owner": None, "lease_until": None, "tries": row["tries"] - 1}
+
+        return [], len(self._update("deliveries", rows, changes))
+
+    # -- timers and receipts -------------------------------------------------------------
+
+    def insert_timer(self, p: Params) -> Result:
+        values = {name: p[name] for name in ("id", "kind", "ref", "due_at")}
+        row = self._insert("timers", values, on_conflict=("kind", "ref"))
+        return [], 0 if row is None else 1
+
+    def claim_timers(self, p: Params) -> Result:
+        now = p["now"]
+        due = self._where(
+            "timers",
+            lambda r: (
+                _le(r["due_at"], now) and (r["lease_until"] is None or _lt(r["lease_until"], now))
+            ),
+        )
+        chosen = _limit(_order(due, "due_at"), p["limit"])
+        changes = {"lease_owner": p["owner"], "lease_until": p["lease_until"]}
+        rows = self._update("timers", chosen, lambda r: changes)
+        return rows, len(rows)
+
+    def delete_timer(self, p: Params) -> Result:
+        rows = self._where(
+            "timers", lambda r: _eq(r["kind"], p["kind"]) and _eq(r["ref"], p["ref"])
+        )
+        return [], self._delete("timers", rows)
+
+    def next_timer(self, p: Params) -> Result:
+        due = [r["due_at"] for r in self.tables["timers"].values() if r["due_at"] is not None]
+        return self._select([{"due_at": min(due, key=_key) if due else None}])
+
+    def release_timers(self, p: Params) -> Result:
+        rows = self._where("timers", lambda r: _eq(r["lease_owner"], p["owner"]))
+        changes = {"lease_owner": None, "lease_until": None}
+        return [], len(self._update("timers", rows, lambda r: changes))
+
+    def insert_receipt(self, p: Params) -> Result:
+        values = {"id": p["id"], "received_at": p["now"], "attempt_id": None}
+        values |= {"outcome": "received", "body": p["body"]}
+        row = self._insert("receipts", values, on_conflict=("id",))
+        return self._one({"id": row["id"]} if row is not None else None)
+
+    def update_receipt(self, p: Params) -> Result:
+        rows = self._where("receipts", lambda r: _eq(r["id"], p["id"]))
+        changes = {"attempt_id": p["attempt_id"], "outcome": p["outcome"]}
+        return [], len(self._update("receipts", rows, lambda r: changes))
+
+
+_SQL = connector.queries("memory")  # the base queries: their names and parameters
+_MISSING = sorted(name for name in _SQL if not callable(getattr(_Database, name, None)))
+if _MISSING:  # pragma: no cover - a query added to queries.sql but not here
+    raise NotImplementedError(f"MemoryConnector does not implement {_MISSING}")
+
+
+class _MemoryTransaction:
+    """A transaction over the in-memory tables; usable only inside its ``async with``."""
+
+    def __init__(self, db: _Database) -> None:
+        self._db = db
+        self.active = True
+
+    def _run(self, query: str, params: Params) -> Result:
+        if not self.active:
+            raise exceptions.StoreError(f"{query}: the transaction is over")
+        try:
+            sql = _SQL[query]
+        except KeyError:
+            raise exceptions.StoreError(f"unknown query {query}") from None
+        connector.check_params(sql, params, query)
+        for name, value in params.items():
+            if value is not None and not isinstance(value, int | float | str | bytes):
+                raise exceptions.StoreError(
+                    f"{query}: type {type(value).__name__} is not supported (parameter {name})"
+                )
+        method: Callable[[Params], Result] = getattr(self._db, query)
+        try:
+            rows, changed = method(params)
+        except _IntegrityError as exc:
+            raise exceptions.StoreError(f"{query}: {exc}") from exc
+        return [dict(row) for row in rows], changed
+
+    async def fetch(self, query: str, **params: Any) -> list[Row]:
+        """Run a named query and return (copies of) its rows."""
+        return self._run(query, params)[0]
+
+    async def fetchone(self, query: str, **params: Any) -> Row | None:
+        """Run a named query and return its first row, if any."""
+        rows = self._run(query, params)[0]
+        return rows[0] if rows else None
+
+    async def execute(self, query: str, **params: Any) -> int:
+        """Run a named query and return the number of rows it changed (-1 for a SELECT)."""
+        return self._run(query, params)[1]
+
+
+class MemoryConnector:
+    """A store held in Python dicts: ``memory://``. One transaction at a time; an exception
+    inside a transaction restores the tables as they were at its start. The data lives as
+    long as the connector object (closing and reopening it keeps it, like a file)."""
+
+    dialect = "memory"
+
+    def __init__(self) -> None:
+        self._db = _Database()
+        self._lock = asyncio.Lock()
+        self._open = False
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{table}={len(rows)}" for table, rows in self._db.tables.items())
+        return f"MemoryConnector({sizes})"
+
+    async def open(self) -> None:
+        """Mark the store open (the tables exist from the start: nothing to migrate)."""
+        self._open = True
+
+    async def close(self) -> None:
+        """Mark the store closed; the data stays for a later :meth:`open`."""
+        self._open = False
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_MemoryTransaction]:
+        """A transaction: kept when the block exits normally, undone on any exception."""
+        if not self._open:
+            raise exceptions.StoreError("the in-memory store is not open")
+        async with self._lock:
+            snapshot = self._db.snapshot()
+            tx = _MemoryTransaction(self._db)
+            try:
+                yield tx
+            except BaseException:
+                self._db.restore(snapshot)
+                raise
+            finally:
+                tx.active = False

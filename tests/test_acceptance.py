@@ -1,0 +1,365 @@
+"""End to end: the daemon and the simulator as real processes, a recorder as the event handler.
+
+Each test starts a simulator (with faults), a daemon pointed at it and a recorder, queues calls
+through the control API and then checks what every party saw: the simulator's record of what
+it dialed and which webhooks it delivered, the daemon's API, and the events the recorder got.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemons import (
+    DaemonConfig,
+    DaemonProcess,
+    Process,
+    Recorder,
+    check_events,
+    check_recorder_order,
+    destinations,
+    provider_status,
+    queue_calls,
+    start_daemon,
+    start_simulator,
+    wait_all_terminal,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    yield
+    Process.kill_all()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    rec = Recorder(fail_first=5)
+    await rec.start()
+    yield rec
+    await rec.stop()
+
+
+def _by_destination(sim_calls: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for call in sim_calls:
+        out.setdefault(call["to"], []).append(call)
+    return out
+
+
+def _expected(sim_call: dict[str, Any]) -> str:
+    """What our status must be: the simulator's outcome if its terminal webhook was delivered
+    (not lost), else ``timed_out``."""
+    outcome = sim_call["outcome"]
+    delivered = [w for w in sim_call["webhooks"] if w["status"] == outcome and not w["lost"]]
+    return provider_status(outcome) if delivered else "timed_out"
+
+
+def _check_recorder(recorder: Recorder, calls: dict[str, dict[str, Any]]) -> None:
+    accepted = recorder.accepted
+    keys = [r for r in recorder.received if r.idempotency_key != r.body["id"]]
+    assert not keys, f"idempotency-key differs from the event id: {keys[:3]}"
+    counts = Counter(b["id"] for b in accepted)
+    twice = {i: n for i, n in counts.items() if n > 1}
+    assert not twice, f"event ids accepted more than once: {twice}"
+    listed = {e["id"]: e for c in calls.values() for e in c["events"]}
+    assert set(counts) == set(listed), (
+        f"missing at the recorder: {set(listed) - set(counts)}; "
+        f"unknown to the API: {set(counts) - set(listed)}"
+    )
+    for body in accepted:
+        event = listed[body["id"]]
+        assert (body["type"], body["status"], body["call"]["id"]) == (
+            event["type"],
+            event["status"],
+            event["call"]["id"],
+        )
+    # The induced failures were retried with the same event id.
+    failed = {r.body["id"] for r in recorder.received if r.answered != 200}
+    assert failed, "the recorder's induced failures did not happen"
+    assert failed <= set(counts)
+    problems = check_recorder_order(recorder, calls)
+    assert not problems, "\n".join(problems)
+
+
+async def test_documented_provider_with_webhook_faults(tmp_path: Path, recorder: Recorder) -> None:
+    """Duplicated, shuffled, early and lost webhooks: every call ends with the right status,
+    nobody is dialed twice, the live limit holds and each event reaches the handler once, in
+    order."""
+    faults = {
+        "duplicate_webhooks": 0.3,
+        "out_of_order": 0.3,
+        "early_webhook": 0.3,
+        "lose_webhooks": 0.1,
+    }
+    sim = start_simulator(tmp_path, seed=11, time_scale=0.002, max_concurrent=50, faults=faults)
+    cfg = DaemonConfig(
+        simulator_url=sim.url,
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        max_live_calls=8,
+        max_call_duration="4s",
+    )
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(60)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers, metadata={"batch": "acceptance"})
+        calls = await wait_all_terminal(api, queued, daemon, timeout=75, recorder=recorder)
+    sim_calls = sim.calls()
+    stats = sim.stats()
+
+    by_to = _by_destination(sim_calls)
+    doubles = {to: len(c) for to, c in by_to.items() if len(c) != 1}
+    assert not doubles, f"destinations dialed more than once: {doubles}"
+    assert set(by_to) == set(numbers)
+    assert stats["max_live_seen"] <= cfg.max_live_calls, stats
+
+    wrong = []
+    problems: list[str] = []
+    for call in calls.values():
+        sim_call = by_to[call["to"]][0]
+        expected = _expected(sim_call)
+        if call["status"] != expected:
+            wrong.append((call["to"], sim_call["outcome"], expected, call["status"]))
+        problems += check_events(call)
+        assert len(call["attempts"]) == 1, call["attempts"]
+        attempt = call["attempts"][0]
+        assert attempt["provider_call_id"] == sim_call["id"]
+        assert sim_call["metadata"]["batch"] == "acceptance"
+        assert call["metadata"] == {"batch": "acceptance"}
+        final = call["events"][-1]
+        if expected == "completed":
+            assert final["duration"] == sim_call["duration"]
+        if expected == "timed_out":
+            assert call["reason"] == "NO_TERMINAL_WEBHOOK", call
+            assert final["error"]["code"] == "NO_TERMINAL_WEBHOOK"
+    assert not wrong, f"(to, outcome, expected, got): {wrong}"
+    assert not problems, "\n".join(problems)
+    # The faults did strike (seeded, so this is stable): some terminal webhooks were lost.
+    statuses = Counter(c["status"] for c in calls.values())
+    assert statuses["timed_out"] >= 1 and statuses["completed"] >= 1, statuses
+    assert any(
+        len([w for w in c["webhooks"] if w["status"] == c["outcome"] and not w["lost"]]) > 1
+        for c in sim_calls
+    ), "no duplicated terminal webhook: the fault did not strike"
+    _check_recorder(recorder, calls)
+
+
+async def test_deployed_provider_account_webhook(tmp_path: Path, recorder: Recorder) -> None:
+    """The deployed shape: one signed account-level ``call.completed`` for answered calls and
+    nothing for the rest, which the watchdog ends as ``timed_out``."""
+    secret = "whsec_acceptance_test"
+    cfg = DaemonConfig(
+        simulator_url="",
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        webhook_secret=secret,
+        max_live_calls=10,
+        max_call_duration="3s",
+    )
+    sim = start_simulator(
+        tmp_path,
+        seed=5,
+        time_scale=0.002,
+        dialect="deployed",
+        webhook_url=f"http://127.0.0.1:{cfg.webhook_port}/webhooks/magpipe",
+        webhook_secret=secret,
+    )
+    cfg.simulator_url = sim.url
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(20, start=100)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        calls = await wait_all_terminal(api, queued, daemon, timeout=60, recorder=recorder)
+    by_to = _by_destination(sim.calls())
+    assert {to: len(c) for to, c in by_to.items()} == dict.fromkeys(numbers, 1)
+    wrong = []
+    problems: list[str] = []
+    for call in calls.values():
+        sim_call = by_to[call["to"]][0]
+        expected = "completed" if sim_call["outcome"] == "completed" else "timed_out"
+        if call["status"] != expected:
+            wrong.append((call["to"], sim_call["outcome"], call["status"]))
+        problems += check_events(call)
+        assert call["attempts"][0]["provider_call_id"] == sim_call["id"]
+        if expected == "completed":
+            hooks = sim_call["webhooks"]
+            assert [h["http_status"] for h in hooks] == [200], hooks
+            assert call["events"][-1]["duration"] == sim_call["duration"]
+    assert not wrong, f"(to, outcome, got): {wrong}"
+    assert not problems, "\n".join(problems)
+    statuses = Counter(c["status"] for c in calls.values())
+    assert statuses["completed"] >= 1 and statuses["timed_out"] >= 1, statuses
+    _check_recorder(recorder, calls)
+
+
+async def test_dropped_answers_are_never_redialed(tmp_path: Path, recorder: Recorder) -> None:
+    """A placement whose answer is lost is ambiguous: never resent, resolved by its webhooks."""
+    sim = start_simulator(
+        tmp_path, seed=23, time_scale=0.002, max_concurrent=50, faults={"drop_answer": 0.3}
+    )
+    cfg = DaemonConfig(
+        simulator_url=sim.url,
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        max_live_calls=10,
+        max_call_duration="4s",
+    )
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(30, start=200)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        calls = await wait_all_terminal(api, queued, daemon, timeout=60, recorder=recorder)
+    by_to = _by_destination(sim.calls())
+    assert {to: len(c) for to, c in by_to.items()} == dict.fromkeys(numbers, 1)
+    wrong = []
+    problems: list[str] = []
+    ambiguous = 0
+    for call in calls.values():
+        sim_call = by_to[call["to"]][0]
+        expected = _expected(sim_call)
+        if call["status"] != expected:
+            wrong.append((call["to"], sim_call["outcome"], call["status"]))
+        problems += check_events(call)
+        [attempt] = call["attempts"]
+        if attempt["error"] and attempt["error"]["code"] == "AMBIGUOUS":
+            ambiguous += 1
+        # Its webhooks told the daemon the provider's id even when the answer was lost.
+        assert attempt["provider_call_id"] == sim_call["id"]
+    assert not wrong, f"(to, outcome, got): {wrong}"
+    assert not problems, "\n".join(problems)
+    assert ambiguous >= 1, "no answer was dropped: the fault did not strike"
+    _check_recorder(recorder, calls)
+
+
+def test_call_wait_prints_the_terminal_event(tmp_path: Path) -> None:
+    """``orchestrator call --wait`` queues through the running daemon and prints the call's
+    terminal event."""
+    sim = start_simulator(tmp_path, seed=3, time_scale=0.002)
+    cfg = DaemonConfig(simulator_url=sim.url, store_path=tmp_path / "state.db")
+    daemon = start_daemon(tmp_path, cfg)
+    [number] = destinations(1, start=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "call",
+            "--wait",
+            "--to",
+            number,
+            "--metadata",
+            "customer=c1",
+            "--config",
+            str(daemon.config_path),
+            "--timeout",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 1), (done.returncode, done.stdout, done.stderr)
+    event = json.loads(done.stdout)
+    assert event["type"] == f"call.{event['status']}"
+    assert event["call"]["to"] == number
+    assert event["call"]["metadata"] == {"customer": "c1"}
+    [sim_call] = [c for c in sim.calls() if c["to"] == number]
+    assert event["status"] == provider_status(sim_call["outcome"])
+    assert done.returncode == (0 if event["status"] == "completed" else 1)
+    with daemon.api() as api:
+        call = api.get(f"/v1/calls/{event['call']['id']}").json()
+    assert call["status"] == event["status"]
+    assert call["events"][-1]["id"] == event["id"]
+
+    # A number the daemon refuses: nothing queued, exit 1, the code on stderr.
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "call",
+            "--wait",
+            "--to",
+            "+1555",
+            "--config",
+            str(daemon.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert "INVALID_PHONE_NUMBER" in refused.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PRODUCT BUG (orchestrator/queries.sql get_ambiguous_attempt, store._match): a "
+    "deployed call.completed that arrives while the placing POST is still in flight matches "
+    "no attempt (no provider id yet, not ambiguous) and is refused 404; the deployed provider "
+    "never retries, so an answered call ends timed_out",
+)
+async def test_deployed_webhook_before_the_answer(tmp_path: Path, recorder: Recorder) -> None:
+    """The deployed provider answers slowly (1 s) while short calls complete within it: each
+    signed call.completed reaches the daemon before the POST's answer does."""
+    secret = "whsec_acceptance_test"
+    cfg = DaemonConfig(
+        simulator_url="",
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        webhook_secret=secret,
+        max_call_duration="4s",
+    )
+    sim = start_simulator(
+        tmp_path,
+        seed=8,
+        time_scale=0.001,
+        dialect="deployed",
+        webhook_url=f"http://127.0.0.1:{cfg.webhook_port}/webhooks/magpipe",
+        webhook_secret=secret,
+        faults={"slow": 1.0, "slow_seconds": 1.0},
+    )
+    cfg.simulator_url = sim.url
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(8, start=500)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        calls = await wait_all_terminal(api, queued, daemon, timeout=40, recorder=recorder)
+    by_to = _by_destination(sim.calls())
+    assert {to: len(c) for to, c in by_to.items()} == dict.fromkeys(numbers, 1)
+    answered = [c for c in by_to.values() if c[0]["outcome"] == "completed"]
+    assert answered, "no call was answered: nothing to check"
+    got = {
+        call["to"]: (
+            by_to[call["to"]][0]["outcome"],
+            call["status"],
+            [h["http_status"] for h in by_to[call["to"]][0]["webhooks"]],
+        )
+        for call in calls.values()
+    }
+    wrong = {
+        to: pair
+        for to, pair in got.items()
+        if pair[1] != ("completed" if pair[0] == "completed" else "timed_out")
+    }
+    assert not wrong, f"(outcome, our status, HTTP answers to its webhooks): {wrong}"

@@ -1,0 +1,273 @@
+"""Crash safety with real processes: SIGKILL the daemon at several points and restart it on the
+same SQLite store; SIGTERM it and restart it. Nothing is lost, nobody is dialed twice, every
+event reaches the handler (at least once, with a stable id)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemons import (
+    TERMINAL,
+    DaemonConfig,
+    DaemonProcess,
+    Process,
+    Recorder,
+    check_events,
+    check_recorder_order,
+    destinations,
+    list_all_calls,
+    provider_status,
+    queue_calls,
+    start_simulator,
+    wait_all_terminal,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _reap() -> Iterator[None]:
+    yield
+    Process.kill_all()
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    # Each answer is held back a little, so deliveries are in flight when the daemon dies.
+    rec = Recorder(fail_first=3, delay=0.03)
+    await rec.start()
+    yield rec
+    await rec.stop()
+
+
+def _check_deliveries(recorder: Recorder, calls: dict[str, dict[str, Any]]) -> None:
+    """Every event reached the recorder; redeliveries carry the same id and the same body."""
+    listed = {e["id"]: e for c in calls.values() for e in c["events"]}
+    first: dict[str, dict[str, Any]] = {}
+    for received in recorder.received:
+        body = received.body
+        assert received.idempotency_key == body["id"]
+        assert body["id"] in listed, f"the recorder got an event no call lists: {body}"
+        if body["id"] in first:
+            assert body == first[body["id"]], "a redelivery differs from the first delivery"
+        first.setdefault(body["id"], body)
+    missing = set(listed) - recorder.accepted_ids()
+    assert not missing, f"{len(missing)} event(s) never delivered, e.g. {list(missing)[:3]}"
+    terminal = {e["id"] for e in listed.values() if e["status"] in TERMINAL}
+    assert len(terminal) == len(calls)
+    problems = check_recorder_order(recorder, calls)
+    assert not problems, "\n".join(problems)
+
+
+def _check_against_simulator(
+    sim_calls: list[dict[str, Any]], calls: dict[str, dict[str, Any]], numbers: list[str]
+) -> Counter[str]:
+    """Nobody dialed twice; a terminal webhook the daemon acknowledged (200) decided the call."""
+    dialed = Counter(c["to"] for c in sim_calls)
+    twice = {to: n for to, n in dialed.items() if n > 1}
+    assert not twice, f"destinations dialed more than once: {twice}"
+    assert set(dialed) <= set(numbers)
+    by_to = {c["to"]: c for c in sim_calls}
+    wrong = []
+    for call in calls.values():
+        sim_call = by_to.get(call["to"])
+        if sim_call is None:
+            # Claimed but never sent (killed in between): it can only have timed out.
+            if call["status"] != "timed_out":
+                wrong.append((call["to"], "never dialed", call["status"]))
+            continue
+        acknowledged = [
+            w
+            for w in sim_call["webhooks"]
+            if w["status"] == sim_call["outcome"] and w["http_status"] == 200
+        ]
+        if acknowledged and call["status"] != provider_status(sim_call["outcome"]):
+            wrong.append((call["to"], sim_call["outcome"], call["status"]))
+    assert not wrong, f"(to, simulator outcome, our status): {wrong}"
+    return dialed
+
+
+async def _wait_until(predicate: Any, timeout: float, what: str, daemon: DaemonProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
+        await asyncio.sleep(0.01)
+
+
+async def test_sigkill_rounds_on_one_store(tmp_path: Path, recorder: Recorder) -> None:
+    seed = int(os.environ.get("CRASH_SEED", "20260301"))
+    rng = random.Random(seed)
+    # Some answers are slow, so placements are in flight when the daemon is killed.
+    sim = start_simulator(
+        tmp_path,
+        seed=31,
+        time_scale=0.005,
+        max_concurrent=50,
+        faults={"slow": 0.25, "slow_seconds": 0.4},
+    )
+    cfg = DaemonConfig(
+        simulator_url=sim.url,
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        # Calls orphaned by a kill (their webhooks went to a dead port) hold their slot until
+        # the watchdog: a high limit keeps them from stalling the dialer, and a watchdog longer
+        # than the kill rounds keeps its timers from firing while the daemon is being killed
+        # (see test_watchdog_timers_of_a_killed_daemon_are_not_stranded).
+        max_live_calls=80,
+        calls_per_second=15,
+        max_call_duration="12s",
+        delivery={"timeout": "1s", "max_attempts": 50, "backoff": "0.1s", "max_backoff": "1s"},
+    )
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(80, start=600)
+    kills: list[str] = []
+
+    async def kill_and_restart(point: str) -> None:
+        daemon.kill()
+        kills.append(
+            f"{point}: simulator placed {sim.stats()['placed']}, "
+            f"recorder got {len(recorder.received)}"
+        )
+        daemon.start()
+        await daemon.await_ready()
+
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        # 1. Right after queueing.
+        await asyncio.sleep(rng.uniform(0.0, 0.05))
+        await kill_and_restart("after queueing")
+        # 2. While placements are in flight: just after the simulator saw a new request.
+        for point in ("placing",):
+            seen = sim.stats()["requests"]
+            await _wait_until(
+                lambda seen=seen: sim.stats()["requests"] > seen, 15, "a placement", daemon
+            )
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            await kill_and_restart(point)
+        # 3. While deliveries are in flight: just after the recorder got a new request.
+        for point in ("delivering", "delivering again"):
+            seen_events = len(recorder.received)
+            await _wait_until(
+                lambda seen_events=seen_events: len(recorder.received) > seen_events,
+                15,
+                "a delivery",
+                daemon,
+            )
+            await asyncio.sleep(rng.uniform(0.0, 0.03))
+            await kill_and_restart(point)
+        # Now let it finish. Deliveries leased by a killed daemon wait for their lease
+        # (delivery timeout + 30 s) to expire before they run again.
+        calls = await wait_all_terminal(api, queued, daemon, timeout=100, recorder=recorder)
+        listed = await list_all_calls(api, page=30)
+
+    context = f"seed {seed}; kills: {kills}"
+    assert {c["id"] for c in listed} == set(queued), f"calls lost or invented ({context})"
+    assert len(listed) == len(numbers)
+    problems = [p for call in calls.values() for p in check_events(call)]
+    assert not problems, "\n".join(problems) + f"\n({context})"
+    assert all(len(c["attempts"]) == 1 for c in calls.values())
+    dialed = _check_against_simulator(sim.calls(), calls, numbers)
+    assert len(dialed) >= len(numbers) // 2, f"too few placements to mean much ({context})"
+    _check_deliveries(recorder, calls)
+    statuses = Counter(c["status"] for c in calls.values())
+    assert statuses["timed_out"] < len(numbers), statuses
+
+
+def _statuses(store: Path) -> Counter[str]:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        return Counter(row[0] for row in db.execute("SELECT status FROM calls"))
+
+
+async def test_sigterm_is_graceful_and_a_restart_resumes(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    sim = start_simulator(tmp_path, seed=41, time_scale=0.005, max_concurrent=50)
+    cfg = DaemonConfig(
+        simulator_url=sim.url,
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        max_live_calls=3,
+        calls_per_second=20,
+        max_call_duration="4s",
+    )
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(30, start=700)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        await _wait_until(lambda: sim.stats()["placed"] >= 4, 15, "placements", daemon)
+        started = time.monotonic()
+        status = daemon.terminate(timeout=20)
+        stopped_in = time.monotonic() - started
+        assert status == 0, f"exit status {status}\n{daemon.log_tail()}"
+        assert stopped_in < 12, stopped_in
+        assert "daemon.stopped" in daemon.log_path.read_text()
+        remaining = _statuses(cfg.store_path)
+        assert remaining["queued"] > 0, f"nothing left to resume: {remaining}"
+        assert "dialing" not in remaining, remaining
+        placed_before = {c["to"] for c in sim.calls()}
+
+        daemon.start()
+        await daemon.await_ready()
+        calls = await wait_all_terminal(api, queued, daemon, timeout=60, recorder=recorder)
+    sim_calls = sim.calls()
+    dialed = _check_against_simulator(sim_calls, calls, numbers)
+    # Every call still queued at the stop was placed after the restart, exactly once.
+    assert set(numbers) - placed_before <= set(dialed)
+    assert set(dialed) == set(numbers), f"never dialed: {set(numbers) - set(dialed)}"
+    problems = [p for call in calls.values() for p in check_events(call)]
+    assert not problems, "\n".join(problems)
+    _check_deliveries(recorder, calls)
+    assert "AMBIGUOUS" not in {c["reason"] for c in calls.values()}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="PRODUCT BUG (orchestrator/timers.py Timekeeper.run + store.claim_timers): due "
+    "watchdog timers are leased up to 100 at a time for 60 s and then fired one by one; a "
+    "daemon killed in between strands the rest, so after a restart those calls overrun "
+    "max_call_duration by up to 60 s and keep their live slots",
+)
+async def test_watchdog_timers_of_a_killed_daemon_are_not_stranded(tmp_path: Path) -> None:
+    """A daemon dies after claiming due watchdog timers and before firing them (the state
+    ``claim_timers`` leaves; the SIGKILL rounds above hit it by chance during a burst of
+    timeouts). The restarted daemon must still end those calls soon after they are due."""
+    # A slow simulator: the calls stay live, no terminal webhook comes during the test.
+    sim = start_simulator(tmp_path, seed=51, time_scale=100.0)
+    cfg = DaemonConfig(
+        simulator_url=sim.url, store_path=tmp_path / "state.db", max_call_duration="2s"
+    )
+    daemon = DaemonProcess(tmp_path, cfg)
+    daemon.start()
+    await daemon.await_ready()
+    numbers = destinations(3, start=800)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        await _wait_until(lambda: sim.stats()["placed"] == 3, 15, "placements", daemon)
+        daemon.kill()
+        # What claim_timers writes when the timers fall due, for a daemon that then died.
+        with sqlite3.connect(cfg.store_path) as db:
+            stranded = db.execute(
+                "UPDATE timers SET lease_owner = 'dead-host:1:deadbeef', "
+                "lease_until = due_at + 60 WHERE kind = 'watchdog'"
+            ).rowcount
+        assert stranded == 3
+        daemon.start()
+        await daemon.await_ready()
+        # Due 2 s after the claim: allow 10 s more, far less than the 60 s lease.
+        calls = await wait_all_terminal(api, queued, daemon, timeout=12)
+    assert {c["status"] for c in calls.values()} == {"timed_out"}
