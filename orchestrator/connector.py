@@ -8,6 +8,7 @@ implements them in Python for fast unit tests.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
@@ -115,7 +116,7 @@ def connect(url: str) -> Connector:
         return memory.MemoryConnector()
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            from orchestrator import postgres  # type: ignore[attr-defined,unused-ignore]
+            postgres: Any = importlib.import_module("orchestrator.postgres")
         except ImportError as exc:
             raise exceptions.ConfigError(
                 "PostgreSQL support needs the 'postgres' extra: "
