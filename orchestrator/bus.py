@@ -151,15 +151,7 @@ class DeliveryWorker:
             self._log.error("delivery.crashed", error=repr(task.exception()))
 
     async def _idle(self) -> None:
-        waiters = [
-            asyncio.ensure_future(self.wake.wait()),
-            asyncio.ensure_future(self._stopping.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await wait_any(self.wake, self._stopping, within=self.poll)
 
     async def _deliver(self, delivery: Delivery) -> None:
         event = delivery.event
@@ -212,3 +204,13 @@ class DeliveryWorker:
             task.cancel()
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=1.0)
+
+
+async def wait_any(*flags: asyncio.Event, within: float) -> None:
+    """Return when any of ``flags`` is set or ``within`` seconds have passed."""
+    waiters = [asyncio.ensure_future(flag.wait()) for flag in flags]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from orchestrator import client, exceptions
+from orchestrator import bus, client, exceptions
 from orchestrator.model import CORRELATION_KEY, Event
 from orchestrator.store import Claim, Store
 
@@ -130,15 +130,7 @@ class Dialer:
             log.error("dialer.placement_crashed", error=repr(task.exception()))
 
     async def _idle(self) -> None:
-        waiters = [
-            asyncio.ensure_future(self.wake.wait()),
-            asyncio.ensure_future(self._stopping.wait()),
-        ]
-        try:
-            await asyncio.wait(waiters, timeout=self.poll, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await bus.wait_any(self.wake, self._stopping, within=self.poll)
 
     def request(self, claim: Claim) -> client.CallRequest:
         """The provider request for a claimed attempt."""
