@@ -151,7 +151,7 @@ class Daemon:
             api_host, api_port = _address(cfg.api.listen)
             self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
             workers = self.bus.workers(self.store, self.owner, http)
-            keeper = timers.Timekeeper(self.store, owner=self.owner, publish=self.publish)
+            keeper = timers.Timekeeper(self.store, publish=self.publish)
             tasks.append(self._task("dialer", self._dialer.run()))
             tasks.append(self._task("timers", keeper.run()))
             tasks.extend(self._task(f"deliveries:{w.sub.name}", w.run()) for w in workers)

@@ -80,8 +80,13 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
+#: What ``{skip_locked}`` becomes in a claim query, per dialect.
+SKIP_LOCKED = {"postgres": "FOR UPDATE SKIP LOCKED"}
+
+
 def queries(dialect: str) -> dict[str, str]:
-    """The named queries for ``dialect``: ``NAME@dialect`` blocks replace ``NAME``."""
+    """The named queries for ``dialect``: ``NAME@dialect`` blocks replace ``NAME``, and
+    ``{skip_locked}`` becomes the dialect's row-locking clause (nothing on SQLite)."""
     text = resources.files("orchestrator").joinpath("queries.sql").read_text(encoding="utf-8")
     base: dict[str, str] = {}
     override: dict[str, str] = {}
@@ -95,7 +100,10 @@ def queries(dialect: str) -> dict[str, str]:
             base[name] = sql
         elif variant == dialect:
             override[name] = sql
-    return base | override
+    skip_locked = SKIP_LOCKED.get(dialect, "")
+    return {
+        name: sql.replace("{skip_locked}", skip_locked) for name, sql in (base | override).items()
+    }
 
 
 def statements(sql: str) -> list[str]:

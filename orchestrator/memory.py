@@ -39,7 +39,7 @@ _SPEC = {
     "dedupe_key T, body T!",
     "deliveries": "id T!, event_seq I!, event_id T!, call_id T!, handler T!, state T!, "
     "tries I!, not_before R!, lease_owner T, lease_until R, last_error T, updated_at R!",
-    "timers": "id T!, kind T!, ref T!, due_at R!, lease_owner T, lease_until R",
+    "timers": "id T!, kind T!, ref T!, due_at R!",
     "receipts": "id T!, received_at R!, attempt_id T, outcome T!, body T!",
 }
 _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
@@ -317,8 +317,9 @@ class _Database:
             lambda r: (
                 _eq(r["to_number"], p["to_number"])
                 and _eq(r["from_number"], p["from_number"])
-                and _eq(r["ambiguous"], 1)
                 and _eq(r["live"], 1)
+                and r["provider_call_id"] is None
+                and (_eq(r["ambiguous"], 1) or _eq(r["status"], "dialing"))
             ),
         )
         return self._select(_order(rows, "-created_at")[:1])
@@ -481,18 +482,11 @@ class _Database:
         row = self._insert("timers", values, on_conflict=("kind", "ref"))
         return [], 0 if row is None else 1
 
-    def claim_timers(self, p: Params) -> Result:
-        now = p["now"]
-        due = self._where(
-            "timers",
-            lambda r: (
-                _le(r["due_at"], now) and (r["lease_until"] is None or _lt(r["lease_until"], now))
-            ),
-        )
-        chosen = _limit(_order(due, "due_at"), p["limit"])
-        changes = {"lease_owner": p["owner"], "lease_until": p["lease_until"]}
-        rows = self._update("timers", chosen, lambda r: changes)
-        return rows, len(rows)
+    def take_due_timer(self, p: Params) -> Result:
+        due = self._where("timers", lambda r: _le(r["due_at"], p["now"]))
+        chosen = _order(due, "due_at")[:1]
+        self._delete("timers", chosen)
+        return chosen, len(chosen)
 
     def delete_timer(self, p: Params) -> Result:
         rows = self._where(
@@ -503,11 +497,6 @@ class _Database:
     def next_timer(self, p: Params) -> Result:
         due = [r["due_at"] for r in self.tables["timers"].values() if r["due_at"] is not None]
         return self._select([{"due_at": min(due, key=_key) if due else None}])
-
-    def release_timers(self, p: Params) -> Result:
-        rows = self._where("timers", lambda r: _eq(r["lease_owner"], p["owner"]))
-        changes = {"lease_owner": None, "lease_until": None}
-        return [], len(self._update("timers", rows, lambda r: changes))
 
     def insert_receipt(self, p: Params) -> Result:
         values = {"id": p["id"], "received_at": p["now"], "attempt_id": None}

@@ -1,5 +1,7 @@
 -- Named queries of the store. Each block starts with "-- name: NAME"; a block named
--- "NAME@postgres" replaces NAME on PostgreSQL. Parameters are :name. Queries that return rows
+-- "NAME@postgres" replaces NAME on PostgreSQL. Parameters are :name. {skip_locked} is
+-- "FOR UPDATE SKIP LOCKED" where the database has it (PostgreSQL) and nothing on SQLite, whose
+-- single writer already serialises claims. Queries that return rows
 -- return whole rows (RETURNING *), so every connector hands back the same dicts.
 -- The in-memory connector (orchestrator.memory) implements each of these in Python.
 
@@ -49,10 +51,12 @@ SELECT * FROM attempts WHERE webhook_token = :webhook_token;
 SELECT * FROM attempts WHERE provider_call_id = :provider_call_id;
 
 -- name: get_ambiguous_attempt
--- The deployed provider echoes no metadata: an attempt whose answer was lost is matched by its
--- numbers (the newest live, ambiguous attempt between them).
+-- A webhook that names no attempt of ours (the deployed provider echoes no metadata) is matched
+-- by its numbers: the newest live attempt between them whose provider id is unknown, because
+-- the placing POST's answer was lost (ambiguous) or has not come back yet (still dialing).
 SELECT * FROM attempts
-WHERE to_number = :to_number AND from_number = :from_number AND ambiguous = 1 AND live = 1
+WHERE to_number = :to_number AND from_number = :from_number AND live = 1
+  AND provider_call_id IS NULL AND (ambiguous = 1 OR status = 'dialing')
 ORDER BY created_at DESC
 LIMIT 1;
 
@@ -73,22 +77,10 @@ WHERE id = (
       AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
     ORDER BY a.priority DESC, a.not_before, a.id
     LIMIT 1
+    {skip_locked}
 )
 RETURNING *;
 
--- name: claim_attempt@postgres
-UPDATE attempts
-SET status = 'dialing', live = 1, lease_owner = :owner, lease_until = :lease_until,
-    placed_at = :now
-WHERE id = (
-    SELECT a.id FROM attempts a
-    WHERE a.status = 'queued' AND a.not_before <= :now
-      AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
-    ORDER BY a.priority DESC, a.not_before, a.id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING *;
 
 -- name: update_attempt
 -- Every column an attempt's progress can change, set at once from the engine's new row.
@@ -148,25 +140,10 @@ WHERE id IN (
             AND e.event_seq < d.event_seq)
     ORDER BY d.event_seq
     LIMIT :limit
+    {skip_locked}
 )
 RETURNING *;
 
--- name: claim_deliveries@postgres
-UPDATE deliveries
-SET lease_owner = :owner, lease_until = :lease_until, tries = tries + 1
-WHERE id IN (
-    SELECT d.id FROM deliveries d
-    WHERE d.handler = :handler AND d.state = 'pending' AND d.not_before <= :now
-      AND (d.lease_until IS NULL OR d.lease_until < :now)
-      AND NOT EXISTS (
-          SELECT 1 FROM deliveries e
-          WHERE e.call_id = d.call_id AND e.handler = d.handler AND e.state = 'pending'
-            AND e.event_seq < d.event_seq)
-    ORDER BY d.event_seq
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING *;
 
 -- name: finish_delivery
 -- state is 'done', 'pending' (retry at :not_before) or 'dead'; only the lease holder may.
@@ -190,24 +167,16 @@ WHERE lease_owner = :owner AND state = 'pending';
 INSERT INTO timers (id, kind, ref, due_at) VALUES (:id, :kind, :ref, :due_at)
 ON CONFLICT (kind, ref) DO NOTHING;
 
--- name: claim_timers
-UPDATE timers SET lease_owner = :owner, lease_until = :lease_until
-WHERE id IN (
+-- name: take_due_timer
+-- The earliest due timer, removed in the transaction that runs it: a daemon killed half-way
+-- rolls back, and the timer is due again at once for whichever daemon looks next.
+DELETE FROM timers
+WHERE id = (
     SELECT t.id FROM timers t
-    WHERE t.due_at <= :now AND (t.lease_until IS NULL OR t.lease_until < :now)
+    WHERE t.due_at <= :now
     ORDER BY t.due_at
-    LIMIT :limit
-)
-RETURNING *;
-
--- name: claim_timers@postgres
-UPDATE timers SET lease_owner = :owner, lease_until = :lease_until
-WHERE id IN (
-    SELECT t.id FROM timers t
-    WHERE t.due_at <= :now AND (t.lease_until IS NULL OR t.lease_until < :now)
-    ORDER BY t.due_at
-    LIMIT :limit
-    FOR UPDATE SKIP LOCKED
+    LIMIT 1
+    {skip_locked}
 )
 RETURNING *;
 
@@ -216,9 +185,6 @@ DELETE FROM timers WHERE kind = :kind AND ref = :ref;
 
 -- name: next_timer
 SELECT MIN(due_at) AS due_at FROM timers;
-
--- name: release_timers
-UPDATE timers SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = :owner;
 
 -- name: insert_receipt
 INSERT INTO receipts (id, received_at, attempt_id, outcome, body)

@@ -152,12 +152,21 @@ class Store:
                 )
                 assert existing is not None
                 return _same_request(existing, request_hash), False
-            attempt = await self._new_attempt(tx, call, number=1, not_before=now, now=now)
+            attempt = await self._new_attempt(
+                tx, call, number=1, priority=new.priority, not_before=now, now=now
+            )
             await self._emit(tx, call, attempt, CallStatus.QUEUED, now=now)
         return call, True
 
     async def _new_attempt(
-        self, tx: Transaction, call: Row, *, number: int, not_before: float, now: float
+        self,
+        tx: Transaction,
+        call: Row,
+        *,
+        number: int,
+        priority: int,
+        not_before: float,
+        now: float,
     ) -> Row:
         attempt = await tx.fetchone(
             "insert_attempt",
@@ -169,7 +178,7 @@ class Store:
             # The per-attempt secret in the webhook URL: it authenticates the provider's
             # deliveries and names the attempt even before the placing POST has returned.
             webhook_token=secrets.token_urlsafe(24),
-            priority=0,
+            priority=priority,
             not_before=not_before,
             now=now,
         )
@@ -230,8 +239,6 @@ class Store:
             )
             if attempt is None:
                 return None
-            call = await tx.fetchone("get_call", id=attempt["call_id"])
-            assert call is not None
             await tx.execute(
                 "insert_timer",
                 id=new_id(),
@@ -239,7 +246,7 @@ class Store:
                 ref=attempt["id"],
                 due_at=now + watchdog_after,
             )
-            await self._sync_call(tx, attempt, now=now)
+            call = await self._sync_call(tx, attempt, now=now)
         return Claim(attempt=attempt, call=call)
 
     async def placed(
@@ -336,7 +343,6 @@ class Store:
         async with self.connector.transaction() as tx:
             await tx.fetch("release_attempts", owner=owner)
             await tx.execute("release_deliveries", owner=owner)
-            await tx.execute("release_timers", owner=owner)
 
     # -- webhooks ----------------------------------------------------------------------------
 
@@ -387,6 +393,14 @@ class Store:
         known = attempt["provider_call_id"]
         if known and hook.provider_call_id and known != hook.provider_call_id:
             return IngestResult(outcome=Ingest.CONFLICT, call_id=attempt["call_id"])
+        if not known and hook.provider_call_id:
+            # The provider id must name one attempt only (a unique column): a token or
+            # correlation naming this attempt with another attempt's provider id is a conflict.
+            owner = await tx.fetchone(
+                "get_attempt_by_provider_id", provider_call_id=hook.provider_call_id
+            )
+            if owner is not None and owner["id"] != attempt["id"]:
+                return IngestResult(outcome=Ingest.CONFLICT, call_id=attempt["call_id"])
         current = CallStatus(attempt["status"])
         provider_call_id = known or hook.provider_call_id
         if current.terminal or hook.status.rank <= current.rank:
@@ -401,6 +415,9 @@ class Store:
             provider_call_id=provider_call_id,
             provider_status=hook.status.value,
             ambiguous=0,
+            # The provider has spoken: an earlier requeue's or lost answer's error is history.
+            error_code=None,
+            error_message=None,
             duration=hook.duration,
             recording_url=hook.recording_url,
             transcript=hook.transcript,
@@ -412,25 +429,24 @@ class Store:
 
     # -- timers ------------------------------------------------------------------------------
 
-    async def claim_timers(self, owner: str, *, limit: int, lease: float) -> list[Row]:
-        """Due timers, leased to ``owner``."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            return await tx.fetch(
-                "claim_timers", owner=owner, lease_until=now + lease, now=now, limit=limit
-            )
-
     async def next_timer(self) -> float | None:
         """When the next timer is due (epoch seconds), if any."""
         async with self.connector.transaction() as tx:
             row = await tx.fetchone("next_timer")
         return float(row["due_at"]) if row and row["due_at"] is not None else None
 
-    async def fire(self, timer: Row) -> list[Event]:
-        """Run a due timer. The watchdog ends a still-live attempt as ``call.timed_out``."""
+    async def fire_next(self) -> list[Event] | None:
+        """Take the earliest due timer and run it, in one transaction; None if none is due.
+
+        The watchdog ends a still-live attempt as ``call.timed_out``. Taking and running are
+        one transaction, so a daemon killed in between strands nothing: the timer is simply
+        still due.
+        """
         now = self.clock()
         async with self.connector.transaction() as tx:
-            await tx.execute("delete_timer", kind=timer["kind"], ref=timer["ref"])
+            timer = await tx.fetchone("take_due_timer", now=now)
+            if timer is None:
+                return None
             if timer["kind"] != WATCHDOG:
                 return []
             attempt = await tx.fetchone("get_attempt", id=timer["ref"])

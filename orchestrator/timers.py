@@ -15,19 +15,17 @@ log = structlog.get_logger(__name__)
 
 
 class Timekeeper:
-    """Claims due timers from the store and fires them; sweeps expired placement leases."""
+    """Fires due timers from the store, one transaction each; sweeps expired placement leases."""
 
     def __init__(
         self,
         store: Store,
         *,
-        owner: str,
         publish: Callable[[Iterable[Event]], None],
         poll: float = 1.0,
         sweep_every: float = 5.0,
     ) -> None:
         self.store = store
-        self.owner = owner
         self.publish = publish
         self.poll = poll
         self.sweep_every = sweep_every
@@ -43,8 +41,11 @@ class Timekeeper:
                     log.warning("timers.rescued_abandoned_placements", count=rescued)
                 since_sweep = 0.0
             fired = 0
-            for timer in await self.store.claim_timers(self.owner, limit=100, lease=60.0):
-                events = await self.store.fire(timer)
+            # One timer per transaction until none is due (bounded so the sweep still runs).
+            while fired < 100 and not self._stopping.is_set():
+                events = await self.store.fire_next()
+                if events is None:
+                    break
                 fired += 1
                 for event in events:
                     log.warning(

@@ -310,13 +310,6 @@ def test_call_wait_prints_the_terminal_event(tmp_path: Path) -> None:
     assert "INVALID_PHONE_NUMBER" in refused.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PRODUCT BUG (orchestrator/queries.sql get_ambiguous_attempt, store._match): a "
-    "deployed call.completed that arrives while the placing POST is still in flight matches "
-    "no attempt (no provider id yet, not ambiguous) and is refused 404; the deployed provider "
-    "never retries, so an answered call ends timed_out",
-)
 async def test_deployed_webhook_before_the_answer(tmp_path: Path, recorder: Recorder) -> None:
     """The deployed provider answers slowly (1 s) while short calls complete within it: each
     signed call.completed reaches the daemon before the POST's answer does."""

@@ -22,7 +22,7 @@ from orchestrator.connector import Connector, migrations, queries
 from orchestrator.memory import MemoryConnector
 from orchestrator.model import CallStatus, Event, NewCall, matches
 from orchestrator.sqlite import SQLiteConnector
-from orchestrator.store import WATCHDOG, Claim, Ingest, Store, Webhook
+from orchestrator.store import Claim, Ingest, Store, Webhook
 
 T0 = 1_700_000_000.0
 ROUTES = {"audit": ("call.*",), "crm": ("call.ringing", "call.completed")}
@@ -258,7 +258,6 @@ async def test_claim_order_priority_first(env: Env) -> None:
     assert (await claim(store)).call["id"] == low["id"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: Store._new_attempt writes priority=0")
 async def test_priority_of_new_call_is_used(store: Store, clock: FakeClock) -> None:
     await store.create_call(new_call("+15550000001"))
     clock.advance(1)
@@ -269,12 +268,10 @@ async def test_priority_of_new_call_is_used(store: Store, clock: FakeClock) -> N
 async def test_claimed_attempt_gets_a_watchdog(store: Store, clock: FakeClock) -> None:
     _, got = await dialing(store)
     assert await store.next_timer() == T0 + 600
-    assert await store.claim_timers("t1", limit=10, lease=30) == []
+    assert await store.fire_next() is None
     clock.advance(600)
-    timers = await store.claim_timers("t1", limit=10, lease=30)
-    assert [(t["kind"], t["ref"], t["due_at"]) for t in timers] == [
-        (WATCHDOG, got.attempt_id, T0 + 600)
-    ]
+    [event] = await store.fire_next() or []
+    assert event.type == "call.timed_out" and event.call.attempt == got.attempt["number"]
 
 
 async def test_expired_lease_rescued_as_ambiguous_and_never_claimed(
@@ -405,10 +402,10 @@ async def test_ingest_by_provider_call_id(store: Store) -> None:
 async def test_ingest_by_numbers_for_ambiguous_attempts(store: Store) -> None:
     call_id, got = await dialing(store)
     to, from_ = "+15550000001", "+15559990000"
-    unmatched = await store.ingest(
-        hook(CallStatus.RINGING, provider_call_id="P1", to=to, from_=from_)
+    other = await store.ingest(
+        hook(CallStatus.RINGING, provider_call_id="P1", to=to, from_="+15559990001")
     )
-    assert unmatched.outcome is Ingest.UNMATCHED  # not ambiguous: numbers do not match
+    assert other.outcome is Ingest.UNMATCHED  # the numbers name no live attempt
     await store.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
     result = await store.ingest(hook(CallStatus.RINGING, provider_call_id="P2", to=to, from_=from_))
     assert result.outcome is Ingest.APPLIED and result.call_id == call_id
@@ -418,6 +415,40 @@ async def test_ingest_by_numbers_for_ambiguous_attempts(store: Store) -> None:
         "P2",
         "ringing",
     )
+    # Once the provider id is known, another id between the same numbers is not this call.
+    late = await store.ingest(hook(CallStatus.COMPLETED, provider_call_id="P3", to=to, from_=from_))
+    assert late.outcome is Ingest.UNMATCHED
+
+
+async def test_webhook_before_the_placing_answer_matches_by_numbers(store: Store) -> None:
+    """The deployed provider echoes no metadata and may call back before its POST answers."""
+    call_id, got = await dialing(store)
+    to, from_ = "+15550000001", "+15559990000"
+    early = await store.ingest(
+        hook(CallStatus.COMPLETED, provider_call_id="P1", to=to, from_=from_, duration=3.0)
+    )
+    assert early.outcome is Ingest.APPLIED and early.call_id == call_id
+    assert [e.type for e in early.events] == ["call.completed"]
+    assert (
+        await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated") == []
+    )
+    attempt = await attempt_of(store, call_id)
+    assert (attempt["status"], attempt["provider_call_id"], attempt["live"]) == (
+        "completed",
+        "P1",
+        0,
+    )
+
+
+async def test_provider_id_of_another_attempt_is_a_conflict(store: Store) -> None:
+    _first, one = await dialing(store, "+15550000001")
+    await store.placed(one.attempt_id, provider_call_id="P1", provider_status="initiated")
+    second, two = await dialing(store, "+15550000002")
+    result = await store.ingest(
+        hook(CallStatus.RINGING, provider_call_id="P1"), token=two.attempt["webhook_token"]
+    )
+    assert result.outcome is Ingest.CONFLICT and result.call_id == second
+    assert (await attempt_of(store, second))["provider_call_id"] is None
 
 
 async def test_exact_duplicate_is_ignored(store: Store) -> None:
@@ -469,7 +500,6 @@ async def test_terminal_webhook_frees_slot_and_deletes_watchdog(
     assert (attempt["live"], attempt["ended_at"], attempt["duration"]) == (0, T0 + 42, 41.5)
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug: a requeue's error_code becomes the reason")
 async def test_completed_call_has_no_stale_reason(store: Store, clock: FakeClock) -> None:
     call_id, got = await dialing(store)
     await store.requeue(got.attempt_id, exceptions.RateLimited("slow"), retry_at=clock.now)
@@ -525,43 +555,58 @@ async def test_each_lifecycle_event_once_per_attempt(store: Store) -> None:
 # -- timers ----------------------------------------------------------------------------------
 
 
-async def test_claim_timers_leases(store: Store, clock: FakeClock) -> None:
-    await dialing(store, "+15550000001")
-    await dialing(store, "+15550000002")
-    clock.advance(599)
-    assert await store.claim_timers("t1", limit=10, lease=30) == []
+async def test_due_timers_fire_in_due_order(store: Store, clock: FakeClock) -> None:
+    first, _ = await dialing(store, "+15550000001")
     clock.advance(1)
-    first = await store.claim_timers("t1", limit=1, lease=30)
-    assert len(first) == 1 and first[0]["lease_owner"] == "t1"
-    assert first[0]["lease_until"] == clock.now + 30
-    second = await store.claim_timers("t2", limit=10, lease=30)
-    assert len(second) == 1 and second[0]["id"] != first[0]["id"]
-    assert await store.claim_timers("t3", limit=10, lease=30) == []
-    clock.advance(31)
-    again = await store.claim_timers("t3", limit=10, lease=30)
-    assert sorted(t["id"] for t in again) == sorted([first[0]["id"], second[0]["id"]])
+    second, _ = await dialing(store, "+15550000002")
+    clock.advance(599)
+    [one] = await store.fire_next() or []
+    assert one.call.id == first
+    assert await store.fire_next() is None  # the second is due one second later
+    clock.advance(1)
+    [two] = await store.fire_next() or []
+    assert two.call.id == second
+    assert await store.fire_next() is None and await store.next_timer() is None
+
+
+async def test_a_failed_fire_leaves_the_timer_due(store: Store, clock: FakeClock) -> None:
+    """Taking and running a timer are one transaction: a crash in between strands nothing."""
+    call_id, _ = await dialing(store)
+    clock.advance(600)
+
+    class Crash(Exception):
+        pass
+
+    def crashing_router(event: Event) -> list[str]:
+        raise Crash
+
+    store.router = crashing_router
+    with pytest.raises(Crash):
+        await store.fire_next()
+    assert await store.next_timer() == T0 + 600
+    store.router = lambda event: []
+    [event] = await store.fire_next() or []
+    assert event.type == "call.timed_out" and event.call.id == call_id
 
 
 async def test_watchdog_times_out_a_live_attempt(store: Store, clock: FakeClock) -> None:
     call_id, _ = await dialing(store)
     clock.advance(600)
-    [timer] = await store.claim_timers("t1", limit=10, lease=30)
-    events = await store.fire(timer)
+    events = await store.fire_next() or []
     assert [e.type for e in events] == ["call.timed_out"]
     assert events[0].error is not None and events[0].error["code"] == "NO_TERMINAL_WEBHOOK"
     call = await call_row(store, call_id)
     assert (call["status"], call["reason"]) == ("timed_out", "NO_TERMINAL_WEBHOOK")
     assert await store.live_count() == 0
     assert await store.next_timer() is None
-    assert await store.fire(timer) == []
+    assert await store.fire_next() is None
 
 
 async def test_watchdog_on_ambiguous_attempt(store: Store, clock: FakeClock) -> None:
     call_id, got = await dialing(store)
     await store.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
     clock.advance(600)
-    [timer] = await store.claim_timers("t1", limit=10, lease=30)
-    events = await store.fire(timer)
+    events = await store.fire_next() or []
     assert events[0].error is not None and events[0].error["code"] == "AMBIGUOUS"
     assert (await call_row(store, call_id))["reason"] == "AMBIGUOUS"
     assert await store.live_count() == 0
@@ -570,9 +615,8 @@ async def test_watchdog_on_ambiguous_attempt(store: Store, clock: FakeClock) -> 
 async def test_watchdog_after_the_call_ended_does_nothing(store: Store, clock: FakeClock) -> None:
     call_id, got = await dialing(store)
     clock.advance(600)
-    [timer] = await store.claim_timers("t1", limit=10, lease=30)
     await store.ingest(hook(CallStatus.COMPLETED), token=got.attempt["webhook_token"])
-    assert await store.fire(timer) == []
+    assert await store.fire_next() is None  # the terminal webhook removed the watchdog
     assert await events_of(store, call_id) == ["call.queued", "call.completed"]
     assert (await call_row(store, call_id))["status"] == "completed"
 
@@ -651,17 +695,13 @@ async def test_lost_lease_cannot_finish(store: Store, clock: FakeClock) -> None:
 
 
 async def test_release_hands_back_leases(store: Store, clock: FakeClock) -> None:
-    call_id, got = await dialing(store)
+    call_id, _got = await dialing(store)
     await store.create_call(new_call("+15550000002"))
     clock.advance(600)
-    assert len(await store.claim_timers("w1", limit=10, lease=300)) == 1
     assert len(await store.claim_deliveries("audit", "w1", limit=10, lease=300)) == 2
     await store.release("w1")
     attempt = await attempt_of(store, call_id)
     assert attempt["ambiguous"] == 1 and attempt["error_code"] == "ABANDONED"  # never resent
-    assert [t["ref"] for t in await store.claim_timers("w2", limit=10, lease=300)] == [
-        got.attempt_id
-    ]
     taken = await store.claim_deliveries("audit", "w2", limit=10, lease=300)
     assert len(taken) == 2 and {d.tries for d in taken} == {1}
 
@@ -869,7 +909,7 @@ async def test_memory_matches_sqlite_query_by_query(tmp_path: Path) -> None:
     assert {name for name, _ in memory} >= set(queries("sqlite"))
 
 
-UNORDERED = {"claim_deliveries", "claim_timers", "rescue_attempts", "release_attempts"}
+UNORDERED = {"claim_deliveries", "rescue_attempts", "release_attempts"}
 
 
 async def _script(conn: Connector) -> list[tuple[str, Any]]:
@@ -1001,11 +1041,12 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     ):
         await change("insert_timer", id=f"t{n}", kind=kind, ref=ref, due_at=due)
     await run("next_timer")
-    await run("claim_timers", owner="o1", lease_until=8, now=6, limit=10)
-    await run("claim_timers", owner="o2", lease_until=20, now=9, limit=10)
-    await change("release_timers", owner="o2")
+    await run("take_due_timer", now=0)
+    await run("take_due_timer", now=4)
     await change("delete_timer", kind="w", ref="a1")
-    await run("claim_timers", owner="o3", lease_until=20, now=9, limit=1)
+    await run("take_due_timer", now=9)
+    await run("take_due_timer", now=9)
+    await run("next_timer")
     await run("insert_receipt", id="r", now=1, body="b")
     await run("insert_receipt", id="r", now=2, body="c")
     await change("update_receipt", id="r", attempt_id="a0", outcome="applied")

@@ -54,7 +54,7 @@ CREATE INDEX attempts_queue ON attempts (priority, not_before) WHERE status = 'q
 CREATE INDEX attempts_by_call ON attempts (call_id, number);
 -- Never two live calls to one person: enforced here, not by luck.
 CREATE UNIQUE INDEX attempts_one_live_per_number ON attempts (to_number) WHERE live = 1;
-CREATE INDEX attempts_ambiguous ON attempts (to_number, from_number) WHERE ambiguous = 1;
+CREATE INDEX attempts_live_by_numbers ON attempts (to_number, from_number) WHERE live = 1;
 
 -- The append-only event log. dedupe_key makes a lifecycle event happen once per attempt.
 CREATE TABLE events (
@@ -88,14 +88,12 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_pending ON deliveries (handler, event_seq) WHERE state = 'pending';
 CREATE INDEX deliveries_order ON deliveries (call_id, handler, event_seq) WHERE state = 'pending';
 
--- Due-time work (the watchdog of each placed attempt), claimed with a lease.
+-- Due-time work (the watchdog of each placed attempt), taken and run in one transaction.
 CREATE TABLE timers (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     ref TEXT NOT NULL,
     due_at DOUBLE PRECISION NOT NULL,
-    lease_owner TEXT,
-    lease_until DOUBLE PRECISION,
     UNIQUE (kind, ref)
 );
 CREATE INDEX timers_due ON timers (due_at);
