@@ -55,19 +55,20 @@ class Pacer:
         """Give back a token that was not used (nothing was dialed)."""
         self._tokens = min(self.burst, self._tokens + 1.0)
 
-    async def acquire(self) -> None:
-        """Wait for the next token."""
-        while True:
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait for the next token; False if ``stop`` was set first (no token taken)."""
+        while not stop.is_set():
             now = time.monotonic()
             if now < self._paused_until:
-                await asyncio.sleep(self._paused_until - now)
+                await bus.wait_any(stop, within=self._paused_until - now)
                 continue
             self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
             self._at = now
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
-                return
-            await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                return True
+            await bus.wait_any(stop, within=(1.0 - self._tokens) / self.rate)
+        return False
 
 
 class Dialer:
@@ -93,6 +94,7 @@ class Dialer:
         self.pacer = Pacer(settings.calls_per_second)
         self.last_error: exceptions.MagpipeError | None = None
         self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
 
     @property
@@ -105,24 +107,31 @@ class Dialer:
         # A placement's lease must outlive the request; rescue() treats an expired one as a
         # daemon that died mid-request.
         lease = self.magpipe.timeout * 2 + 30.0
-        while not self._stopping.is_set():
-            self.wake.clear()
-            await self.pacer.acquire()
-            if self._stopping.is_set():
-                break
-            claim = await self.store.claim_attempt(
-                self.owner,
-                max_live=self.settings.max_live_calls,
-                lease=lease,
-                watchdog_after=self.settings.max_call_duration,
-            )
-            if claim is None:
-                self.pacer.refund()
-                await self._idle()
-                continue
-            task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
-            self._inflight.add(task)
-            task.add_done_callback(self._done)
+        try:
+            while not self._stopping.is_set():
+                self.wake.clear()
+                if not await self.pacer.acquire(self._stopping):
+                    break
+                claim = await self.store.claim_attempt(
+                    self.owner,
+                    max_live=self.settings.max_live_calls,
+                    lease=lease,
+                    watchdog_after=self.settings.max_call_duration,
+                )
+                if claim is None:
+                    self.pacer.refund()
+                    await self._idle()
+                    continue
+                if self._stopping.is_set():
+                    # Shutdown began while the claim was under way: nothing was sent, so the
+                    # attempt goes back to the queue instead of starting after SIGTERM.
+                    await self.store.requeue(claim.attempt_id, None, retry_at=self.store.clock())
+                    break
+                task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
+                self._inflight.add(task)
+                task.add_done_callback(self._done)
+        finally:
+            self._stopped.set()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -188,10 +197,12 @@ class Dialer:
     async def stop(self, deadline: float) -> None:
         """Stop claiming; let placements in flight finish until ``deadline`` (monotonic).
 
-        A placement cut off here is left ``dialing``; ``release`` marks it ambiguous, so it is
+        The claim loop is waited for first, so no placement can start after this returns. A
+        placement cut off here is left ``dialing``; ``release`` marks it ambiguous, so it is
         never sent twice.
         """
         self._stopping.set()
+        await bus.wait_any(self._stopped, within=max(0.0, deadline - time.monotonic()))
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=max(0.0, deadline - time.monotonic()))
         for task in self._inflight:

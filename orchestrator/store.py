@@ -290,9 +290,10 @@ class Store:
             )
 
     async def requeue(
-        self, attempt_id: str, error: exceptions.OrchestratorError, *, retry_at: float
+        self, attempt_id: str, error: exceptions.OrchestratorError | None, *, retry_at: float
     ) -> bool:
-        """The placement certainly did not happen (429, 503, no connection): queue it again.
+        """The placement certainly did not happen (429, 503, no connection, or shutdown began
+        before it was sent, ``error=None``): queue it again.
 
         Only an attempt still ``dialing`` and not ambiguous goes back; returns whether it did.
         """
@@ -307,8 +308,8 @@ class Store:
                 status=CallStatus.QUEUED.value,
                 live=0,
                 not_before=retry_at,
-                error_code=error.code,
-                error_message=error.message,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
                 lease_owner=None,
                 lease_until=None,
             )
