@@ -67,12 +67,15 @@ class Daemon:
         *,
         subscriptions: Sequence[bus.Subscription] | None = None,
         shutdown_grace: float = 10.0,
+        lease: float = 30.0,
     ) -> None:
         self.cfg = cfg
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.bus = bus.EventBus(subscriptions_from(cfg) if subscriptions is None else subscriptions)
         self.store = Store(connector.connect(cfg.store), router=self.bus.route)
         self.shutdown_grace = shutdown_grace
+        # Work this daemon holds is leased for this long and kept alive by the heartbeat.
+        self.lease = lease
         self.stopping = asyncio.Event()
         self.urls: dict[str, str] = {}
         self._dialer: dialer.Dialer | None = None
@@ -136,6 +139,7 @@ class Daemon:
                     max_call_duration=cfg.dialer.max_call_duration,
                     webhook_base=public + intake.PATH,
                     agent_id=cfg.defaults.agent_id,
+                    lease=self.lease,
                 ),
                 owner=self.owner,
                 publish=self.publish,
@@ -152,8 +156,10 @@ class Daemon:
             self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
             workers = self.bus.workers(self.store, self.owner, http)
             keeper = timers.Timekeeper(self.store, publish=self.publish)
+            heartbeat = timers.Heartbeat(self.store, owner=self.owner, lease=self.lease)
             tasks.append(self._task("dialer", self._dialer.run()))
             tasks.append(self._task("timers", keeper.run()))
+            tasks.append(self._task("heartbeat", heartbeat.run()))
             tasks.extend(self._task(f"deliveries:{w.sub.name}", w.run()) for w in workers)
             log.info(
                 "daemon.started",
@@ -180,6 +186,7 @@ class Daemon:
                 *(w.stop(deadline) for w in workers),
                 return_exceptions=True,
             )
+            heartbeat.stop()
             await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
         finally:
             for task in tasks:

@@ -1,7 +1,7 @@
 """The dialer: claims queued attempts from the store and places them through the client.
 
-Pacing is ``max_live_calls`` (checked by the claim, in the store) and ``calls_per_second``
-(a token bucket here). What a failed placement allows is decided by its error's ``retry``:
+Pacing is ``max_live_calls`` and ``calls_per_second`` (a token bucket), both checked by the
+claim in the store, so they hold for every daemon on the database together. What a failed placement allows is decided by its error's ``retry``:
 SAFE goes back to the queue, POINTLESS ends the call as ``call.rejected``, UNSAFE (ambiguous)
 is never resent and waits for a webhook or the watchdog.
 """
@@ -18,7 +18,7 @@ import structlog
 
 from orchestrator import bus, client, exceptions
 from orchestrator.model import CORRELATION_KEY, Event
-from orchestrator.store import Claim, Store
+from orchestrator.store import Claim, Pacing, Store, Throttled
 
 log = structlog.get_logger(__name__)
 
@@ -35,40 +35,8 @@ class DialerSettings:
     webhook_base: str
     agent_id: str | None = None
     unavailable_backoff: float = 5.0
-
-
-class Pacer:
-    """A token bucket: at most ``rate`` starts per second, bursts of at most ``burst``."""
-
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self._tokens = self.burst
-        self._at = time.monotonic()
-        self._paused_until = 0.0
-
-    def pause(self, seconds: float) -> None:
-        """Hold every start for ``seconds`` (the provider said 429 Retry-After)."""
-        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
-
-    def refund(self) -> None:
-        """Give back a token that was not used (nothing was dialed)."""
-        self._tokens = min(self.burst, self._tokens + 1.0)
-
-    async def acquire(self, stop: asyncio.Event) -> bool:
-        """Wait for the next token; False if ``stop`` was set first (no token taken)."""
-        while not stop.is_set():
-            now = time.monotonic()
-            if now < self._paused_until:
-                await bus.wait_any(stop, within=self._paused_until - now)
-                continue
-            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-            self._at = now
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return True
-            await bus.wait_any(stop, within=(1.0 - self._tokens) / self.rate)
-        return False
+    burst: float = 1.0
+    lease: float = 30.0
 
 
 class Dialer:
@@ -91,7 +59,7 @@ class Dialer:
         self.owner = owner
         self.publish = publish
         self.wake = asyncio.Event()
-        self.pacer = Pacer(settings.calls_per_second)
+        self.pacing = Pacing(rate=settings.calls_per_second, burst=settings.burst)
         self.last_error: exceptions.MagpipeError | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -104,23 +72,22 @@ class Dialer:
 
     async def run(self) -> None:
         """Claim and place until :meth:`stop`."""
-        # A placement's lease must outlive the request; rescue() treats an expired one as a
-        # daemon that died mid-request.
-        lease = self.magpipe.timeout * 2 + 30.0
         try:
             while not self._stopping.is_set():
                 self.wake.clear()
-                if not await self.pacer.acquire(self._stopping):
-                    break
                 claim = await self.store.claim_attempt(
                     self.owner,
                     max_live=self.settings.max_live_calls,
-                    lease=lease,
+                    # The heartbeat (Timekeeper) extends this while the placement runs.
+                    lease=self.settings.lease,
                     watchdog_after=self.settings.max_call_duration,
+                    pacing=self.pacing,
                 )
                 if claim is None:
-                    self.pacer.refund()
                     await self._idle()
+                    continue
+                if isinstance(claim, Throttled):
+                    await bus.wait_any(self._stopping, within=claim.wait)
                     continue
                 if self._stopping.is_set():
                     # Shutdown began while the claim was under way: nothing was sent, so the
@@ -177,7 +144,7 @@ class Dialer:
                     else self.settings.unavailable_backoff
                 )
                 if isinstance(exc, exceptions.RateLimited):
-                    self.pacer.pause(wait)
+                    await self.store.pause_dialing(self.store.clock() + wait)
                 await self.store.requeue(attempt_id, exc, retry_at=self.store.clock() + wait)
                 bound.info("dialer.requeued", code=exc.code, retry_in=wait)
                 self.wake.set()

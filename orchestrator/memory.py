@@ -41,6 +41,7 @@ _SPEC = {
     "tries I!, not_before R!, lease_owner T, lease_until R, last_error T, updated_at R!",
     "timers": "id T!, kind T!, ref T!, due_at R!",
     "receipts": "id T!, received_at R!, attempt_id T, outcome T!, body T!",
+    "pacing": "name T!, tokens R!, updated_at R!, paused_until R!",
 }
 _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
     table: {
@@ -49,7 +50,7 @@ _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
     }
     for table, spec in _SPEC.items()
 }
-_PRIMARY = {"events": "seq"}  # every other table's primary key is "id"
+_PRIMARY = {"events": "seq", "pacing": "name"}  # every other table's primary key is "id"
 _DEFAULTS: dict[str, Row] = {
     "attempts": {"live": 0, "ambiguous": 0, "priority": 0},
     "deliveries": {"tries": 0},
@@ -78,6 +79,7 @@ _UNIQUE: dict[str, list[tuple[tuple[str, ...], Callable[[Row], bool]]]] = {
     "deliveries": [(("id",), _always), (("event_id", "handler"), _always)],
     "timers": [(("id",), _always), (("kind", "ref"), _always)],
     "receipts": [(("id",), _always)],
+    "pacing": [(("name",), _always)],
 }
 
 _ABANDONED = {
@@ -87,6 +89,11 @@ _ABANDONED = {
     "error_code": "ABANDONED",
     "error_message": "the daemon stopped while placing this call; its outcome is unknown",
 }
+
+
+def _lengthen(row: Row, p: Params) -> Params:
+    current = row["lease_until"]
+    return {"lease_until": p["lease_until"] if _lt(current, p["lease_until"]) else current}
 
 
 class _IntegrityError(Exception):
@@ -331,6 +338,21 @@ class _Database:
     def count_live(self, p: Params) -> Result:
         return self._select([{"n": len(self._where("attempts", lambda r: _eq(r["live"], 1)))}])
 
+    def lock_dialing(self, p: Params) -> Result:
+        return self._select([{"locked": 1}])  # one transaction at a time already
+
+    def get_pacing(self, p: Params) -> Result:
+        return self._select(self._where("pacing", lambda r: _eq(r["name"], p["bucket"])))
+
+    def put_pacing(self, p: Params) -> Result:
+        values = {"name": p["bucket"], "tokens": p["tokens"], "updated_at": p["now"]}
+        values["paused_until"] = p["paused_until"]
+        existing = self._where("pacing", lambda r: _eq(r["name"], p["bucket"]))
+        if existing:
+            return [], len(self._update("pacing", existing, lambda r: values))
+        self._insert("pacing", values)
+        return [], 1
+
     def claim_attempt(self, p: Params) -> Result:
         live = {r["to_number"] for r in self._where("attempts", lambda r: _eq(r["live"], 1))}
         due = self._where(
@@ -360,6 +382,30 @@ class _Database:
         )
         rows = self._where("attempts", lambda r: _eq(r["id"], p["id"]))
         return [], len(self._update("attempts", rows, lambda r: changes))
+
+    def try_lock_sweeper(self, p: Params) -> Result:
+        return self._select([{"locked": 1}])
+
+    def extend_attempt_leases(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts",
+            lambda r: (
+                _eq(r["lease_owner"], p["owner"])
+                and _eq(r["status"], "dialing")
+                and _eq(r["ambiguous"], 0)
+            ),
+        )
+        return [], len(self._update("attempts", rows, lambda r: _lengthen(r, p)))
+
+    def extend_delivery_leases(self, p: Params) -> Result:
+        rows = self._where(
+            "deliveries",
+            lambda r: _eq(r["lease_owner"], p["owner"]) and _eq(r["state"], "pending"),
+        )
+        return [], len(self._update("deliveries", rows, lambda r: _lengthen(r, p)))
+
+    def notify(self, p: Params) -> Result:
+        return self._select([{"topic": p["topic"]}])
 
     def rescue_attempts(self, p: Params) -> Result:
         rows = self._where(

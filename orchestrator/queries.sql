@@ -66,6 +66,24 @@ SELECT * FROM attempts WHERE call_id = :call_id ORDER BY number;
 -- name: count_live
 SELECT COUNT(*) AS n FROM attempts WHERE live = 1;
 
+-- name: lock_dialing
+-- Claims run one at a time across the fleet, so max_live_calls and the pace hold for all
+-- daemons together. On SQLite, BEGIN IMMEDIATE already serialises every writer.
+SELECT 1 AS locked;
+
+-- name: lock_dialing@postgres
+SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7245001)) AS held;
+
+-- name: get_pacing
+SELECT * FROM pacing WHERE name = :bucket;
+
+-- name: put_pacing
+INSERT INTO pacing (name, tokens, updated_at, paused_until)
+VALUES (:bucket, :tokens, :now, :paused_until)
+ON CONFLICT (name) DO UPDATE
+SET tokens = excluded.tokens, updated_at = excluded.updated_at,
+    paused_until = excluded.paused_until;
+
 -- name: claim_attempt
 -- The next due queued attempt whose number has no live call, marked dialing and leased.
 UPDATE attempts
@@ -91,6 +109,33 @@ SET status = :status, live = :live, ambiguous = :ambiguous,
     lease_owner = :lease_owner, lease_until = :lease_until, duration = :duration,
     ended_at = :ended_at
 WHERE id = :id;
+
+-- name: try_lock_sweeper
+-- The sweep of abandoned work runs on one daemon at a time (1 when this one may sweep).
+SELECT 1 AS locked;
+
+-- name: try_lock_sweeper@postgres
+SELECT CASE WHEN pg_try_advisory_xact_lock(7245002) THEN 1 ELSE 0 END AS locked;
+
+-- name: extend_attempt_leases
+-- The heartbeat of a living daemon: its placements in flight stay its own.
+-- A lease is only ever lengthened here.
+UPDATE attempts
+SET lease_until = CASE WHEN lease_until < :lease_until THEN :lease_until ELSE lease_until END
+WHERE lease_owner = :owner AND status = 'dialing' AND ambiguous = 0;
+
+-- name: extend_delivery_leases
+UPDATE deliveries
+SET lease_until = CASE WHEN lease_until < :lease_until THEN :lease_until ELSE lease_until END
+WHERE lease_owner = :owner AND state = 'pending';
+
+-- name: notify
+-- Wakes the other daemons when the transaction commits ('dial' or 'deliver'); SQLite has no
+-- such thing and its daemons poll.
+SELECT :topic AS topic;
+
+-- name: notify@postgres
+SELECT 1 AS sent FROM (SELECT pg_notify('orchestrator', CAST(:topic AS TEXT))) AS sent;
 
 -- name: rescue_attempts
 -- A placement whose daemon died mid-request: its outcome is unknown, so it is never resent.

@@ -25,6 +25,7 @@ Router = Callable[[Event], Sequence[str]]
 Clock = Callable[[], float]
 
 WATCHDOG = "watchdog"
+DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
 
 
 class Ingest(StrEnum):
@@ -75,6 +76,21 @@ class Claim:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Pacing:
+    """The fleet's dialing pace: at most ``rate`` placements per second, bursts of ``burst``."""
+
+    rate: float
+    burst: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Throttled:
+    """No claim now: the pace (or the provider's Retry-After) allows the next in ``wait`` s."""
+
+    wait: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class Delivery:
     """One (event, handler) delivery claimed from the outbox."""
 
@@ -97,6 +113,8 @@ class Store:
         self.connector = connector
         self.router: Router = router or (lambda event: ())
         self.clock = clock
+        # Connectors that can wake other daemons (PostgreSQL's NOTIFY) say so.
+        self.notifies = bool(getattr(connector, "notifies", False))
 
     async def open(self) -> None:
         """Open the connector and apply migrations."""
@@ -222,23 +240,48 @@ class Store:
     # -- dialing -----------------------------------------------------------------------------
 
     async def claim_attempt(
-        self, owner: str, *, max_live: int, lease: float, watchdog_after: float
-    ) -> Claim | None:
-        """Claim the next due attempt if a slot is free: it becomes live and ``dialing``.
+        self,
+        owner: str,
+        *,
+        max_live: int,
+        lease: float,
+        watchdog_after: float,
+        pacing: Pacing | None = None,
+    ) -> Claim | Throttled | None:
+        """Claim the next due attempt if a slot is free and the pace allows: it becomes live
+        and ``dialing``. None when there is nothing to claim (or no free slot).
 
-        The watchdog timer is written in the same transaction, so even a daemon killed
-        mid-request leaves a call that ends by itself.
+        Claims run one at a time across every daemon on the database (``lock_dialing``), so
+        ``max_live`` and ``pacing`` are limits of the fleet, not of one process. The watchdog
+        timer is written in the same transaction, so even a daemon killed mid-request leaves a
+        call that ends by itself.
         """
         now = self.clock()
         async with self.connector.transaction() as tx:
+            await tx.fetchone("lock_dialing")
             live = await tx.fetchone("count_live")
             if live is not None and int(live["n"]) >= max_live:
                 return None
+            bucket = None
+            if pacing is not None:
+                bucket = await self._bucket(tx, pacing, now)
+                if bucket["paused_until"] > now:
+                    return Throttled(wait=bucket["paused_until"] - now)
+                if bucket["tokens"] < 1.0:
+                    return Throttled(wait=(1.0 - bucket["tokens"]) / pacing.rate)
             attempt = await tx.fetchone(
                 "claim_attempt", owner=owner, lease_until=now + lease, now=now
             )
             if attempt is None:
                 return None
+            if bucket is not None:
+                await tx.execute(
+                    "put_pacing",
+                    bucket=DIAL_BUCKET,
+                    tokens=bucket["tokens"] - 1.0,
+                    paused_until=bucket["paused_until"],
+                    now=now,
+                )
             await tx.execute(
                 "insert_timer",
                 id=new_id(),
@@ -248,6 +291,38 @@ class Store:
             )
             call = await self._sync_call(tx, attempt, now=now)
         return Claim(attempt=attempt, call=call)
+
+    async def _bucket(self, tx: Transaction, pacing: Pacing, now: float) -> Row:
+        row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
+        if row is None:
+            return {"tokens": pacing.burst, "paused_until": 0.0}
+        elapsed = max(0.0, now - row["updated_at"])
+        tokens = min(pacing.burst, row["tokens"] + elapsed * pacing.rate)
+        return {"tokens": tokens, "paused_until": row["paused_until"]}
+
+    async def pause_dialing(self, until: float) -> None:
+        """Hold every daemon's placements until ``until`` (the provider said Retry-After)."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            await tx.fetchone("lock_dialing")
+            row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
+            tokens = row["tokens"] if row else 1.0
+            paused = max(until, row["paused_until"] if row else 0.0)
+            await tx.execute(
+                "put_pacing", bucket=DIAL_BUCKET, tokens=tokens, paused_until=paused, now=now
+            )
+
+    async def heartbeat(self, owner: str, *, lease: float) -> int:
+        """Extend the leases of ``owner``'s work in flight; how many were extended.
+
+        Leases can then be short: a daemon that dies stops beating and its work is taken
+        over within one lease, while a living daemon keeps its long placements and handlers.
+        """
+        until = self.clock() + lease
+        async with self.connector.transaction() as tx:
+            placements = await tx.execute("extend_attempt_leases", owner=owner, lease_until=until)
+            deliveries = await tx.execute("extend_delivery_leases", owner=owner, lease_until=until)
+        return max(0, placements) + max(0, deliveries)
 
     async def placed(
         self, attempt_id: str, *, provider_call_id: str, provider_status: str
@@ -315,6 +390,7 @@ class Store:
             )
             await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
             await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
+            await self._notify(tx, "dial")
         return True
 
     async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:
@@ -334,9 +410,15 @@ class Store:
             )
 
     async def rescue(self) -> int:
-        """Mark placements abandoned by a dead daemon (expired lease) ambiguous."""
+        """Mark placements abandoned by a dead daemon (expired lease) ambiguous.
+
+        One daemon of a fleet sweeps at a time; the others skip the round (0).
+        """
         now = self.clock()
         async with self.connector.transaction() as tx:
+            lock = await tx.fetchone("try_lock_sweeper")
+            if lock is None or not lock["locked"]:
+                return 0
             return len(await tx.fetch("rescue_attempts", now=now))
 
     async def release(self, owner: str) -> None:
@@ -661,7 +743,8 @@ class Store:
         if inserted is None:
             return None
         seq = int(inserted["seq"])
-        for handler in self.router(event):
+        handlers = self.router(event)
+        for handler in handlers:
             await tx.execute(
                 "insert_delivery",
                 id=new_id(),
@@ -671,7 +754,16 @@ class Store:
                 handler=handler,
                 now=now,
             )
+        if handlers:
+            await self._notify(tx, "deliver")
+        if status is CallStatus.QUEUED or status.terminal:
+            await self._notify(tx, "dial")  # new work, or a slot freed
         return Event.from_json(event.to_json(), seq=seq)
+
+    async def _notify(self, tx: Transaction, topic: str) -> None:
+        """Wake the fleet's other daemons when this transaction commits."""
+        if self.notifies:
+            await tx.fetchone("notify", topic=topic)
 
 
 def _request_hash(new: NewCall) -> str:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
+from orchestrator import exceptions
 from orchestrator.model import Event
 from orchestrator.store import Store
 
@@ -66,4 +67,31 @@ class Timekeeper:
 
     def stop(self) -> None:
         """Stop after the timer being fired, if any."""
+        self._stopping.set()
+
+
+class Heartbeat:
+    """Keeps this daemon's leases alive while it lives, so leases can be short: a daemon that
+    dies stops beating, and the fleet takes its work over within one lease."""
+
+    def __init__(self, store: Store, *, owner: str, lease: float, every: float | None = None):
+        self.store = store
+        self.owner = owner
+        self.lease = lease
+        self.every = every if every is not None else lease / 3
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Beat every ``every`` seconds until :meth:`stop`; a failed beat is logged and retried
+        (a lease outlives two missed beats)."""
+        while not self._stopping.is_set():
+            try:
+                await self.store.heartbeat(self.owner, lease=self.lease)
+            except exceptions.StoreError as exc:
+                log.error("timers.heartbeat_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=self.every)
+
+    def stop(self) -> None:
+        """Stop beating (after the work it kept alive has finished or been released)."""
         self._stopping.set()

@@ -12,7 +12,7 @@ import pytest
 from orchestrator import client, dialer
 from orchestrator.memory import MemoryConnector
 from orchestrator.model import NewCall
-from orchestrator.store import Claim, Store
+from orchestrator.store import Claim, Pacing, Store, Throttled
 from tests.conftest import StartSimulator
 
 FROM = "+16045551234"
@@ -28,10 +28,16 @@ class GatedStore(Store):
         self.gate = asyncio.Event()
 
     async def claim_attempt(
-        self, owner: str, *, max_live: int, lease: float, watchdog_after: float
-    ) -> Claim | None:
+        self,
+        owner: str,
+        *,
+        max_live: int,
+        lease: float,
+        watchdog_after: float,
+        pacing: Pacing | None = None,
+    ) -> Claim | Throttled | None:
         claim = await super().claim_attempt(
-            owner, max_live=max_live, lease=lease, watchdog_after=watchdog_after
+            owner, max_live=max_live, lease=lease, watchdog_after=watchdog_after, pacing=pacing
         )
         self.claiming.set()
         await self.gate.wait()
@@ -83,14 +89,25 @@ async def test_claim_finishing_after_stop_is_handed_back(
     assert await store.next_timer() is None  # the watchdog went with the claim
 
 
-async def test_stop_interrupts_a_paced_wait(store: GatedStore) -> None:
-    """A long Retry-After pause must not hold shutdown for its whole length."""
-    pacer = dialer.Pacer(rate=0.01)
-    stop = asyncio.Event()
-    assert await pacer.acquire(stop)  # the burst token
-    pacer.pause(3600)
-    waiting = asyncio.create_task(pacer.acquire(stop))
-    await asyncio.sleep(0.05)
-    assert not waiting.done()
-    stop.set()
-    assert await asyncio.wait_for(waiting, 1) is False
+async def test_stop_interrupts_a_retry_after_pause(
+    store: GatedStore, start_simulator: StartSimulator
+) -> None:
+    """A long fleet-wide Retry-After pause must not hold shutdown for its whole length."""
+    sim = await start_simulator()
+    magpipe = client.MagpipeClient(token="sim-token", base_url=sim.url)
+    store.gate.set()
+    await store.create_call(NewCall(to="+14155550102", from_=FROM, agent_id=AGENT))
+    await store.pause_dialing(store.clock() + 3600)
+    the_dialer = make_dialer(store, magpipe)
+    runner = asyncio.create_task(the_dialer.run())
+    try:
+        await asyncio.wait_for(store.claiming.wait(), 5)
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await the_dialer.stop(time.monotonic() + 30)
+        assert time.monotonic() - started < 5
+        assert runner.done()
+    finally:
+        runner.cancel()
+        await magpipe.aclose()
+    assert sim.stats()["placed"] == 0

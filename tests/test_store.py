@@ -22,7 +22,7 @@ from orchestrator.connector import Connector, migrations, queries
 from orchestrator.memory import MemoryConnector
 from orchestrator.model import CallStatus, Event, NewCall, matches
 from orchestrator.sqlite import SQLiteConnector
-from orchestrator.store import Claim, Ingest, Store, Webhook
+from orchestrator.store import Claim, Ingest, Pacing, Store, Throttled, Webhook
 
 T0 = 1_700_000_000.0
 ROUTES = {"audit": ("call.*",), "crm": ("call.ringing", "call.completed")}
@@ -119,7 +119,7 @@ def new_call(to: str = "+15550000001", **kw: Any) -> NewCall:
 
 async def claim(store: Store, owner: str = "w1", *, max_live: int = 10, lease: float = 30) -> Claim:
     got = await store.claim_attempt(owner, max_live=max_live, lease=lease, watchdog_after=600)
-    assert got is not None
+    assert isinstance(got, Claim)
     return got
 
 
@@ -550,6 +550,54 @@ async def test_each_lifecycle_event_once_per_attempt(store: Store) -> None:
     await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated")
     types = await events_of(store, call_id)
     assert types == ["call.queued", "call.initiated", "call.ringing"]
+
+
+# -- fleet pacing and leases ----------------------------------------------------------------
+
+
+async def test_pacing_is_a_token_bucket(store: Store, clock: FakeClock) -> None:
+    for n in range(4):
+        await store.create_call(new_call(f"+1555000000{n}"))
+    pace = Pacing(rate=2.0, burst=2.0)
+    take = lambda: store.claim_attempt(  # noqa: E731
+        "w1", max_live=10, lease=30, watchdog_after=600, pacing=pace
+    )
+    assert isinstance(await take(), Claim) and isinstance(await take(), Claim)  # the burst
+    throttled = await take()
+    assert isinstance(throttled, Throttled) and throttled.wait == pytest.approx(0.5)
+    clock.advance(0.5)
+    assert isinstance(await take(), Claim)
+    clock.advance(10)  # tokens never exceed the burst
+    assert isinstance(await take(), Claim)
+    assert await take() is None  # nothing left to claim: no token spent
+    await store.create_call(new_call("+15550000009"))
+    assert isinstance(await take(), Claim)
+
+
+async def test_retry_after_pauses_every_claim(store: Store, clock: FakeClock) -> None:
+    await store.create_call(new_call())
+    pace = Pacing(rate=100.0)
+    await store.pause_dialing(clock.now + 30)
+    await store.pause_dialing(clock.now + 10)  # a shorter pause never cuts a longer one
+    got = await store.claim_attempt("w", max_live=5, lease=30, watchdog_after=600, pacing=pace)
+    assert isinstance(got, Throttled) and got.wait == pytest.approx(30)
+    clock.advance(30)
+    got = await store.claim_attempt("w", max_live=5, lease=30, watchdog_after=600, pacing=pace)
+    assert isinstance(got, Claim)
+
+
+async def test_heartbeat_keeps_a_living_daemons_placement(store: Store, clock: FakeClock) -> None:
+    call_id, _ = await dialing(store)
+    clock.advance(20)
+    assert await store.heartbeat("w1", lease=30) == 1
+    assert await store.heartbeat("other", lease=30) == 0
+    clock.advance(20)  # past the first lease, within the extended one
+    assert await store.rescue() == 0
+    assert (await attempt_of(store, call_id))["lease_until"] == T0 + 50
+    assert await store.heartbeat("w1", lease=1) == 1
+    assert (await attempt_of(store, call_id))["lease_until"] == T0 + 50  # never shortened
+    clock.advance(11)  # the daemon stopped beating
+    assert await store.rescue() == 1
 
 
 # -- timers ----------------------------------------------------------------------------------
@@ -1047,6 +1095,18 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await run("take_due_timer", now=9)
     await run("take_due_timer", now=9)
     await run("next_timer")
+    await run("lock_dialing")
+    await run("try_lock_sweeper")
+    await run("notify", topic="dial")
+    await run("get_pacing", bucket="dial")
+    await change("put_pacing", bucket="dial", tokens=1.5, now=3, paused_until=0)
+    await change("put_pacing", bucket="dial", tokens=0.5, now=4, paused_until=9)
+    await run("get_pacing", bucket="dial")
+    await change("extend_attempt_leases", owner="o2", lease_until=10)
+    await change("extend_attempt_leases", owner="o2", lease_until=99)
+    await change("extend_delivery_leases", owner="o2", lease_until=99)
+    await run("list_deliveries", state=None, handler=None, limit=10)
+    await run("list_attempts", call_id="c1")
     await run("insert_receipt", id="r", now=1, body="b")
     await run("insert_receipt", id="r", now=2, body="c")
     await change("update_receipt", id="r", attempt_id="a0", outcome="applied")
