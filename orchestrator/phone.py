@@ -34,6 +34,14 @@ def validate_number(number: object, *, field: str = "to") -> str:
         raise exceptions.InvalidNumber(f"'{field}' is not a phone number: {exc}") from None
     if not phonenumbers.is_valid_number(parsed):
         raise exceptions.InvalidNumber(f"'{field}' is not a valid, dialable number: {number}")
+    canonical = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    if canonical != number:
+        # E.g. +310100000000: a national trunk prefix kept after the country code. The number
+        # meant is probably the canonical one, but two spellings of one person would defeat
+        # "never two live calls to one number", so only the canonical form is accepted.
+        raise exceptions.InvalidNumber(
+            f"'{field}' is not in canonical E.164 form: {number} (did you mean {canonical}?)"
+        )
     return number
 
 

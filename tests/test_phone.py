@@ -127,3 +127,10 @@ def test_metadata_shapes_refused(bad: object) -> None:
 def test_reserved_keys_are_refused() -> None:
     with pytest.raises(exceptions.InvalidMetadata, match="reserved"):
         phone.validate_metadata({"_orchestrator_ref": "x"}, reserved_prefix="_orchestrator")
+
+
+def test_non_canonical_spelling_is_refused_with_the_canonical_one() -> None:
+    """A trunk prefix kept after the country code names a real number in another spelling;
+    two spellings of one person would defeat "one live call per number"."""
+    with pytest.raises(exceptions.InvalidNumber, match=r"did you mean \+31100000000"):
+        phone.validate_number("+310100000000")
