@@ -89,6 +89,13 @@ class Daemon:
         ):
             self._dialer.wake.set()  # a slot was freed
 
+    def _notified(self, topic: str) -> None:
+        """Another daemon (or this one) committed work: wake whoever does it."""
+        if topic == "dial" and self._dialer is not None:
+            self._dialer.wake.set()
+        elif topic == "deliver":
+            self.bus.wake_all()
+
     async def _ready(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {}
         try:
@@ -160,6 +167,8 @@ class Daemon:
             tasks.append(self._task("dialer", self._dialer.run()))
             tasks.append(self._task("timers", keeper.run()))
             tasks.append(self._task("heartbeat", heartbeat.run()))
+            if isinstance(self.store.connector, connector.Notifier):
+                tasks.append(self._task("listener", self.store.connector.listen(self._notified)))
             tasks.extend(self._task(f"deliveries:{w.sub.name}", w.run()) for w in workers)
             log.info(
                 "daemon.started",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from orchestrator import exceptions
 
@@ -52,6 +52,21 @@ class Connector(Protocol):
 
     def transaction(self) -> AbstractAsyncContextManager[Transaction]:
         """A transaction: committed when the block exits normally, rolled back on error."""
+        ...
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """A connector whose database can wake other daemons (PostgreSQL's LISTEN/NOTIFY).
+
+    The store's ``notify`` query signals a topic (``dial`` or ``deliver``) when its transaction
+    commits; :meth:`listen` hears every daemon's signals. Connectors without it poll.
+    """
+
+    notifies: bool
+
+    async def listen(self, on_notify: Callable[[str], None]) -> None:
+        """Call ``on_notify(topic)`` for each signal until cancelled (reconnecting as needed)."""
         ...
 
 

@@ -160,6 +160,16 @@ VALUES (:id, :call_id, :attempt_id, :type, :occurred_at, :dedupe_key, :body)
 ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING seq;
 
+-- name: insert_event@postgres
+-- A duplicate would still draw its seq from the sequence before ON CONFLICT drops it, leaving a
+-- gap; NOT EXISTS skips the draw, and ON CONFLICT still settles a race.
+INSERT INTO events (id, call_id, attempt_id, type, occurred_at, dedupe_key, body)
+SELECT :id, :call_id, :attempt_id, :type, CAST(:occurred_at AS DOUBLE PRECISION), :dedupe_key,
+       :body
+WHERE NOT EXISTS (SELECT 1 FROM events WHERE dedupe_key = :dedupe_key)
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING seq;
+
 -- name: list_events
 SELECT * FROM events WHERE call_id = :call_id ORDER BY seq;
 

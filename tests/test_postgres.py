@@ -1,0 +1,461 @@
+"""What only the PostgreSQL connector has: a pool of concurrent transactions, migrations raced
+by daemons starting together, ``FOR UPDATE SKIP LOCKED`` claims, a schema in the URL, and a
+password that must never leak. The engine's behaviour is in the conformance suite
+(``test_store.py``), which runs on PostgreSQL too."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+
+from orchestrator import connector, exceptions
+from orchestrator.connector import Connector, migrations
+from orchestrator.postgres import PostgresConnector, translate
+from orchestrator.sqlite import SQLiteConnector
+from tests.conftest import PostgresFactory
+
+pytestmark = pytest.mark.postgres
+
+T0 = 1_700_000_000.0
+SECRET = "s3cr3t-Pa55w0rd"
+
+
+async def _columns(url: str, schema: str, table: str) -> list[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+            schema,
+            table,
+        )
+    finally:
+        await conn.close()
+    return [row["column_name"] for row in rows]
+
+
+async def _applied(url: str, schema: str) -> list[tuple[int, str, float]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            f'SELECT version, name, applied_at FROM "{schema}".schema_migrations '  # noqa: S608
+            "ORDER BY version"
+        )
+    finally:
+        await conn.close()
+    return [(row["version"], row["name"], row["applied_at"]) for row in rows]
+
+
+async def _insert_call(conn: Connector, call_id: str, to: str) -> None:
+    async with conn.transaction() as tx:
+        await tx.fetchone(
+            "insert_call",
+            id=call_id,
+            idempotency_key=None,
+            request_hash="h",
+            to_number=to,
+            from_number="+15559990000",
+            agent_id=None,
+            campaign=None,
+            metadata="{}",
+            purpose=None,
+            goal=None,
+            template_id=None,
+            status="queued",
+            now=T0,
+        )
+        await tx.fetchone(
+            "insert_attempt",
+            id=f"a-{call_id}",
+            call_id=call_id,
+            number=1,
+            to_number=to,
+            from_number="+15559990000",
+            webhook_token=f"t-{call_id}",
+            priority=0,
+            not_before=T0,
+            now=T0,
+        )
+
+
+async def _claim_together(
+    conn: Connector, claimers: int, claim: Any, *, timeout: float = 20
+) -> list[list[str]]:
+    """Run ``claim(tx)`` in ``claimers`` transactions at once, each on its own pooled
+    connection, none committing before all have claimed: what SKIP LOCKED is for (without it
+    they would wait for each other, here forever)."""
+    barrier = asyncio.Barrier(claimers)
+
+    async def one() -> list[str]:
+        async with conn.transaction() as tx:
+            got: list[str] = await claim(tx)
+            await barrier.wait()
+        return got
+
+    return await asyncio.wait_for(asyncio.gather(*(one() for _ in range(claimers))), timeout)
+
+
+# -- migrations ------------------------------------------------------------------------------
+
+
+async def test_concurrent_migrations_apply_each_once(
+    postgres: PostgresFactory, postgres_url: str
+) -> None:
+    conns = [postgres(max_size=2) for _ in range(5)]
+    await asyncio.gather(*(c.open() for c in conns))
+    applied = await _applied(postgres_url, postgres.schema)
+    assert [(v, n) for v, n, _ in applied] == [(m.version, m.name) for m in migrations()]
+    for c in conns:  # every connector works on the one schema
+        async with c.transaction() as tx:
+            assert await tx.fetchone("count_live") == {"n": 0}
+    await asyncio.gather(*(c.close() for c in conns))
+
+    again = postgres()
+    await again.open()  # nothing pending: nothing re-applied
+    assert await _applied(postgres_url, postgres.schema) == applied
+
+
+async def test_events_seq_is_bigserial(postgres: PostgresFactory, postgres_url: str) -> None:
+    conn = postgres()
+    await conn.open()
+    async with conn.transaction() as tx:
+        row = await tx.fetchone(
+            "insert_event",
+            id="e1",
+            call_id="c",
+            attempt_id=None,
+            type="t",
+            occurred_at=1,  # an int timestamp: stored and returned as a float
+            dedupe_key=None,
+            body="{}",
+        )
+        assert row == {"seq": 1}
+        event = await tx.fetchone("get_event", seq=1)
+    assert event is not None
+    assert type(event["seq"]) is int
+    assert event["occurred_at"] == 1.0 and type(event["occurred_at"]) is float
+    pg = await asyncpg.connect(postgres_url)
+    try:
+        kind = await pg.fetchval(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = 'events' AND column_name = 'seq'",
+            postgres.schema,
+        )
+    finally:
+        await pg.close()
+    assert kind == "bigint"
+
+
+# -- SKIP LOCKED claims ----------------------------------------------------------------------
+
+
+async def test_concurrent_attempt_claims_never_share(postgres: PostgresFactory) -> None:
+    conn = postgres(max_size=12)
+    await conn.open()
+    for n in range(20):
+        await _insert_call(conn, f"c{n:02}", f"+1555000{n:04}")
+
+    async def claim(tx: Any) -> list[str]:
+        row = await tx.fetchone("claim_attempt", owner="w", lease_until=T0 + 30, now=T0 + 1)
+        return [row["id"]] if row else []
+
+    claims = await _claim_together(conn, 10, claim)
+    got = [attempt for one in claims for attempt in one]
+    assert len(got) == 10, claims  # nobody came back empty-handed: locked rows were skipped
+    assert len(set(got)) == len(got)
+    async with conn.transaction() as tx:
+        assert await tx.fetchone("count_live") == {"n": 10}
+
+
+async def test_concurrent_delivery_claims_never_share(postgres: PostgresFactory) -> None:
+    conn = postgres(max_size=10)
+    await conn.open()
+    async with conn.transaction() as tx:
+        for n in range(30):
+            await tx.execute(
+                "insert_delivery",
+                id=f"d{n:02}",
+                event_seq=n + 1,
+                event_id=f"e{n}",
+                call_id=f"c{n}",
+                handler="h",
+                now=T0,
+            )
+
+    async def claim(tx: Any) -> list[str]:
+        rows = await tx.fetch(
+            "claim_deliveries", handler="h", owner="w", lease_until=T0 + 30, now=T0 + 1, limit=3
+        )
+        return [row["id"] for row in rows]
+
+    claims = await _claim_together(conn, 8, claim)
+    got = [delivery for one in claims for delivery in one]
+    assert all(len(one) == 3 for one in claims), claims
+    assert len(set(got)) == len(got) == 24
+
+
+async def test_concurrent_timers_are_taken_once(postgres: PostgresFactory) -> None:
+    conn = postgres(max_size=8)
+    await conn.open()
+    async with conn.transaction() as tx:
+        for n in range(10):
+            await tx.execute("insert_timer", id=f"t{n}", kind="k", ref=f"r{n}", due_at=T0 + n)
+
+    async def claim(tx: Any) -> list[str]:
+        row = await tx.fetchone("take_due_timer", now=T0 + 100)
+        return [row["id"]] if row else []
+
+    claims = await _claim_together(conn, 6, claim)
+    got = [timer for one in claims for timer in one]
+    assert len(got) == 6 and len(set(got)) == 6
+    async with conn.transaction() as tx:
+        assert await tx.fetchone("next_timer") is not None
+
+
+# -- transactions ----------------------------------------------------------------------------
+
+
+async def test_failed_read_aborts_and_commit_says_so(postgres: PostgresFactory) -> None:
+    conn = postgres()
+    await conn.open()
+
+    async def swallow_a_failed_read() -> None:
+        async with conn.transaction() as tx:
+            await tx.execute("insert_timer", id="t1", kind="k", ref="r", due_at=T0)
+            with pytest.raises(exceptions.StoreError, match="list_calls"):
+                # PostgreSQL refuses a negative LIMIT: the transaction is aborted.
+                await tx.fetch("list_calls", status=None, campaign=None, after=None, limit=-1)
+            with pytest.raises(exceptions.StoreError, match="aborted"):
+                await tx.fetchone("next_timer")
+
+    with pytest.raises(exceptions.StoreError, match="commit failed"):
+        await swallow_a_failed_read()
+    async with conn.transaction() as tx:
+        assert await tx.fetchone("next_timer") == {"due_at": None}  # nothing committed
+
+
+_UPDATE_ATTEMPT = translate(
+    "update_attempt", connector.queries("postgres")["update_attempt"]
+).params
+
+
+async def test_cancelled_transaction_rolls_back_and_pool_recovers(
+    postgres: PostgresFactory,
+) -> None:
+    conn = postgres(max_size=2)
+    await conn.open()
+    await _insert_call(conn, "c1", "+15550000001")
+    async with conn.transaction() as tx:
+        queued = await tx.fetchone("get_attempt", id="a-c1")
+    assert queued is not None
+    queued = {k: v for k, v in queued.items() if k in _UPDATE_ATTEMPT}
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold() -> None:  # locks the attempt's row until released
+        async with conn.transaction() as tx:
+            await tx.fetchone("claim_attempt", owner="w1", lease_until=T0 + 30, now=T0 + 1)
+            holding.set()
+            await release.wait()
+
+    async def blocked() -> None:  # waits for that row lock, then is cancelled
+        async with conn.transaction() as tx:
+            await tx.execute("update_attempt", **(queued | {"status": "failed"}))
+
+    holder = asyncio.create_task(hold())
+    await holding.wait()
+    waiter = asyncio.create_task(blocked())
+    await asyncio.sleep(0.3)
+    assert not waiter.done()  # waiting for the holder's row lock
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await holder
+    for _ in range(3):  # both pooled connections are usable again
+        async with conn.transaction() as tx:
+            row = await tx.fetchone("get_attempt", id="a-c1")
+    assert row is not None and row["status"] == "dialing" and row["ambiguous"] == 0
+
+
+async def test_rows_match_sqlite_query_by_query(postgres: PostgresFactory, tmp_path: Path) -> None:
+    """The conformance suite's script of every named query: PostgreSQL answers as SQLite."""
+    from tests.test_store import _script
+
+    results = []
+    for conn in (SQLiteConnector(f"sqlite://{tmp_path / 'diff.db'}"), postgres()):
+        await conn.open()
+        try:
+            results.append(await _script(conn))
+        finally:
+            await conn.close()
+    sqlite, pg = results
+    differ = [
+        (name, mine, theirs)
+        for (name, mine), (_, theirs) in zip(sqlite, pg, strict=True)
+        if mine != theirs and name != "notify"  # pg_notify's row, not the topic: ignored
+    ]
+    # LIMIT -1 is "no limit" on SQLite and an error on PostgreSQL; LIMIT NULL the other way
+    # round. The engine sends neither.
+    assert [(name, "StoreError" in (a, b)) for name, a, b in differ] == [("list_calls", True)] * 2
+
+
+# -- parameters ------------------------------------------------------------------------------
+
+
+def test_translation_of_named_parameters() -> None:
+    query = translate(
+        "q",
+        "SELECT CAST(:a AS TEXT)::text, ':b', \"x:c\", E'it\\'s :d', $t$ :e $t$ -- :f\n"
+        "FROM t WHERE x = :a AND y = :g_2 /* :h */ AND z::int = :b",
+    )
+    assert query.params == ("a", "g_2", "b")
+    assert query.sql == (
+        "SELECT CAST($1 AS TEXT)::text, ':b', \"x:c\", E'it\\'s :d', $t$ :e $t$ -- :f\n"
+        "FROM t WHERE x = $1 AND y = $2 /* :h */ AND z::int = $3"
+    )
+    assert query.args({"a": 1, "b": 2, "g_2": 3, "unused": 4}) == [1, 3, 2]
+    with pytest.raises(exceptions.StoreError, match=r"query q is missing parameters \['b'\]"):
+        query.args({"a": 1, "g_2": 3})
+
+
+def test_every_named_query_translates() -> None:
+    for name, sql in connector.queries("postgres").items():
+        query = translate(name, sql)
+        assert ":" not in query.sql.replace("::", ""), name
+        assert len(query.params) == len(set(query.params))
+
+
+async def test_argument_errors_name_the_parameter(postgres: PostgresFactory) -> None:
+    conn = postgres()
+    await conn.open()
+    with pytest.raises(exceptions.StoreError, match=r"get_call: .*parameter :id"):
+        async with conn.transaction() as tx:
+            await tx.fetchone("get_call", id=42)
+    async with conn.transaction() as tx:  # the pool's connection is usable again
+        assert await tx.fetchone("get_call", id="42") is None
+
+
+# -- URL, schema and password ----------------------------------------------------------------
+
+
+async def test_schema_in_url(postgres: PostgresFactory, postgres_url: str) -> None:
+    url = f"{postgres_url}{'&' if '?' in postgres_url else '?'}schema={postgres.schema}"
+    conn = postgres(url)
+    assert conn.schema == postgres.schema
+    assert "?schema=" not in repr(conn) and "&schema=" not in repr(conn)  # not sent to asyncpg
+    await conn.open()
+    assert "to_number" in await _columns(postgres_url, postgres.schema, "calls")
+    same = postgres(url, schema=postgres.schema)  # the same schema twice is fine
+    await same.open()
+    async with same.transaction() as tx:
+        assert await tx.fetchone("count_live") == {"n": 0}
+
+
+def test_schema_errors() -> None:
+    base = "postgresql://u@127.0.0.1:1/db"
+    with pytest.raises(exceptions.ConfigError, match="more than one schema"):
+        PostgresConnector(f"{base}?schema=a", schema="b")
+    with pytest.raises(exceptions.ConfigError, match="invalid PostgreSQL schema"):
+        PostgresConnector(f"{base}?schema=a;drop")
+    with pytest.raises(exceptions.ConfigError, match="pool size"):
+        PostgresConnector(base, min_size=5, max_size=2)
+
+
+async def test_connect_builds_a_postgres_connector() -> None:
+    for scheme in ("postgresql", "postgres"):
+        conn = connector.connect(f"{scheme}://u:{SECRET}@127.0.0.1:1/db?schema=s")
+        assert isinstance(conn, PostgresConnector)
+        assert conn.schema == "s"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://orchestrator:{SECRET}@127.0.0.1:1/test",
+        f"postgresql://orchestrator:{SECRET}@127.0.0.1:1/test?schema=s",
+        f"postgres://orchestrator@127.0.0.1:1/test?password={SECRET}",
+        "postgresql://orchestrator:s3cr3t%2FPa55@127.0.0.1:1/test",
+    ],
+)
+async def test_password_never_shown(url: str) -> None:
+    secrets = (SECRET, "s3cr3t/Pa55", "s3cr3t%2FPa55")
+    conn = PostgresConnector(url, connect_timeout=5)
+    assert not any(s in repr(conn) or s in conn.url for s in secrets), (repr(conn), conn.url)
+    assert "***" in repr(conn)
+    with pytest.raises(exceptions.StoreError) as caught:
+        await conn.open()
+    shown = (str(caught.value), repr(caught.value), caught.value.message)
+    assert "cannot open PostgreSQL store" in shown[0]
+    assert not any(s in text for s in secrets for text in shown), shown
+    with pytest.raises(exceptions.StoreError, match="not open"):
+        async with conn.transaction():
+            pass
+    await conn.close()  # closing what never opened is fine
+
+
+async def test_pool_and_transaction_errors_are_store_errors(postgres: PostgresFactory) -> None:
+    conn = postgres(min_size=0, max_size=1)
+    await conn.open()
+    async with conn.transaction() as tx:
+        with pytest.raises(exceptions.StoreError, match="unknown query"):
+            await tx.fetch("no_such_query")
+    await conn.close()
+    with pytest.raises(exceptions.StoreError, match="not open"):
+        async with conn.transaction():
+            pass
+
+
+# -- the fleet: several stores (daemons) on one database ---------------------------------------
+
+
+async def test_notify_wakes_another_daemon(postgres: PostgresFactory) -> None:
+    """A call queued through one daemon's store wakes the dialer of another ('dial'); an event
+    with subscribed handlers wakes delivery workers ('deliver')."""
+    from orchestrator.model import NewCall
+    from orchestrator.store import Store
+
+    listener_conn, writer_conn = postgres(), postgres()
+    await listener_conn.open()
+    await writer_conn.open()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listening = asyncio.create_task(listener_conn.listen(heard.put_nowait))
+    try:
+        await asyncio.sleep(0.3)  # LISTEN is in place
+        writer = Store(writer_conn, router=lambda event: ["audit"])
+        assert writer.notifies
+        await writer.create_call(NewCall(to="+14155550100", from_="+16045551234"))
+        topics = {await asyncio.wait_for(heard.get(), 5) for _ in range(2)}
+        assert topics == {"dial", "deliver"}
+    finally:
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+
+
+async def test_fleet_wide_live_limit_holds_under_concurrent_claims(
+    postgres: PostgresFactory,
+) -> None:
+    """Five daemons claiming at once never hold more than max_live slots together."""
+    from orchestrator.model import NewCall
+    from orchestrator.store import Claim, Store
+
+    stores = [Store(postgres(max_size=4)) for _ in range(5)]
+    for store in stores:
+        await store.open()
+    for n in range(40):
+        await stores[0].create_call(NewCall(to=f"+1415555{n:04}", from_="+16045551234"))
+
+    async def claim_all(store: Store, owner: str) -> int:
+        got = 0
+        for _ in range(20):
+            claim = await store.claim_attempt(owner, max_live=7, lease=30, watchdog_after=600)
+            got += isinstance(claim, Claim)
+        return got
+
+    claimed = await asyncio.gather(*(claim_all(s, f"d{n}") for n, s in enumerate(stores)))
+    assert sum(claimed) == 7, claimed
+    assert await stores[0].live_count() == 7
