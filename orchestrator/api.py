@@ -13,12 +13,13 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import config, exceptions, phone
-from orchestrator.model import RESERVED_PREFIX, NewCall, iso
+from orchestrator.model import RESERVED_PREFIX, NewCall, finite, iso, load_json, unstorable
 from orchestrator.store import Store
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 1 << 20
 
 
 class CallBody(BaseModel):
@@ -36,8 +37,29 @@ class CallBody(BaseModel):
     campaign: str | None = Field(default=None, max_length=200)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    error = {"code": code, "message": message, **extra}
+    return web.json_response({"error": error}, status=status)
+
+
+def _utf8(text: str) -> bool:
+    """False for a header value that was not UTF-8 (aiohttp keeps such bytes as surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _invalid(exc: ValidationError, limit: int = 10) -> web.Response:
+    """400 INVALID_REQUEST naming each field the schema refused (``body`` for the whole)."""
+    fields: list[str] = []
+    problems: list[str] = []
+    for error in exc.errors()[:limit]:
+        where = ".".join(str(part) for part in error["loc"])[:100] or "body"
+        fields.append(where)
+        problems.append(f"{where}: {error['msg']}")
+    return _error(400, "INVALID_REQUEST", "; ".join(problems), fields=fields)
 
 
 def call_json(
@@ -75,7 +97,7 @@ def call_json(
                     if a["error_code"]
                     else None
                 ),
-                "duration": a["duration"],
+                "duration": finite(a["duration"]),
                 "created_at": iso(a["created_at"]),
                 "placed_at": iso(a["placed_at"]),
                 "ended_at": iso(a["ended_at"]),
@@ -108,7 +130,7 @@ class ControlApi:
 
     def app(self) -> web.Application:
         """The API application."""
-        app = web.Application(middlewares=[self._auth], client_max_size=1 << 20)
+        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_post("/v1/calls", self.create)
@@ -122,8 +144,9 @@ class ControlApi:
             return await handler(request)
         if self._token is None:
             return _error(403, "API_DISABLED", "set api.token to use the control API")
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), b"Bearer " + self._token):
+        # Undecodable header bytes arrive as surrogates: compare them as the bytes they were.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, b"Bearer " + self._token):
             return _error(401, "UNAUTHORIZED", "missing or wrong bearer token")
         try:
             return await handler(request)
@@ -142,17 +165,29 @@ class ControlApi:
 
     async def create(self, request: web.Request) -> web.Response:
         """Queue a call; an ``Idempotency-Key`` makes a repeat return the first call."""
+        # Parsing and validation apart: pydantic's ValidationError is a ValueError too.
         try:
-            body = CallBody.model_validate(await request.json())
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "MALFORMED_JSON", "the body is not JSON")
+            payload = load_json(await request.read())
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "TOO_LARGE", f"the body exceeds {MAX_BODY} bytes")
+        except ValueError as exc:
+            return _error(400, "MALFORMED_JSON", f"the body is not JSON ({exc})"[:300])
+        problem = unstorable(payload)
+        if problem is not None:
+            where, why = problem
+            return _error(400, "INVALID_REQUEST", f"{where}: {why}", fields=[where])
+        try:
+            body = CallBody.model_validate(payload)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            return _error(400, "INVALID_REQUEST", f"{where}: {first['msg']}")
+            return _invalid(exc)
         caller = body.from_ or self.defaults.from_
         if caller is None:
-            return _error(400, "INVALID_REQUEST", "from: required (no defaults.from configured)")
+            return _error(
+                400,
+                "INVALID_REQUEST",
+                "from: required (no defaults.from configured)",
+                fields=["from"],
+            )
         try:
             new = NewCall(
                 to=phone.validate_number(body.to, field="to"),
@@ -167,8 +202,10 @@ class ControlApi:
         except exceptions.InputError as exc:
             return _error(400, exc.code, exc.message)
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not 0 < len(key) <= 200:
-            return _error(400, "INVALID_REQUEST", "Idempotency-Key must be 1 to 200 characters")
+        if key is not None and not (0 < len(key) <= 200 and _utf8(key)):
+            return _error(
+                400, "INVALID_REQUEST", "Idempotency-Key must be 1 to 200 characters of UTF-8"
+            )
         try:
             call, created = await self.store.create_call(new, idempotency_key=key)
         except exceptions.IdempotencyConflict as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from orchestrator import client, config, exceptions, log
+from orchestrator.model import CallStatus
 
 CALL_EXAMPLE = """\
 example:
@@ -241,7 +242,6 @@ async def _wait(args: argparse.Namespace) -> int:
     body.update({k: v for k, v in optional.items() if v is not None})
     headers = {"Authorization": f"Bearer {cfg.api.token.get_secret_value()}"}
     base = f"http://{cfg.api.listen}"
-    terminal = {"completed", "busy", "no_answer", "failed", "canceled", "rejected", "timed_out"}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0) as api:
         try:
             answer = await api.post("/v1/calls", json=body)
@@ -260,10 +260,18 @@ async def _wait(args: argparse.Namespace) -> int:
         deadline = loop.time() + args.timeout
         while loop.time() < deadline:
             call = (await api.get(f"/v1/calls/{call_id}")).json()
-            if call["status"] in terminal:
+            if _terminal(call["status"]):
                 final = [e for e in call["events"] if e["status"] == call["status"]]
                 print(json.dumps(final[-1] if final else call, indent=2))
                 return EXIT_OK if call["status"] == "completed" else EXIT_REFUSED
             await asyncio.sleep(0.5)
     print(f"orchestrator: call {call_id} did not end within {args.timeout:g}s", file=sys.stderr)
     return EXIT_AMBIGUOUS
+
+
+def _terminal(status: object) -> bool:
+    """True for a status the daemon reports as final (False for one this CLI does not know)."""
+    try:
+        return CallStatus(str(status)).terminal
+    except ValueError:
+        return False

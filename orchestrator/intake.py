@@ -1,31 +1,45 @@
 """Webhook intake: takes the provider's status webhooks, durably, and answers only after.
 
 Both shapes are accepted: the documented ``call.status_changed`` and the deployed
-``call.completed`` envelope. Every request is authenticated, by the per-attempt token in the
-URL the orchestrator gave the provider, or by ``x-magpipe-signature`` when a secret is set.
-Bad requests get a 4xx with a JSON reason; nothing a sender does can crash the intake.
+``call.completed`` envelope. Bad requests get a 4xx with a JSON reason; nothing a sender does can
+crash the intake. Numbers must be JSON numbers (not ``"12"`` or ``true``) and finite.
+
+Authentication depends on the URL:
+
+* ``/webhooks/magpipe/{token}``, the per-call URL the orchestrator gave the provider: the
+  unguessable token proves origin (a documented-dialect provider does not sign). An unknown
+  token is refused 401. If a secret is configured *and* the request carries
+  ``x-magpipe-signature``, that signature must also be valid (401 otherwise).
+* ``/webhooks/magpipe``, the account-level URL (the deployed provider's): it carries no token,
+  so with ``magpipe.webhook_secret`` configured a valid ``x-magpipe-signature`` is required
+  (401 otherwise). Without a secret configured, account-level deliveries are always refused
+  401: nothing would authenticate them.
+
+Signatures are compared in constant time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions
-from orchestrator.model import CORRELATION_KEY, CallStatus, Event
+from orchestrator.model import CORRELATION_KEY, CallStatus, Event, load_json, unstorable
 from orchestrator.store import Ingest, Store, Webhook
 
 log = structlog.get_logger(__name__)
 
 PATH = "/webhooks/magpipe"
 SIGNATURE_HEADER = "x-magpipe-signature"
+
+# A duration: a JSON number (an int or a float, never "12" or true), finite, not negative.
+Seconds = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
 
 
 class _Body(BaseModel):
@@ -38,7 +52,7 @@ class StatusChanged(_Body):
     event: Literal["call.status_changed"]
     call_id: str = Field(min_length=1, max_length=200)
     status: str = Field(max_length=40)
-    duration: float | None = Field(default=None, ge=0)
+    duration: Seconds | None = None
     recording_url: str | None = None
     transcript: str | None = None
     metadata: dict[str, Any] | None = None
@@ -52,7 +66,7 @@ class CompletedData(_Body):
     status: str = Field(default="completed", max_length=40)
     caller_number: str | None = None
     service_number: str | None = None
-    duration_seconds: float | None = Field(default=None, ge=0)
+    duration_seconds: Seconds | None = None
     transcript: str | None = None
     summary: str | None = None
     extracted_data: dict[str, Any] | None = None
@@ -76,11 +90,17 @@ def _reject(status: int, code: str, message: str) -> web.Response:
 def parse(raw: bytes) -> Webhook | web.Response:
     """Parse and validate a body into a Webhook, or the 4xx answer explaining why not."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = load_json(raw)
+    except ValueError:
         return _reject(400, "MALFORMED_JSON", "the body is not JSON")
     if not isinstance(body, dict):
         return _reject(400, "INVALID_BODY", "the body must be a JSON object")
+    # 1e999 parses as inf and "\ud800" as a lone surrogate; neither can be stored and written
+    # back as JSON, anywhere in the body (extracted_data is stored as it came).
+    problem = unstorable(body)
+    if problem is not None:
+        where, why = problem
+        return _reject(400, "INVALID_BODY", f"{where}: {why}")
     kind = body.get("event")
     try:
         if kind == "call.status_changed":
@@ -159,6 +179,27 @@ class Intake:
         self._count(str(response.status))
         return response
 
+    def _authenticate(
+        self, request: web.Request, raw: bytes, token: str | None
+    ) -> web.Response | None:
+        """The 401 for a request that does not prove its origin, else None (see the module
+        docstring; the token itself is checked against the store when the webhook is applied)."""
+        given = request.headers.get(SIGNATURE_HEADER)
+        if token is None and self._secret is None:
+            return _reject(
+                401,
+                "UNAUTHENTICATED",
+                "account-level webhooks need magpipe.webhook_secret (x-magpipe-signature)",
+            )
+        if self._secret is None or (token is not None and given is None):
+            return None  # the per-call token authenticates
+        expected = b"sha256=" + hmac.new(self._secret, raw, hashlib.sha256).hexdigest().encode()
+        # Undecodable header bytes arrive as surrogates: compare them as the bytes they were.
+        if not hmac.compare_digest((given or "").encode("utf-8", "surrogateescape"), expected):
+            log.warning("intake.bad_signature", remote=request.remote, per_call=token is not None)
+            return _reject(401, "BAD_SIGNATURE", f"missing or wrong {SIGNATURE_HEADER}")
+        return None
+
     async def _handle(self, request: web.Request) -> web.Response:
         token = request.match_info.get("token")
         if request.content_length is not None and request.content_length > self.max_body:
@@ -167,18 +208,9 @@ class Intake:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _reject(413, "TOO_LARGE", f"the body exceeds {self.max_body} bytes")
-        if self._secret is not None:
-            given = request.headers.get(SIGNATURE_HEADER, "")
-            expected = "sha256=" + hmac.new(self._secret, raw, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                log.warning("intake.bad_signature", remote=request.remote)
-                return _reject(401, "BAD_SIGNATURE", f"missing or wrong {SIGNATURE_HEADER}")
-        elif token is None:
-            return _reject(
-                401,
-                "UNAUTHENTICATED",
-                "account-level webhooks need magpipe.webhook_secret (x-magpipe-signature)",
-            )
+        refused = self._authenticate(request, raw, token)
+        if refused is not None:
+            return refused
         parsed = parse(raw)
         if isinstance(parsed, web.Response):
             log.warning("intake.invalid", reason=parsed.text, remote=request.remote)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -98,14 +101,102 @@ def matches(pattern: str, event_type: str) -> bool:
     return fnmatch.fnmatchcase(event_type, pattern)
 
 
+_MS_BITS = 48
+_RAND_BITS = 74  # rand_a (12 bits) and rand_b (62 bits) of RFC 9562's UUIDv7 layout
+_RAND_MASK = (1 << _RAND_BITS) - 1
+_MAX_STEP = 1 << 32
+_id_lock = threading.Lock()
+_last_id = 0  # (unix ms << 74 | 74 random bits) of the last id this process made
+
+
+def next_id_value(last: int, ms: int, rand: int) -> int:
+    """The ``(ms << 74 | rand)`` value of the next id, strictly above ``last``.
+
+    A new millisecond starts from fresh random bits. Within the same millisecond (or if the
+    clock stepped back) the last value is counted on by a random step of 1 to 2**32, as RFC 9562
+    section 6.2 (method 2, "monotonic random") suggests: the ids stay increasing and still hard
+    to guess. A carry out of the random bits advances the timestamp by a millisecond.
+    """
+    candidate = (ms & ((1 << _MS_BITS) - 1)) << _RAND_BITS | (rand & _RAND_MASK)
+    if candidate <= last:
+        candidate = last + 1 + (rand % _MAX_STEP)
+    return candidate
+
+
 def new_id() -> str:
-    """A UUIDv7-shaped id: unique, and sortable by creation time as a string."""
+    """A UUIDv7 id: unique, and sortable by creation time as a string.
+
+    Within one process the ids are strictly increasing, even several in one millisecond.
+    """
+    global _last_id
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 4 & ((1 << 76) - 1))
-    value = value & ~(0x3 << 62) | (0x2 << 62)  # RFC 4122 variant
+    rand = int.from_bytes(os.urandom(10), "big") >> (80 - _RAND_BITS)
+    with _id_lock:
+        _last_id = next_id_value(_last_id, ms, rand)
+        current = _last_id
+    ms, rand = current >> _RAND_BITS, current & _RAND_MASK
+    value = (
+        (ms & ((1 << _MS_BITS) - 1)) << 80
+        | 0x7 << 76  # version 7
+        | (rand >> 62) << 64  # rand_a
+        | 0x2 << 62  # RFC 9562 variant
+        | (rand & ((1 << 62) - 1))  # rand_b
+    )
     text = f"{value:032x}"
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` if it is a finite number, else None (JSON has no Infinity or NaN)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_json(raw: bytes) -> Any:
+    """Parse a request body as standard JSON: no ``NaN``/``Infinity`` literals. Anything that is
+    not JSON (bad syntax, bad encoding, nesting too deep to parse) raises ValueError."""
+    try:
+        return json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def unstorable(value: Any) -> tuple[str, str] | None:
+    """The first thing in a parsed JSON value that cannot be stored and written back as standard
+    JSON, as ``(where, why)`` (``where`` a dotted path, ``body`` for the value itself): a number
+    out of range (``1e999`` parses as inf) or a string with a lone surrogate (``"\\ud800"``).
+    None if there is nothing of the kind."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path[:100] or "body", "the number is out of range"
+        if isinstance(item, str) and not _is_unicode(item):
+            return path[:100] or "body", "the string is not valid Unicode"
+        if isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                if not _is_unicode(key):
+                    return path[:100] or "body", "a key is not valid Unicode"
+                stack.append((where, child))
+        elif isinstance(item, list):
+            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(item))
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def iso(ts: float | None) -> str | None:
@@ -166,7 +257,7 @@ class Event:
             "occurred_at": iso(self.occurred_at),
             "call": self.call.to_json(),
             "status": self.status,
-            "duration": self.duration,
+            "duration": finite(self.duration),
             "recording_url": self.recording_url,
             "transcript": self.transcript,
             "error": dict(self.error) if self.error is not None else None,

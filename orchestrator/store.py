@@ -430,21 +430,23 @@ class Store:
     # -- webhooks ----------------------------------------------------------------------------
 
     async def ingest(self, hook: Webhook, *, token: str | None = None) -> IngestResult:
-        """Record one webhook delivery and apply its effect, in one transaction."""
+        """Record one webhook delivery and apply its effect, in one transaction.
+
+        A delivery is a duplicate when the same body came before *for the same attempt*: the
+        receipt is keyed by both, and only matched deliveries are kept, so a refused delivery
+        (unknown token or call) stays refused when repeated and cannot pre-empt a real one.
+        """
         now = self.clock()
-        receipt = hashlib.sha256(hook.raw).hexdigest()
         async with self.connector.transaction() as tx:
+            attempt = await self._match(tx, hook, token)
+            if attempt is None:
+                return IngestResult(outcome=Ingest.UNMATCHED)
+            receipt = hashlib.sha256(attempt["id"].encode() + b"\0" + hook.raw).hexdigest()
             inserted = await tx.fetchone(
                 "insert_receipt", id=receipt, now=now, body=hook.raw.decode("utf-8", "replace")
             )
             if inserted is None:
-                return IngestResult(outcome=Ingest.DUPLICATE)
-            attempt = await self._match(tx, hook, token)
-            if attempt is None:
-                await tx.execute(
-                    "update_receipt", id=receipt, attempt_id=None, outcome=Ingest.UNMATCHED.value
-                )
-                return IngestResult(outcome=Ingest.UNMATCHED)
+                return IngestResult(outcome=Ingest.DUPLICATE, call_id=attempt["call_id"])
             result = await self._apply(tx, attempt, hook, now=now)
             await tx.execute(
                 "update_receipt", id=receipt, attempt_id=attempt["id"], outcome=result.outcome.value

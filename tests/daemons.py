@@ -1,8 +1,9 @@
 """Helpers for tests that run the real thing: the simulator and the daemon as subprocesses, a
 recorder HTTP server in the test process, and the calls between them over loopback sockets.
 
-Nothing here is a fixture; the test modules build their fixtures from these pieces, and every
-process started here is registered so a fixture's teardown can kill what is left.
+Every process started here is registered so a fixture's teardown can kill what is left. The
+fixtures themselves live in the test modules, made by the factories at the end of this file
+(``_reap = reap_fixture()``, ``recorder = recorder_fixture(fail_first=5)``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from aiohttp import web
 
@@ -372,6 +375,26 @@ def start_daemon(tmp_path: Path, cfg: DaemonConfig, **options: Any) -> DaemonPro
     return daemon
 
 
+async def start_daemon_async(tmp_path: Path, cfg: DaemonConfig, **options: Any) -> DaemonProcess:
+    """:func:`start_daemon` for async tests: the wait does not block the event loop (a recorder
+    in the test process keeps answering)."""
+    daemon = DaemonProcess(tmp_path, cfg, **options)
+    daemon.start()
+    await daemon.await_ready()
+    return daemon
+
+
+async def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, daemon: DaemonProcess
+) -> None:
+    """Poll ``predicate`` every 10 ms; fail with the daemon's log after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{daemon.log_tail()}")
+        await asyncio.sleep(0.01)
+
+
 # -- the recorder ------------------------------------------------------------------------------
 
 
@@ -556,6 +579,45 @@ def check_events(call: dict[str, Any]) -> list[str]:
     return problems
 
 
+def dialed_once(sim_calls: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The simulator's calls by destination; fails if any destination was dialed twice."""
+    calls = list(sim_calls)
+    dialed = Counter(c["to"] for c in calls)
+    twice = {to: n for to, n in dialed.items() if n > 1}
+    assert not twice, f"destinations dialed more than once: {twice}"
+    return {c["to"]: dict(c) for c in calls}
+
+
+def check_deliveries(recorder: Recorder, calls: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Problems with what the recorder got (empty if none): every request carries the event id
+    as its idempotency key and is an event some call lists, with that event's type, status and
+    call; a redelivery is the same body as the first delivery; every listed event was accepted;
+    and each call's events arrived in the order of its event log."""
+    problems: list[str] = []
+    listed = {e["id"]: e for c in calls.values() for e in c["events"]}
+    first: dict[str, dict[str, Any]] = {}
+    for received in recorder.received:
+        body = received.body
+        if received.idempotency_key != body["id"]:
+            problems.append(f"idempotency-key {received.idempotency_key!r} is not the event id")
+        event = listed.get(body["id"])
+        if event is None:
+            problems.append(f"the recorder got an event no call lists: {body}")
+            continue
+        if (body["type"], body["status"], body["call"]["id"]) != (
+            event["type"],
+            event["status"],
+            event["call"]["id"],
+        ):
+            problems.append(f"delivered event {body['id']} differs from the listed one: {body}")
+        if first.setdefault(body["id"], body) != body:
+            problems.append(f"a redelivery of {body['id']} differs from the first delivery")
+    missing = set(listed) - recorder.accepted_ids()
+    if missing:
+        problems.append(f"{len(missing)} event(s) never delivered, e.g. {sorted(missing)[:3]}")
+    return problems + check_recorder_order(recorder, calls)
+
+
 def check_recorder_order(recorder: Recorder, calls: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Problems with the order in which the recorder first accepted each call's events: it must
     follow the order of the call's event log (seq order, as the API lists it)."""
@@ -580,3 +642,32 @@ def check_recorder_order(recorder: Recorder, calls: Mapping[str, Mapping[str, An
 
 def json_dumps(value: Any) -> str:
     return json.dumps(value, indent=1, sort_keys=True)[:3000]
+
+
+# -- fixture factories -------------------------------------------------------------------------
+
+
+def reap_fixture() -> Any:
+    """An autouse fixture for a test module: after each test, kill every process still running
+    that these helpers started. Use as ``_reap = reap_fixture()``."""
+
+    @pytest.fixture(autouse=True)
+    def _reap_processes() -> Iterator[None]:
+        yield
+        Process.kill_all()
+
+    return _reap_processes
+
+
+def recorder_fixture(**options: Any) -> Any:
+    """A ``recorder`` fixture: a started ``Recorder(**options)``, stopped after the test. Use as
+    ``recorder = recorder_fixture(fail_first=5)``."""
+
+    @pytest.fixture
+    async def recorder() -> AsyncIterator[Recorder]:
+        rec = Recorder(**options)
+        await rec.start()
+        yield rec
+        await rec.stop()
+
+    return recorder

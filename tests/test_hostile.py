@@ -47,9 +47,13 @@ class Setup:
             },
         )
 
-    def live_call(self, number: str) -> tuple[str, dict[str, Any]]:
-        """Queue a call and wait until the simulator has placed it: (our id, its record)."""
-        with self.daemon.api() as api:
+    def live_call(
+        self, number: str, daemon: DaemonProcess | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """Queue a call (on ``daemon``, else the module's) and wait until the simulator has
+        placed it: (our id, its record)."""
+        daemon = daemon or self.daemon
+        with daemon.api() as api:
             answer = api.post("/v1/calls", json={"to": number})
             assert answer.status_code == 202, answer.text
             call_id = answer.json()["id"]
@@ -59,7 +63,14 @@ class Setup:
             if placed:
                 return call_id, placed[0]
             time.sleep(0.05)
-        raise AssertionError(f"the simulator never placed {number}\n{self.daemon.log_tail()}")
+        raise AssertionError(f"the simulator never placed {number}\n{daemon.log_tail()}")
+
+    def call(self, call_id: str, daemon: DaemonProcess | None = None) -> dict[str, Any]:
+        """``GET /v1/calls/{id}``."""
+        with (daemon or self.daemon).api() as api:
+            response = api.get(f"/v1/calls/{call_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +90,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     yield setup
     setup.http.close()
     Process.kill_all()
+
+
+@pytest.fixture(scope="module")
+def secretless(setup: Setup, tmp_path_factory: pytest.TempPathFactory) -> DaemonProcess:
+    """A second daemon on the same simulator, with no webhook secret configured (the setup
+    fixture's teardown kills it)."""
+    tmp_path: Path = tmp_path_factory.mktemp("hostile-secretless")
+    cfg = DaemonConfig(
+        simulator_url=setup.sim.url, store_path=tmp_path / "state.db", max_call_duration="60s"
+    )
+    return start_daemon(tmp_path, cfg)
 
 
 def _assert_json_4xx(response: httpx.Response, status: int, code: str | None = None) -> None:
@@ -104,7 +126,12 @@ def _webhook(call_id: str, status: str = "completed", **extra: Any) -> dict[str,
 
 
 def _raw(value: Any) -> bytes:
+    """JSON with non-ASCII escaped, so that even a lone surrogate ("\\ud800") can be sent."""
     return json.dumps(value).encode()
+
+
+def _post_json(api: httpx.Client, body: Any) -> httpx.Response:
+    return api.post("/v1/calls", content=_raw(body), headers={"content-type": "application/json"})
 
 
 # -- the webhook intake ------------------------------------------------------------------------
@@ -131,8 +158,81 @@ def test_bad_and_missing_signature(setup: Setup) -> None:
 
 def test_unknown_per_call_token(setup: Setup) -> None:
     body = _raw(_webhook("00000000-0000-0000-0000-000000000000"))
-    response = setup.post_signed(body, url=setup.account_url + "/not-a-token-of-ours")
-    _assert_json_4xx(response, 401, "UNKNOWN_TOKEN")
+    url = setup.account_url + "/not-a-token-of-ours"
+    _assert_json_4xx(setup.post_signed(body, url=url), 401, "UNKNOWN_TOKEN")
+    # Without a signature the token is all there is, and it is unknown.
+    other = _raw(_webhook("00000000-0000-0000-0000-000000000001"))
+    _assert_json_4xx(setup.http.post(url, content=other), 401, "UNKNOWN_TOKEN")
+
+
+def test_a_refused_delivery_stays_refused_when_repeated(setup: Setup) -> None:
+    body = _raw(_webhook("00000000-0000-0000-0000-000000000002", status="busy"))
+    url = setup.account_url + "/another-token-not-of-ours"
+    _assert_json_4xx(setup.http.post(url, content=body), 401, "UNKNOWN_TOKEN")
+    _assert_json_4xx(setup.http.post(url, content=body), 401, "UNKNOWN_TOKEN")
+
+
+def test_per_call_url_is_authenticated_by_its_token(setup: Setup) -> None:
+    """A documented-dialect provider does not sign: on the per-call URL the token is the proof
+    of origin. A signature that is there must still be right."""
+    [number] = destinations(1, start=420)
+    call_id, placed = setup.live_call(number)
+    url = setup.account_url + "/" + placed["webhook_url"].rsplit("/", 1)[1]
+    body = _raw(_webhook(placed["id"], status="in-progress"))
+    for signature in (sign("not-the-secret", body), sign(SECRET, body + b" "), "", b"\xff\xfe"):
+        wrong = setup.http.post(url, content=body, headers={"x-magpipe-signature": signature})
+        _assert_json_4xx(wrong, 401, "BAD_SIGNATURE")
+    assert "call.in_progress" not in [e["type"] for e in setup.call(call_id)["events"]]
+
+    unsigned = setup.http.post(url, content=body, headers={"content-type": "application/json"})
+    assert unsigned.status_code == 200, unsigned.text
+    assert unsigned.json()["outcome"] == "applied"
+    assert setup.call(call_id)["status"] == "in_progress"
+
+
+def test_account_url_needs_the_signature(setup: Setup) -> None:
+    """The account-level URL has no token: with a secret configured, an unsigned delivery is
+    refused even when it names a live call of ours; the same body signed applies."""
+    [number] = destinations(1, start=421)
+    call_id, placed = setup.live_call(number)
+    body = _raw(_webhook(placed["id"], status="busy", duration=0))
+    unsigned = setup.http.post(
+        setup.account_url, content=body, headers={"content-type": "application/json"}
+    )
+    _assert_json_4xx(unsigned, 401, "BAD_SIGNATURE")
+    assert setup.call(call_id)["status"] in ("queued", "dialing", "initiated", "ringing")
+
+    signed = setup.post_signed(body)
+    assert signed.status_code == 200, signed.text
+    assert signed.json()["outcome"] == "applied"
+    assert setup.call(call_id)["status"] == "busy"
+
+
+def test_without_a_secret_only_per_call_urls_are_accepted(
+    setup: Setup, secretless: DaemonProcess
+) -> None:
+    """No secret configured: nothing can authenticate the account-level URL, so it refuses
+    everything; the per-call URL still works on its token, and a signature there is ignored
+    (there is nothing to check it against)."""
+    account_url = secretless.webhook_url + "/webhooks/magpipe"
+    body = _raw(_webhook("00000000-0000-0000-0000-000000000000"))
+    for headers in ({}, {"x-magpipe-signature": sign(SECRET, body)}):
+        refused = setup.http.post(account_url, content=body, headers=headers)
+        _assert_json_4xx(refused, 401, "UNAUTHENTICATED")
+    unknown = setup.http.post(account_url + "/not-a-token-of-ours", content=body)
+    _assert_json_4xx(unknown, 401, "UNKNOWN_TOKEN")
+
+    [number] = destinations(1, start=422)
+    call_id, placed = setup.live_call(number, daemon=secretless)
+    url = account_url + "/" + placed["webhook_url"].rsplit("/", 1)[1]
+    body = _raw(_webhook(placed["id"], status="in-progress"))
+    answer = setup.http.post(
+        url, content=body, headers={"x-magpipe-signature": sign("anything", body)}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outcome"] == "applied"
+    assert setup.call(call_id, daemon=secretless)["status"] == "in_progress"
+    assert secretless.alive, secretless.log_tail()
 
 
 @pytest.mark.parametrize(
@@ -141,6 +241,13 @@ def test_unknown_per_call_token(setup: Setup) -> None:
         pytest.param(b'{"event": "call.status_changed", "call_id": ', "MALFORMED_JSON", id="json"),
         pytest.param(b"\xff\xfe\x00garbage", "MALFORMED_JSON", id="not-utf8"),
         pytest.param(b"", "MALFORMED_JSON", id="empty"),
+        pytest.param(b"[" * 100_000, "MALFORMED_JSON", id="nested-too-deep"),
+        pytest.param(b'{"a": ' * 50_000, "MALFORMED_JSON", id="nested-objects"),
+        pytest.param(
+            b'{"event": "call.status_changed", "call_id": "x", "status": "busy", "duration": NaN}',
+            "MALFORMED_JSON",
+            id="nan-literal",
+        ),
         pytest.param(b'[{"event": "call.status_changed"}]', "INVALID_BODY", id="array"),
         pytest.param(b'"call.status_changed"', "INVALID_BODY", id="string"),
         pytest.param(_raw(_webhook("x", status=3)), "INVALID_BODY", id="status-number"),
@@ -149,6 +256,15 @@ def test_unknown_per_call_token(setup: Setup) -> None:
         pytest.param(_raw(_webhook("x", duration=-5)), "INVALID_BODY", id="negative-duration"),
         pytest.param(_raw(_webhook("x", metadata="m")), "INVALID_BODY", id="metadata-string"),
         pytest.param(_raw(_webhook("", status="ringing")), "INVALID_BODY", id="empty-call-id"),
+        pytest.param(_raw(_webhook("x\ud800")), "INVALID_BODY", id="lone-surrogate"),
+        pytest.param(_raw(_webhook("x", transcript="\udfff")), "INVALID_BODY", id="surrogate-2"),
+        pytest.param(_raw(_webhook("x", duration=True)), "INVALID_BODY", id="duration-bool"),
+        pytest.param(_raw(_webhook("x", duration="12")), "INVALID_BODY", id="duration-string"),
+        pytest.param(
+            b'{"event": "call.status_changed", "call_id": "x", "status": "busy", "duration": 1e999}',
+            "INVALID_BODY",
+            id="duration-inf",
+        ),
         pytest.param(_raw(_webhook("x", status="exploded")), "UNKNOWN_STATUS", id="status"),
         pytest.param(_raw(_webhook("x", status="timed_out")), "UNKNOWN_STATUS", id="ours"),
         pytest.param(_raw({**_webhook("x"), "event": "call.deleted"}), "UNKNOWN_EVENT", id="event"),
@@ -160,6 +276,22 @@ def test_unknown_per_call_token(setup: Setup) -> None:
         ),
         pytest.param(
             _raw({"event": "call.completed", "data": []}), "INVALID_BODY", id="deployed-data"
+        ),
+        pytest.param(
+            _raw(
+                {
+                    "event": "call.completed",
+                    "data": {"call_record_id": "x", "duration_seconds": "3"},
+                }
+            ),
+            "INVALID_BODY",
+            id="deployed-duration-string",
+        ),
+        pytest.param(
+            b'{"event": "call.completed", "data": {"call_record_id": "x", '
+            b'"extracted_data": {"amount": -1e400}}}',
+            "INVALID_BODY",
+            id="deployed-extracted-inf",
         ),
     ],
 )
@@ -250,24 +382,26 @@ def test_wrong_types_for_a_live_call_change_nothing(setup: Setup) -> None:
         (_webhook(provider_id, status=None), "INVALID_BODY"),
         (_webhook(provider_id, duration=-1), "INVALID_BODY"),
         (_webhook(provider_id, duration="twelve"), "INVALID_BODY"),
+        (_webhook(provider_id, transcript="lone \udc80 surrogate"), "INVALID_BODY"),
+        (
+            b'{"event": "call.completed", "data": {"call_record_id": "%s", '
+            b'"extracted_data": {"total": 1e999}}}' % provider_id.encode(),
+            "INVALID_BODY",
+        ),
         ({**_webhook(provider_id), "call_id": 7}, "INVALID_BODY"),
         (_webhook(provider_id, status="exploded"), "UNKNOWN_STATUS"),
         (_webhook(provider_id, status="queued"), "UNKNOWN_STATUS"),
         ({**_webhook(provider_id), "event": "call.recording_ready"}, "UNKNOWN_EVENT"),
     ]:
         for url in (setup.account_url, setup.account_url + "/" + token):
-            _assert_json_4xx(setup.post_signed(_raw(body), url=url), 400, code)
+            raw = body if isinstance(body, bytes) else _raw(body)
+            _assert_json_4xx(setup.post_signed(raw, url=url), 400, code)
     with setup.daemon.api() as api:
         call = api.get(f"/v1/calls/{call_id}").json()
     assert call["status"] not in ("completed", "busy", "no_answer", "failed"), call
     assert all(e["status"] in ("queued", "initiated", "ringing") for e in call["events"]), call
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PRODUCT BUG (orchestrator/intake.py StatusChanged/CompletedData): pydantic lax "
-    "mode coerces a duration of '12' or true to a float and applies the webhook",
-)
 @pytest.mark.parametrize(("duration", "start"), [("12", 402), (True, 404)])
 def test_wrongly_typed_duration_is_refused_for_a_live_call(
     setup: Setup, duration: Any, start: int
@@ -278,11 +412,6 @@ def test_wrongly_typed_duration_is_refused_for_a_live_call(
     _assert_json_4xx(setup.post_signed(body), 400, "INVALID_BODY")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PRODUCT BUG: intake accepts a non-finite duration (1e999 parses as inf); the "
-    "stored event then renders as invalid JSON (Infinity) in the API and to handlers",
-)
 def test_non_finite_duration_is_refused(setup: Setup) -> None:
     [number] = destinations(1, start=401)
     call_id, placed = setup.live_call(number)
@@ -305,6 +434,9 @@ def test_api_needs_the_bearer_token(setup: Setup) -> None:
     url = setup.daemon.api_url + "/v1/calls"
     _assert_json_4xx(setup.http.get(url), 401, "UNAUTHORIZED")
     _assert_json_4xx(
+        setup.http.get(url, headers={"Authorization": b"Bearer \xff\xfe"}), 401, "UNAUTHORIZED"
+    )
+    _assert_json_4xx(
         setup.http.get(url, headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHORIZED"
     )
     _assert_json_4xx(
@@ -316,12 +448,16 @@ def test_api_needs_the_bearer_token(setup: Setup) -> None:
 
 
 # Bodies that are JSON but not a valid call request (the schema refuses them).
+# Bodies that are JSON but not a valid call request (the schema refuses them), with the fields
+# the answer must name.
 SCHEMA_INVALID = [
-    pytest.param({"to": 14155550100}, id="to-number"),
-    pytest.param({}, id="no-to"),
-    pytest.param({"to": "+14155550100", "metadata": "x"}, id="metadata-string"),
-    pytest.param({"to": "+14155550100", "surprise": 1}, id="extra-field"),
-    pytest.param([{"to": "+14155550100"}], id="array"),
+    pytest.param({"to": 14155550100}, ["to"], id="to-number"),
+    pytest.param({}, ["to"], id="no-to"),
+    pytest.param({"to": "+14155550100", "metadata": "x"}, ["metadata"], id="metadata-string"),
+    pytest.param({"to": "+14155550100", "surprise": 1}, ["surprise"], id="extra-field"),
+    pytest.param([{"to": "+14155550100"}], ["body"], id="array"),
+    pytest.param({"to": 1, "from": 2, "goal": []}, ["to", "from", "goal"], id="several"),
+    pytest.param({"to": "+14155550100", "purpose": "x\ud800"}, ["purpose"], id="surrogate"),
 ]
 
 
@@ -355,33 +491,49 @@ SCHEMA_INVALID = [
 def test_api_rejects_invalid_calls(setup: Setup, body: Any, code: str | None) -> None:
     with setup.daemon.api() as api:
         before = len(api.get("/v1/calls", params={"limit": 1000}).json()["calls"])
-        _assert_json_4xx(api.post("/v1/calls", json=body), 400, code)
+        _assert_json_4xx(_post_json(api, body), 400, code)
         after = len(api.get("/v1/calls", params={"limit": 1000}).json()["calls"])
     assert after == before, "a refused request queued a call"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PRODUCT BUG (orchestrator/api.py ControlApi.create): pydantic's ValidationError "
-    "is a ValueError, so `except (ValueError, UnicodeDecodeError)` catches every schema error "
-    "first and answers MALFORMED_JSON 'the body is not JSON' instead of INVALID_REQUEST",
-)
-@pytest.mark.parametrize("body", SCHEMA_INVALID)
-def test_api_schema_errors_name_the_field(setup: Setup, body: Any) -> None:
+@pytest.mark.parametrize(("body", "fields"), SCHEMA_INVALID)
+def test_api_schema_errors_name_the_field(setup: Setup, body: Any, fields: list[str]) -> None:
     with setup.daemon.api() as api:
-        response = api.post("/v1/calls", json=body)
+        response = _post_json(api, body)
     _assert_json_4xx(response, 400, "INVALID_REQUEST")
+    error = response.json()["error"]
+    assert error["fields"] == fields, error
+    for name in fields:
+        assert f"{name}: " in error["message"], error
 
 
-def test_api_rejects_malformed_json(setup: Setup) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b'{"to": ', id="truncated"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\xff\xfe\x00garbage", id="not-utf8"),
+        pytest.param(b"[" * 100_000, id="nested-too-deep"),
+        pytest.param(b'{"to": "+14155550100", "metadata": {"n": NaN}}', id="nan-literal"),
+    ],
+)
+def test_api_rejects_malformed_json(setup: Setup, raw: bytes) -> None:
     with setup.daemon.api() as api:
-        response = api.post(
-            "/v1/calls", content=b'{"to": ', headers={"content-type": "application/json"}
-        )
+        response = api.post("/v1/calls", content=raw, headers={"content-type": "application/json"})
         _assert_json_4xx(response, 400, "MALFORMED_JSON")
+
+
+def test_api_other_bad_requests(setup: Setup) -> None:
+    with setup.daemon.api() as api:
         _assert_json_4xx(api.get("/v1/calls/no-such-call"), 404, "NOT_FOUND")
         _assert_json_4xx(api.get("/v1/calls", params={"limit": "x"}), 400, "INVALID_REQUEST")
         _assert_json_4xx(api.get("/v1/calls", params={"limit": 0}), 400, "INVALID_REQUEST")
+        huge = _raw({"to": "+14155550100", "purpose": "x" * (1 << 20)})
+        _assert_json_4xx(
+            api.post("/v1/calls", content=huge, headers={"content-type": "application/json"}),
+            413,
+            "TOO_LARGE",
+        )
 
 
 def test_idempotency_key(setup: Setup) -> None:
@@ -401,6 +553,8 @@ def test_idempotency_key(setup: Setup) -> None:
         _assert_json_4xx(conflict, 409, "IDEMPOTENCY_CONFLICT")
         too_long = api.post("/v1/calls", json={"to": other}, headers={"Idempotency-Key": "k" * 201})
         _assert_json_4xx(too_long, 400, "INVALID_REQUEST")
+        not_utf8 = api.post("/v1/calls", json={"to": other}, headers={"Idempotency-Key": b"k\xff"})
+        _assert_json_4xx(not_utf8, 400, "INVALID_REQUEST")
         calls = api.get("/v1/calls", params={"limit": 1000}).json()["calls"]
     assert [c["to"] for c in calls].count(number) == 1
     assert other not in [c["to"] for c in calls]

@@ -1130,3 +1130,14 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await change("update_receipt", id="r", attempt_id="a0", outcome="applied")
     await change("update_receipt", id="nope", attempt_id="a0", outcome="applied")
     return out
+
+
+async def test_a_refused_body_does_not_preempt_the_real_delivery(store: Store) -> None:
+    call_id, got = await dialing(store)
+    body = hook(CallStatus.BUSY, provider_call_id="P1")
+    assert (await store.ingest(body, token="made-up")).outcome is Ingest.UNMATCHED
+    assert (await store.ingest(body, token="made-up")).outcome is Ingest.UNMATCHED
+    applied = await store.ingest(body, token=got.attempt["webhook_token"])
+    assert applied.outcome is Ingest.APPLIED and applied.call_id == call_id
+    again = await store.ingest(body, token=got.attempt["webhook_token"])
+    assert again.outcome is Ingest.DUPLICATE and again.events == ()
