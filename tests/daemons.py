@@ -287,6 +287,8 @@ class DaemonConfig:
     )
     webhook_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
+    store_url: str | None = None  # instead of the SQLite file at store_path
+    public_url: str | None = None  # where the provider is told to send webhooks
 
     def as_dict(self) -> dict[str, Any]:
         plugins: dict[str, Any] = {}
@@ -308,10 +310,10 @@ class DaemonConfig:
             "defaults": {"from": FROM_NUMBER},
             "webhooks": {
                 "listen": f"127.0.0.1:{self.webhook_port}",
-                "public_url": f"http://127.0.0.1:{self.webhook_port}",
+                "public_url": self.public_url or f"http://127.0.0.1:{self.webhook_port}",
             },
             "api": {"listen": f"127.0.0.1:{self.api_port}", "token": API_TOKEN},
-            "store": f"sqlite://{self.store_path.resolve()}",
+            "store": self.store_url or f"sqlite://{self.store_path.resolve()}",
             "dialer": {
                 "max_live_calls": self.max_live_calls,
                 "calls_per_second": self.calls_per_second,
