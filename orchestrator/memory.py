@@ -42,6 +42,8 @@ _SPEC = {
     "timers": "id T!, kind T!, ref T!, due_at R!",
     "receipts": "id T!, received_at R!, attempt_id T, outcome T!, body T!",
     "pacing": "name T!, tokens R!, updated_at R!, paused_until R!",
+    # pk: the composite primary key (scope, key) as one value; no query returns it.
+    "plugin_kv": "pk T!, scope T!, key T!, value T!, updated_at R!",
 }
 _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
     table: {
@@ -50,7 +52,11 @@ _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
     }
     for table, spec in _SPEC.items()
 }
-_PRIMARY = {"events": "seq", "pacing": "name"}  # every other table's primary key is "id"
+_PRIMARY = {
+    "events": "seq",
+    "pacing": "name",
+    "plugin_kv": "pk",
+}  # every other table's primary key is "id"
 _DEFAULTS: dict[str, Row] = {
     "attempts": {"live": 0, "ambiguous": 0, "priority": 0},
     "deliveries": {"tries": 0},
@@ -80,6 +86,7 @@ _UNIQUE: dict[str, list[tuple[tuple[str, ...], Callable[[Row], bool]]]] = {
     "timers": [(("id",), _always), (("kind", "ref"), _always)],
     "receipts": [(("id",), _always)],
     "pacing": [(("name",), _always)],
+    "plugin_kv": [(("scope", "key"), _always)],
 }
 
 _ABANDONED = {
@@ -299,6 +306,15 @@ class _Database:
 
     # -- attempts ------------------------------------------------------------------------
 
+    def next_call_attempt(self, p: Params) -> Result:
+        rows = self._where(
+            "calls", lambda r: _eq(r["id"], p["id"]) and _eq(r["attempts"], p["previous"])
+        )
+        changes = {"attempts": p["number"], "status": "queued", "reason": None}
+        changes |= {"ended_at": None, "updated_at": p["now"]}
+        updated = self._update("calls", rows, lambda r: changes)
+        return updated, len(updated)
+
     def insert_attempt(self, p: Params) -> Result:
         if not any(_eq(p["call_id"], call_id) for call_id in self.tables["calls"]):
             raise _IntegrityError("FOREIGN KEY constraint failed")
@@ -330,6 +346,12 @@ class _Database:
             ),
         )
         return self._select(_order(rows, "-created_at")[:1])
+
+    def get_attempt_by_number(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts", lambda r: _eq(r["call_id"], p["call_id"]) and _eq(r["number"], p["number"])
+        )
+        return self._select(rows)
 
     def list_attempts(self, p: Params) -> Result:
         rows = self._where("attempts", lambda r: _eq(r["call_id"], p["call_id"]))
@@ -543,6 +565,26 @@ class _Database:
     def next_timer(self, p: Params) -> Result:
         due = [r["due_at"] for r in self.tables["timers"].values() if r["due_at"] is not None]
         return self._select([{"due_at": min(due, key=_key) if due else None}])
+
+    def _kv(self, p: Params) -> list[Row]:
+        return self._where(
+            "plugin_kv", lambda r: _eq(r["scope"], p["scope"]) and _eq(r["key"], p["key"])
+        )
+
+    def kv_get(self, p: Params) -> Result:
+        return self._select([{"value": r["value"]} for r in self._kv(p)])
+
+    def kv_set(self, p: Params) -> Result:
+        values = {"value": p["value"], "updated_at": p["now"]}
+        existing = self._kv(p)
+        if existing:
+            return [], len(self._update("plugin_kv", existing, lambda r: values))
+        pk = f"{p['scope']}\0{p['key']}"
+        self._insert("plugin_kv", {"pk": pk, "scope": p["scope"], "key": p["key"], **values})
+        return [], 1
+
+    def kv_delete(self, p: Params) -> Result:
+        return [], self._delete("plugin_kv", self._kv(p))
 
     def insert_receipt(self, p: Params) -> Result:
         values = {"id": p["id"], "received_at": p["now"], "attempt_id": None}

@@ -93,7 +93,16 @@ _RANK = {
     **dict.fromkeys(TERMINAL, 5),
 }
 
-EVENT_TYPES = tuple(s.event_type for s in CallStatus if s is not CallStatus.DIALING)
+#: The lifecycle event types, one per status a call can announce.
+STATUS_EVENT_TYPES = tuple(s.event_type for s in CallStatus if s is not CallStatus.DIALING)
+#: Every event type the orchestrator emits; plugins add ``plugin.<instance>.<name>``.
+EVENT_TYPES = (
+    *STATUS_EVENT_TYPES,
+    "call.retry_scheduled",
+    "call.retries_exhausted",
+    "delivery.exhausted",
+    "handler.disabled",
+)
 
 
 def matches(pattern: str, event_type: str) -> bool:

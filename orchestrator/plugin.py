@@ -1,7 +1,16 @@
 """The handler plugin contract and the registry of installed plugin types.
 
-Plugin types are found through the ``orchestrator.plugins`` entry-point group; the built-ins in
-``plugins/`` register there exactly as a third-party package does.
+A plugin type is a class with a ``type_name``, an ``options_model`` (a pydantic model of its
+options) and ``async def handle(event, ctx)``; ``start``/``stop`` are optional. Types are found
+through the ``orchestrator.plugins`` entry-point group; the built-ins in ``plugins/`` register
+there exactly as a third-party package does::
+
+    [project.entry-points."orchestrator.plugins"]
+    teams = "my_package.teams:TeamsHandler"
+
+Configured instances (``plugins: {ops: {use: slack, ...}}``) are built once with their options;
+each rule's ``with`` values are rendered against the event, merged over the instance's options
+and validated by the same model, and reach ``handle`` as ``ctx.options``.
 """
 
 from __future__ import annotations
@@ -16,30 +25,9 @@ import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator import exceptions
-from orchestrator.model import Event
+from orchestrator.model import Event, NewCall
 
 ENTRY_POINT_GROUP = "orchestrator.plugins"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Context:
-    """What a handler gets besides the event: who it is, which try this is, a logger bound
-    to the call and event, and the daemon's shared HTTP client."""
-
-    handler: str
-    delivery_id: str
-    attempt: int
-    log: structlog.typing.FilteringBoundLogger
-    http: httpx.AsyncClient
-
-
-@runtime_checkable
-class Handler(Protocol):
-    """Anything with ``async def handle(event, ctx)``. Raising means "try again later"."""
-
-    async def handle(self, event: Event, ctx: Context) -> None:
-        """Act on one event; raise to have it retried with backoff."""
-        ...
 
 
 class Options(BaseModel):
@@ -48,8 +36,94 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class CallActions(Protocol):
+    """What a handler may do to calls. Every action is durable and idempotent per delivery:
+    a redelivered event repeating an action does not repeat its effect."""
+
+    async def queue(self, new: NewCall, *, key: str | None = None) -> str:
+        """Queue a new call; return its id. ``key`` makes a repeat return the same call."""
+        ...
+
+    async def retry(self, *, at: float, reason: str | None = None) -> Event | None:
+        """Schedule the next attempt of this event's call at epoch ``at``; the
+        ``call.retry_scheduled`` event, or None if the call already moved on (its latest
+        attempt is not this event's, or is not finished)."""
+        ...
+
+    async def give_up(self, reason: str) -> Event | None:
+        """Say no more attempts will be made: emits ``call.retries_exhausted`` (once)."""
+        ...
+
+    async def cancel(self, reason: str) -> bool:
+        """Cancel this event's call if an attempt is still queued or scheduled (a live call
+        is left to finish); True if something was canceled."""
+        ...
+
+    async def attempts(self) -> list[Mapping[str, Any]]:
+        """This call's attempts so far (number, status, created/placed/ended times)."""
+        ...
+
+
+class KeyValue(Protocol):
+    """A small durable key-value store private to one plugin instance (JSON values)."""
+
+    async def get(self, key: str) -> Any:
+        """The value stored under ``key``, or None."""
+        ...
+
+    async def set(self, key: str, value: Any) -> None:
+        """Store a JSON-serialisable ``value`` under ``key``."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (no error if absent)."""
+        ...
+
+
+class Emitter(Protocol):
+    """Emits custom events ``plugin.<instance>.<name>`` that rules can route."""
+
+    async def __call__(self, name: str, data: Mapping[str, Any] | None = None) -> Event | None:
+        """Emit ``plugin.<instance>.<name>`` about this event's call (once per delivery)."""
+        ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Context:
+    """What a handler gets besides the event.
+
+    ``handler`` is the instance name, ``rule`` the rule that routed the event, ``attempt`` which
+    try of this delivery this is (1 first), ``options`` the instance's options merged with the
+    rule's rendered ``with``; ``log`` is bound to the call and event; ``http`` is the daemon's
+    shared client; ``calls``, ``kv`` and ``emit`` act durably.
+    """
+
+    handler: str
+    rule: str
+    delivery_id: str
+    attempt: int
+    options: Options
+    log: structlog.typing.FilteringBoundLogger
+    http: httpx.AsyncClient
+    calls: CallActions
+    kv: KeyValue
+    emit: Emitter
+
+
+@runtime_checkable
+class Handler(Protocol):
+    """A plugin instance: ``async def handle(event, ctx)``. Raising means "try again later"
+    (see :class:`DeliveryError` for how to say more)."""
+
+    async def handle(self, event: Event, ctx: Context) -> None:
+        """Act on one event; raise to have it retried on the delivery schedule."""
+        ...
+
+
 class PluginType(Protocol):
-    """A plugin type: a class with a type name and an options model, built per instance."""
+    """A plugin type: a class with a type name and an options model, built per instance as
+    ``PluginType(name, options)``. Instances may also define ``async def start()`` and
+    ``async def stop()``, run when the daemon (or a reload) starts and stops them."""
 
     type_name: ClassVar[str]
     options_model: ClassVar[type[Options]]
@@ -58,15 +132,37 @@ class PluginType(Protocol):
 
 
 class DeliveryError(exceptions.OrchestratorError):
-    """A handler's delivery failed; ``retry_after`` asks for a minimum wait before retrying."""
+    """A handler's delivery failed.
+
+    ``retry_after`` asks for a minimum wait before the next try (an endpoint's Retry-After);
+    ``permanent`` says retrying cannot help (a 4xx that is the request's fault): the delivery
+    is dead at once and ``delivery.exhausted`` is emitted.
+    """
 
     code = "DELIVERY_FAILED"
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, plugin: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        plugin: str | None = None,
     ) -> None:
         super().__init__(message, plugin=plugin)
         self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class HandlerGone(DeliveryError):
+    """The endpoint is gone for good (HTTP 410): the handler instance is disabled, a
+    ``handler.disabled`` event says so, and its deliveries wait until it is enabled again
+    (a config reload or a restart)."""
+
+    code = "HANDLER_GONE"
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message, permanent=True, plugin=plugin)
 
 
 def installed() -> dict[str, PluginType]:
@@ -82,6 +178,11 @@ def installed() -> dict[str, PluginType]:
     return found
 
 
+def options_of(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The plugin options in an instance's config (everything but ``use`` and ``delivery``)."""
+    return {k: v for k, v in spec.items() if k not in ("use", "delivery")}
+
+
 def build(name: str, spec: Mapping[str, Any], types: Mapping[str, PluginType]) -> Handler:
     """Instantiate the handler ``name`` from its config (``use`` + the plugin's options)."""
     kind = spec.get("use")
@@ -91,9 +192,8 @@ def build(name: str, spec: Mapping[str, Any], types: Mapping[str, PluginType]) -
             f"plugins.{name}.use: unknown plugin type {kind!r} (installed: {known})", plugin=name
         )
     plugin_type = types[kind]
-    options = {k: v for k, v in spec.items() if k not in ("use", "delivery")}
     try:
-        parsed = plugin_type.options_model.model_validate(options)
+        parsed = plugin_type.options_model.model_validate(options_of(spec))
     except ValidationError as exc:
         problems = "; ".join(
             f"plugins.{name}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

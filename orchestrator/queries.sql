@@ -34,6 +34,14 @@ LIMIT :limit;
 UPDATE calls SET status = :status, reason = :reason, ended_at = :ended_at, updated_at = :now
 WHERE id = :id AND attempts = :attempt;
 
+-- name: next_call_attempt
+-- A retry: the call's next attempt becomes the one that speaks for it (only from the attempt
+-- the caller saw, so a redelivered retry does not schedule a second one).
+UPDATE calls
+SET attempts = :number, status = 'queued', reason = NULL, ended_at = NULL, updated_at = :now
+WHERE id = :id AND attempts = :previous
+RETURNING *;
+
 -- name: insert_attempt
 INSERT INTO attempts (id, call_id, number, to_number, from_number, status, live, ambiguous,
                       webhook_token, priority, not_before, created_at)
@@ -59,6 +67,9 @@ WHERE to_number = :to_number AND from_number = :from_number AND live = 1
   AND provider_call_id IS NULL AND (ambiguous = 1 OR status = 'dialing')
 ORDER BY created_at DESC
 LIMIT 1;
+
+-- name: get_attempt_by_number
+SELECT * FROM attempts WHERE call_id = :call_id AND number = :number;
 
 -- name: list_attempts
 SELECT * FROM attempts WHERE call_id = :call_id ORDER BY number;
@@ -240,6 +251,16 @@ DELETE FROM timers WHERE kind = :kind AND ref = :ref;
 
 -- name: next_timer
 SELECT MIN(due_at) AS due_at FROM timers;
+
+-- name: kv_get
+SELECT value FROM plugin_kv WHERE scope = :scope AND key = :key;
+
+-- name: kv_set
+INSERT INTO plugin_kv (scope, key, value, updated_at) VALUES (:scope, :key, :value, :now)
+ON CONFLICT (scope, key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at;
+
+-- name: kv_delete
+DELETE FROM plugin_kv WHERE scope = :scope AND key = :key;
 
 -- name: insert_receipt
 INSERT INTO receipts (id, received_at, attempt_id, outcome, body)

@@ -24,6 +24,7 @@ class Rule(BaseModel):
     name: str = Field(min_length=1)
     on: tuple[str, ...]
     do: str = Field(min_length=1)
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
 
     @field_validator("on", mode="before")
     @classmethod
@@ -51,17 +52,23 @@ class DeliveryOptions(BaseModel):
 
     concurrency: int = Field(default=8, gt=0)
     timeout: config.Duration = 30.0
-    max_attempts: int = Field(default=10, gt=0)
-    backoff: config.Duration = 1.0
-    max_backoff: config.Duration = 3600.0
+    schedule: tuple[config.Duration, ...] = bus.SCHEDULE
+    max_attempts: int | None = Field(default=None, gt=0)
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    breaker_threshold: int = Field(default=5, gt=0)
+    breaker_cooldown: config.Duration = 30.0
+    breaker_max_cooldown: config.Duration = 600.0
 
     def policy(self) -> bus.DeliveryPolicy:
         return bus.DeliveryPolicy(
             concurrency=self.concurrency,
             timeout=self.timeout,
-            max_attempts=self.max_attempts,
-            backoff=self.backoff,
-            max_backoff=self.max_backoff,
+            schedule=tuple(self.schedule),
+            max_attempts=self.max_attempts or len(self.schedule) + 1,
+            jitter=self.jitter,
+            breaker_threshold=self.breaker_threshold,
+            breaker_cooldown=self.breaker_cooldown,
+            breaker_max_cooldown=self.breaker_max_cooldown,
         )
 
 
@@ -70,13 +77,16 @@ def subscriptions(
     rules: Sequence[Mapping[str, Any]],
     types: Mapping[str, plugin.PluginType],
 ) -> tuple[list[bus.Subscription], list[str]]:
-    """Build one subscription per handler instance that some rule routes to.
+    """Build one route per rule, and each handler instance a rule routes to once.
 
-    Returns the subscriptions and the problems found; an invalid rule or plugin is skipped
-    and reported, the rest load.
+    Returns the routes and the problems found; an invalid rule or plugin is skipped and
+    reported, the rest load.
     """
     problems: list[str] = []
-    patterns: dict[str, list[str]] = {}
+    instances: dict[str, tuple[plugin.Handler, bus.DeliveryPolicy, type[plugin.Options]]] = {}
+    broken: set[str] = set()
+    subs: list[bus.Subscription] = []
+    seen: set[str] = set()
     for index, raw in enumerate(rules):
         try:
             rule = Rule.model_validate(raw)
@@ -87,34 +97,55 @@ def subscriptions(
                     f"rules[{index}].{where}: {str(error['msg']).removeprefix('Value error, ')}"
                 )
             continue
+        if rule.name in seen:
+            problems.append(f"rules[{index}].name: another rule is named {rule.name!r}")
+            continue
+        seen.add(rule.name)
         if rule.do not in plugins and rule.do not in types:
             known = sorted({*plugins, *types})
             close = difflib.get_close_matches(rule.do, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"rules[{index}].do: no plugin instance or type {rule.do!r}{hint}")
             continue
-        patterns.setdefault(rule.do, []).extend(rule.on)
-    subs: list[bus.Subscription] = []
-    for name, on in patterns.items():
-        spec: Mapping[str, Any] = plugins.get(name, {"use": name})
-        try:
-            handler = plugin.build(name, spec, types)
-            delivery = DeliveryOptions.model_validate(spec.get("delivery") or {})
-        except exceptions.ConfigError as exc:
-            problems.append(exc.message)
+        if rule.do in broken:
             continue
+        spec: Mapping[str, Any] = plugins.get(rule.do, {"use": rule.do})
+        if rule.do not in instances:
+            try:
+                handler = plugin.build(rule.do, spec, types)
+                delivery = DeliveryOptions.model_validate(spec.get("delivery") or {})
+            except exceptions.ConfigError as exc:
+                problems.append(exc.message)
+                broken.add(rule.do)
+                continue
+            except ValidationError as exc:
+                problems.extend(
+                    f"plugins.{rule.do}.delivery.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in exc.errors()
+                )
+                broken.add(rule.do)
+                continue
+            model = types[str(spec["use"])].options_model
+            instances[rule.do] = (handler, delivery.policy(), model)
+        handler, policy, model = instances[rule.do]
+        base = plugin.options_of(spec)
+        merged = {**base, **rule.with_}
+        try:
+            fixed = model.model_validate(merged)
         except ValidationError as exc:
             problems.extend(
-                f"plugins.{name}.delivery.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                f"rules[{index}].with.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                 for e in exc.errors()
             )
             continue
         subs.append(
             bus.Subscription(
-                name=name,
+                name=rule.name,
+                instance=rule.do,
                 handler=handler,
-                patterns=tuple(dict.fromkeys(on)),
-                policy=delivery.policy(),
+                patterns=tuple(dict.fromkeys(rule.on)),
+                policy=policy,
+                options=lambda event, fixed=fixed: fixed,  # type: ignore[misc]
             )
         )
     return subs, problems

@@ -19,13 +19,14 @@ from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.connector import Connector, Row, Transaction
-from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
+from orchestrator.model import CallRef, CallStatus, Event, NewCall, iso, new_id
 
 Router = Callable[[Event], Sequence[str]]
 Clock = Callable[[], float]
 
 WATCHDOG = "watchdog"
-DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
+DIAL_BUCKET = "dial"
+EXHAUSTED = "delivery.exhausted"  # the pacing row of the fleet's dialer
 
 
 class Ingest(StrEnum):
@@ -602,10 +603,13 @@ class Store:
         *,
         error: str | None = None,
         retry_at: float | None = None,
+        exhausted: Mapping[str, Any] | None = None,
     ) -> bool:
         """Mark a delivery done (no ``error``), due again at ``retry_at``, or dead.
 
-        Returns False when the lease was lost (another worker took the delivery over).
+        A dead delivery emits ``delivery.exhausted`` (with ``exhausted`` as its data) in the
+        same transaction, unless it was itself a ``delivery.exhausted`` (no loops). Returns
+        False when the lease was lost (another worker took the delivery over).
         """
         state = "done" if error is None else ("pending" if retry_at is not None else "dead")
         now = self.clock()
@@ -619,6 +623,26 @@ class Store:
                 last_error=error[:2000] if error else None,
                 now=now,
             )
+            if changed > 0 and state == "dead" and delivery.event.type != EXHAUSTED:
+                source = delivery.event
+                call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
+                await self._emit(
+                    tx,
+                    call,
+                    attempt,
+                    None,
+                    now=now,
+                    type_=EXHAUSTED,
+                    dedupe_key=f"{delivery.id}:{EXHAUSTED}",
+                    data={
+                        "route": delivery.handler,
+                        "event_id": source.id,
+                        "event_type": source.type,
+                        "tries": delivery.tries,
+                        **(exhausted or {}),
+                    },
+                    error={"code": "DELIVERY_EXHAUSTED", "message": (error or "")[:2000]},
+                )
         return changed > 0
 
     async def list_deliveries(
@@ -628,7 +652,121 @@ class Store:
         async with self.connector.transaction() as tx:
             return await tx.fetch("list_deliveries", state=state, handler=handler, limit=limit)
 
+    # -- what handlers do (plugin actions) ---------------------------------------------------
+
+    async def emit(
+        self,
+        source: Event,
+        type_: str,
+        *,
+        key: str,
+        data: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> Event | None:
+        """Emit a custom event (``plugin.x.y``, ``delivery.exhausted``...) about ``source``'s
+        call and attempt, once per ``key``; None if it was emitted before."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
+            return await self._emit(
+                tx, call, attempt, None, now=now, type_=type_, dedupe_key=key, data=data,
+                error=error,
+            )  # fmt: skip
+
+    async def schedule_retry(
+        self, source: Event, *, at: float, reason: str | None = None
+    ) -> Event | None:
+        """The next attempt of ``source``'s call at epoch ``at``, if ``source``'s attempt is the
+        call's latest and has ended; emits ``call.retry_scheduled``. A repeat (a redelivered
+        event) finds the call moved on and does nothing."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
+            if int(call["attempts"]) != int(attempt["number"]):
+                return None
+            if not CallStatus(attempt["status"]).terminal:
+                return None
+            number = int(attempt["number"]) + 1
+            moved = await tx.fetchone(
+                "next_call_attempt", id=call["id"], previous=attempt["number"], number=number,
+                now=now,
+            )  # fmt: skip
+            if moved is None:
+                return None
+            new = await self._new_attempt(
+                tx, moved, number=number, priority=int(attempt["priority"]), not_before=at,
+                now=now,
+            )  # fmt: skip
+            event = await self._emit(
+                tx,
+                moved,
+                new,
+                None,
+                now=now,
+                type_="call.retry_scheduled",
+                data={"next_attempt_at": iso(at), "attempt": number, "reason": reason},
+            )
+            await self._notify(tx, "dial")
+        return event
+
+    async def give_up(self, source: Event, *, reason: str) -> Event | None:
+        """``call.retries_exhausted`` for ``source``'s call, once per attempt."""
+        return await self.emit(
+            source,
+            "call.retries_exhausted",
+            key=f"{source.call.id}:{source.call.attempt}:call.retries_exhausted",
+            data={"reason": reason, "attempts": source.call.attempt},
+        )
+
+    async def cancel(self, call_id: str, *, reason: str) -> list[Event]:
+        """Cancel the call's queued (or scheduled) attempt: ``call.canceled``. A live call is
+        left to finish; returns the events (none if nothing was waiting)."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            call = await tx.fetchone("get_call", id=call_id)
+            if call is None:
+                return []
+            attempt = await tx.fetchone(
+                "get_attempt_by_number", call_id=call_id, number=call["attempts"]
+            )
+            if attempt is None or attempt["status"] != CallStatus.QUEUED:
+                return []
+            error = {"code": "CANCELED", "message": reason}
+            return await self._advance(
+                tx, attempt, CallStatus.CANCELED, now=now, error_code="CANCELED",
+                error_message=reason, error=error,
+            )  # fmt: skip
+
+    async def attempts_of(self, call_id: str) -> list[Row]:
+        """The call's attempts in order."""
+        async with self.connector.transaction() as tx:
+            return await tx.fetch("list_attempts", call_id=call_id)
+
+    async def kv_get(self, scope: str, key: str) -> Any:
+        """A plugin's stored value (decoded JSON), or None."""
+        async with self.connector.transaction() as tx:
+            row = await tx.fetchone("kv_get", scope=scope, key=key)
+        return json.loads(row["value"]) if row else None
+
+    async def kv_set(self, scope: str, key: str, value: Any) -> None:
+        """Store a JSON-serialisable value for a plugin."""
+        encoded = json.dumps(value, allow_nan=False)
+        async with self.connector.transaction() as tx:
+            await tx.execute("kv_set", scope=scope, key=key, value=encoded, now=self.clock())
+
+    async def kv_delete(self, scope: str, key: str) -> None:
+        """Remove a plugin's value."""
+        async with self.connector.transaction() as tx:
+            await tx.execute("kv_delete", scope=scope, key=key)
+
     # -- internals ---------------------------------------------------------------------------
+
+    async def _call_attempt(self, tx: Transaction, call_id: str, number: int) -> tuple[Row, Row]:
+        call = await tx.fetchone("get_call", id=call_id)
+        attempt = await tx.fetchone("get_attempt_by_number", call_id=call_id, number=number)
+        if call is None or attempt is None:
+            raise exceptions.StoreError(f"no attempt {number} of call {call_id}", call_id=call_id)
+        return call, attempt
 
     async def _attempt(self, tx: Transaction, attempt_id: str) -> Row:
         attempt = await tx.fetchone("get_attempt", id=attempt_id)
@@ -706,14 +844,19 @@ class Store:
         tx: Transaction,
         call: Row,
         attempt: Row,
-        status: CallStatus,
+        status: CallStatus | None,
         *,
         now: float,
+        type_: str | None = None,
+        dedupe_key: str | None = None,
         **fields: Any,
     ) -> Event | None:
+        """Write one event (at most once per ``dedupe_key``; a status event's key is its
+        attempt and type) with its outbox rows; None if it was written before."""
+        event_type = type_ or (status.event_type if status else "")
         event = Event(
             id=new_id(),
-            type=status.event_type,
+            type=event_type,
             occurred_at=now,
             call=CallRef(
                 id=call["id"],
@@ -725,7 +868,7 @@ class Store:
                 attempt=int(attempt["number"]),
                 provider_call_id=attempt["provider_call_id"],
             ),
-            status=status.value,
+            status=status.value if status else None,
             duration=fields.get("duration"),
             recording_url=fields.get("recording_url"),
             transcript=fields.get("transcript"),
@@ -739,7 +882,7 @@ class Store:
             attempt_id=attempt["id"],
             type=event.type,
             occurred_at=now,
-            dedupe_key=f"{attempt['id']}:{event.type}",
+            dedupe_key=dedupe_key or f"{attempt['id']}:{event.type}",
             body=json.dumps(event.to_json()),
         )
         if inserted is None:
@@ -758,7 +901,7 @@ class Store:
             )
         if handlers:
             await self._notify(tx, "deliver")
-        if status is CallStatus.QUEUED or status.terminal:
+        if status is CallStatus.QUEUED or (status is not None and status.terminal):
             await self._notify(tx, "dial")  # new work, or a slot freed
         return Event.from_json(event.to_json(), seq=seq)
 

@@ -281,8 +281,9 @@ class DaemonConfig:
         default_factory=lambda: {
             "timeout": "2s",
             "max_attempts": 20,
-            "backoff": "0.2s",
-            "max_backoff": "1s",
+            "schedule": ["0.2s", "0.5s", "1s"],
+            "breaker_cooldown": "0.3s",
+            "breaker_max_cooldown": "1s",
         }
     )
     webhook_port: int = field(default_factory=free_port)

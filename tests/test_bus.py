@@ -127,7 +127,7 @@ async def test_deliveries_stay_in_order_per_call(store: Store) -> None:
 
 async def test_a_failing_handler_is_retried_then_succeeds(store: Store) -> None:
     rec = Recorder(fail_first=3)
-    policy = bus.DeliveryPolicy(backoff=0.01, max_backoff=0.05, max_attempts=10)
+    policy = bus.DeliveryPolicy(schedule=(0.01, 0.02, 0.05), max_attempts=10)
     _, tasks, workers, http = await run_bus(
         store, [bus.Subscription(name="rec", handler=rec, patterns=("call.queued",), policy=policy)]
     )
@@ -142,7 +142,7 @@ async def test_a_failing_handler_is_retried_then_succeeds(store: Store) -> None:
 async def test_dead_letter_after_max_attempts_and_others_unaffected(store: Store) -> None:
     bad = Recorder(fail_first=1000)
     good = Recorder()
-    policy = bus.DeliveryPolicy(backoff=0.01, max_backoff=0.02, max_attempts=3)
+    policy = bus.DeliveryPolicy(schedule=(0.01, 0.02), max_attempts=3)
     subs = [
         bus.Subscription(name="bad", handler=bad, patterns=("call.*",), policy=policy),
         bus.Subscription(name="good", handler=good, patterns=("call.*",)),
@@ -166,7 +166,7 @@ async def test_a_hanging_handler_times_out_and_delays_nobody(store: Store) -> No
             name="hung",
             handler=hung,
             patterns=("call.*",),
-            policy=bus.DeliveryPolicy(timeout=0.2, backoff=10, concurrency=2),
+            policy=bus.DeliveryPolicy(timeout=0.2, schedule=(10,), concurrency=2),
         ),
         bus.Subscription(name="good", handler=good, patterns=("call.*",)),
     ]
@@ -194,10 +194,11 @@ async def test_routing_by_pattern(store: Store) -> None:
     assert {e.type for e in ended.seen} == {"call.completed"}
 
 
-def test_backoff_grows_with_jitter_and_honours_retry_after() -> None:
-    policy = bus.DeliveryPolicy(backoff=1.0, max_backoff=60.0, jitter=0.5)
-    for tries, base in [(1, 1.0), (2, 2.0), (3, 4.0), (10, 60.0)]:
+def test_schedule_goes_from_seconds_to_hours_with_jitter_and_honours_retry_after() -> None:
+    policy = bus.DeliveryPolicy(jitter=0.2)
+    for tries, base in [(1, 5.0), (2, 30.0), (4, 600.0), (9, 28800.0), (30, 28800.0)]:
         for _ in range(50):
-            assert base * 0.5 <= policy.delay(tries) <= base * 1.5
-    assert policy.delay(1, retry_after=30.0) >= 30.0
+            assert base * 0.8 <= policy.delay(tries) <= base * 1.2
+    assert policy.delay(1, retry_after=300.0) >= 300.0
+    assert policy.max_attempts == len(bus.SCHEDULE) + 1
     assert model.matches("call.*", "call.no_answer") and not model.matches("call.*", "plugin.x.y")

@@ -99,7 +99,12 @@ async def test_sigkill_rounds_on_one_store(tmp_path: Path, recorder: Recorder) -
         max_live_calls=80,
         calls_per_second=15,
         max_call_duration="12s",
-        delivery={"timeout": "1s", "max_attempts": 50, "backoff": "0.1s", "max_backoff": "1s"},
+        delivery={
+            "timeout": "1s",
+            "max_attempts": 50,
+            "schedule": ["0.1s", "0.5s", "1s"],
+            "breaker_cooldown": "0.3s",
+        },
     )
     daemon = await start_daemon_async(tmp_path, cfg)
     numbers = destinations(80, start=600)

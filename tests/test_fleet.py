@@ -9,6 +9,7 @@ handler, in order per call.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -140,7 +141,8 @@ async def test_three_daemons_one_killed_one_stopped(
             await wait_until(lambda: sim.stats()["placed"] >= 25, 30, "25 placements", survivor)
             killed.kill()
             await wait_until(lambda: sim.stats()["placed"] >= 50, 30, "50 placements", survivor)
-            assert stopped.terminate() == 0, stopped.log_tail()
+            # In a thread: the recorder and the balancer run on this event loop.
+            assert await asyncio.to_thread(stopped.terminate) == 0, stopped.log_tail()
             # The killed daemon's leases (30 s) run out; the survivor takes its work over.
             calls = await wait_all_terminal(api, queued, survivor, timeout=120, recorder=recorder)
         sim_calls = sim.calls()
