@@ -163,7 +163,15 @@ class Daemon:
             self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
             workers = self.bus.workers(self.store, self.owner, http)
             keeper = timers.Timekeeper(self.store, publish=self.publish)
-            heartbeat = timers.Heartbeat(self.store, owner=self.owner, lease=self.lease)
+            heartbeat = timers.Heartbeat(
+                self.store,
+                owner=self.owner,
+                lease=self.lease,
+                inflight=lambda: (
+                    list(self._dialer.placing) if self._dialer else [],
+                    [d for w in workers for d in w.delivering],
+                ),
+            )
             tasks.append(self._task("dialer", self._dialer.run()))
             tasks.append(self._task("timers", keeper.run()))
             tasks.append(self._task("heartbeat", heartbeat.run()))

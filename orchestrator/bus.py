@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import structlog
 
-from orchestrator import actions, plugin
+from orchestrator import actions, exceptions, plugin
 from orchestrator.model import Event, matches
 from orchestrator.store import Delivery, Store
 
@@ -257,6 +257,8 @@ class DeliveryWorker:
         self.limit = self.bus.limits[sub.target]
         self.breaker = self.bus.breakers[sub.target]
         self._inflight: set[asyncio.Task[None]] = set()
+        #: The deliveries running right now (their leases are kept alive by the heartbeat).
+        self.delivering: set[str] = set()
         self._stopping = asyncio.Event()
         self._log = log.bind(handler=sub.target, rule=sub.name)
 
@@ -274,11 +276,18 @@ class DeliveryWorker:
             free = self.breaker.limit(policy.concurrency - len(self._inflight))
             claimed: list[Delivery] = []
             if free > 0:
-                claimed = await self.store.claim_deliveries(
-                    self.sub.name, self.owner, limit=free, lease=lease
-                )
+                try:
+                    claimed = await self.store.claim_deliveries(
+                        self.sub.name, self.owner, limit=free, lease=lease
+                    )
+                except exceptions.StoreError as exc:
+                    # A database hiccup is not a crash: the claim rolled back; try again.
+                    self._log.error("delivery.store_failed", error=str(exc))
+                    await wait_any(self._stopping, within=self.poll)
+                    continue
                 self.breaker.claimed(len(claimed))
                 for delivery in claimed:
+                    self.delivering.add(delivery.id)
                     task = asyncio.create_task(
                         self._deliver(delivery), name=f"deliver:{self.sub.name}:{delivery.id}"
                     )
@@ -319,6 +328,12 @@ class DeliveryWorker:
         )
 
     async def _deliver(self, delivery: Delivery) -> None:
+        try:
+            await self._deliver_once(delivery)
+        finally:
+            self.delivering.discard(delivery.id)
+
+    async def _deliver_once(self, delivery: Delivery) -> None:
         event = delivery.event
         bound = self._log.bind(call_id=event.call.id, event_id=event.id, event_type=event.type)
         policy = self.sub.policy

@@ -95,13 +95,17 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-#: What ``{skip_locked}`` becomes in a claim query, per dialect.
-SKIP_LOCKED = {"postgres": "FOR UPDATE SKIP LOCKED"}
+#: Row-locking clauses per dialect: ``{for_update}`` waits for the row, ``{skip_locked}``
+#: passes over locked rows. SQLite has neither and needs neither: its single writer
+#: (BEGIN IMMEDIATE) serialises every transaction that could race.
+LOCKING = {
+    "postgres": {"{for_update}": "FOR UPDATE", "{skip_locked}": "FOR UPDATE SKIP LOCKED"},
+}
 
 
 def queries(dialect: str) -> dict[str, str]:
     """The named queries for ``dialect``: ``NAME@dialect`` blocks replace ``NAME``, and
-    ``{skip_locked}`` becomes the dialect's row-locking clause (nothing on SQLite)."""
+    ``{for_update}``/``{skip_locked}`` become the dialect's row-locking clauses."""
     text = resources.files("orchestrator").joinpath("queries.sql").read_text(encoding="utf-8")
     base: dict[str, str] = {}
     override: dict[str, str] = {}
@@ -115,10 +119,13 @@ def queries(dialect: str) -> dict[str, str]:
             base[name] = sql
         elif variant == dialect:
             override[name] = sql
-    skip_locked = SKIP_LOCKED.get(dialect, "")
-    return {
-        name: sql.replace("{skip_locked}", skip_locked) for name, sql in (base | override).items()
-    }
+    clauses = LOCKING.get(dialect, {})
+    found = {}
+    for name, sql in (base | override).items():
+        for placeholder in ("{for_update}", "{skip_locked}"):
+            sql = sql.replace(placeholder, clauses.get(placeholder, ""))
+        found[name] = sql
+    return found
 
 
 def statements(sql: str) -> list[str]:

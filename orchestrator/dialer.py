@@ -64,6 +64,8 @@ class Dialer:
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        #: The attempts being placed right now (their leases are kept alive by the heartbeat).
+        self.placing: set[str] = set()
 
     @property
     def usable(self) -> bool:
@@ -75,14 +77,20 @@ class Dialer:
         try:
             while not self._stopping.is_set():
                 self.wake.clear()
-                claim = await self.store.claim_attempt(
-                    self.owner,
-                    max_live=self.settings.max_live_calls,
-                    # The heartbeat (Timekeeper) extends this while the placement runs.
-                    lease=self.settings.lease,
-                    watchdog_after=self.settings.max_call_duration,
-                    pacing=self.pacing,
-                )
+                try:
+                    claim = await self.store.claim_attempt(
+                        self.owner,
+                        max_live=self.settings.max_live_calls,
+                        # The heartbeat extends this while the placement runs.
+                        lease=self.settings.lease,
+                        watchdog_after=self.settings.max_call_duration,
+                        pacing=self.pacing,
+                    )
+                except exceptions.StoreError as exc:
+                    # A database hiccup is not a crash: the claim rolled back; try again.
+                    log.error("dialer.store_failed", error=str(exc))
+                    await bus.wait_any(self._stopping, within=self.poll)
+                    continue
                 if claim is None:
                     await self._idle()
                     continue
@@ -94,6 +102,7 @@ class Dialer:
                     # attempt goes back to the queue instead of starting after SIGTERM.
                     await self.store.requeue(claim.attempt_id, None, retry_at=self.store.clock())
                     break
+                self.placing.add(claim.attempt_id)
                 task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
                 self._inflight.add(task)
                 task.add_done_callback(self._done)
@@ -124,6 +133,12 @@ class Dialer:
         )
 
     async def _place(self, claim: Claim) -> None:
+        try:
+            await self._place_once(claim)
+        finally:
+            self.placing.discard(claim.attempt_id)
+
+    async def _place_once(self, claim: Claim) -> None:
         attempt_id = claim.attempt_id
         bound = log.bind(call_id=claim.call["id"], attempt=claim.attempt["number"])
         events: list[Event] = []
@@ -145,9 +160,11 @@ class Dialer:
                 )
                 if isinstance(exc, exceptions.RateLimited):
                     await self.store.pause_dialing(self.store.clock() + wait)
-                await self.store.requeue(attempt_id, exc, retry_at=self.store.clock() + wait)
-                bound.info("dialer.requeued", code=exc.code, retry_in=wait)
-                self.wake.set()
+                if await self.store.requeue(attempt_id, exc, retry_at=self.store.clock() + wait):
+                    bound.info("dialer.requeued", code=exc.code, retry_in=wait)
+                    self.wake.set()
+                else:  # the sweeper took it for abandoned meanwhile: never resent
+                    bound.warning("dialer.not_requeued", code=exc.code)
             else:
                 await self.store.ambiguous(attempt_id, exc)
                 bound.warning("dialer.ambiguous", code=exc.code, error=exc.message)

@@ -326,6 +326,12 @@ class _Database:
     def get_attempt(self, p: Params) -> Result:
         return self._select(self._where("attempts", lambda r: _eq(r["id"], p["id"])))
 
+    def lock_attempt(self, p: Params) -> Result:
+        return self.get_attempt(p)  # one transaction at a time: nothing to wait for
+
+    def try_lock_attempt(self, p: Params) -> Result:
+        return self.get_attempt(p)
+
     def get_attempt_by_token(self, p: Params) -> Result:
         token = p["webhook_token"]
         return self._select(self._where("attempts", lambda r: _eq(r["webhook_token"], token)))
@@ -408,21 +414,26 @@ class _Database:
     def try_lock_sweeper(self, p: Params) -> Result:
         return self._select([{"locked": 1}])
 
-    def extend_attempt_leases(self, p: Params) -> Result:
+    def extend_attempt_lease(self, p: Params) -> Result:
         rows = self._where(
             "attempts",
             lambda r: (
-                _eq(r["lease_owner"], p["owner"])
+                _eq(r["id"], p["id"])
+                and _eq(r["lease_owner"], p["owner"])
                 and _eq(r["status"], "dialing")
                 and _eq(r["ambiguous"], 0)
             ),
         )
         return [], len(self._update("attempts", rows, lambda r: _lengthen(r, p)))
 
-    def extend_delivery_leases(self, p: Params) -> Result:
+    def extend_delivery_lease(self, p: Params) -> Result:
         rows = self._where(
             "deliveries",
-            lambda r: _eq(r["lease_owner"], p["owner"]) and _eq(r["state"], "pending"),
+            lambda r: (
+                _eq(r["id"], p["id"])
+                and _eq(r["lease_owner"], p["owner"])
+                and _eq(r["state"], "pending")
+            ),
         )
         return [], len(self._update("deliveries", rows, lambda r: _lengthen(r, p)))
 
@@ -550,11 +561,9 @@ class _Database:
         row = self._insert("timers", values, on_conflict=("kind", "ref"))
         return [], 0 if row is None else 1
 
-    def take_due_timer(self, p: Params) -> Result:
+    def next_due_timer(self, p: Params) -> Result:
         due = self._where("timers", lambda r: _le(r["due_at"], p["now"]))
-        chosen = _order(due, "due_at")[:1]
-        self._delete("timers", chosen)
-        return chosen, len(chosen)
+        return self._select(_order(due, "due_at")[:1])
 
     def delete_timer(self, p: Params) -> Result:
         rows = self._where(

@@ -1,7 +1,8 @@
 -- Named queries of the store. Each block starts with "-- name: NAME"; a block named
--- "NAME@postgres" replaces NAME on PostgreSQL. Parameters are :name. {skip_locked} is
--- "FOR UPDATE SKIP LOCKED" where the database has it (PostgreSQL) and nothing on SQLite, whose
--- single writer already serialises claims. Queries that return rows
+-- "NAME@postgres" replaces NAME on PostgreSQL. Parameters are :name. {for_update} and
+-- {skip_locked} are "FOR UPDATE" and "FOR UPDATE SKIP LOCKED" where the database has them
+-- (PostgreSQL) and nothing on SQLite, whose single writer already serialises transactions.
+-- Queries that return rows
 -- return whole rows (RETURNING *), so every connector hands back the same dicts.
 -- The in-memory connector (orchestrator.memory) implements each of these in Python.
 
@@ -51,6 +52,17 @@ RETURNING *;
 
 -- name: get_attempt
 SELECT * FROM attempts WHERE id = :id;
+
+-- name: lock_attempt
+-- Every transaction that changes an attempt reads it with this first: on PostgreSQL the row
+-- lock makes a second writer wait and then see the first one's result (no lost update).
+-- Lock order everywhere: the attempt, then its call and timers.
+SELECT * FROM attempts WHERE id = :id {for_update};
+
+-- name: try_lock_attempt
+-- The watchdog only: it holds a timer row already, so it never waits for an attempt (that
+-- would invert the lock order); a busy attempt is simply looked at again a moment later.
+SELECT * FROM attempts WHERE id = :id {skip_locked};
 
 -- name: get_attempt_by_token
 SELECT * FROM attempts WHERE webhook_token = :webhook_token;
@@ -128,17 +140,17 @@ SELECT 1 AS locked;
 -- name: try_lock_sweeper@postgres
 SELECT CASE WHEN pg_try_advisory_xact_lock(7245002) THEN 1 ELSE 0 END AS locked;
 
--- name: extend_attempt_leases
--- The heartbeat of a living daemon: its placements in flight stay its own.
--- A lease is only ever lengthened here.
+-- name: extend_attempt_lease
+-- The heartbeat of a living daemon, for a placement it is still making (a lease is only ever
+-- lengthened here). Work whose task died is not beaten for, so its lease runs out.
 UPDATE attempts
 SET lease_until = CASE WHEN lease_until < :lease_until THEN :lease_until ELSE lease_until END
-WHERE lease_owner = :owner AND status = 'dialing' AND ambiguous = 0;
+WHERE id = :id AND lease_owner = :owner AND status = 'dialing' AND ambiguous = 0;
 
--- name: extend_delivery_leases
+-- name: extend_delivery_lease
 UPDATE deliveries
 SET lease_until = CASE WHEN lease_until < :lease_until THEN :lease_until ELSE lease_until END
-WHERE lease_owner = :owner AND state = 'pending';
+WHERE id = :id AND lease_owner = :owner AND state = 'pending';
 
 -- name: notify
 -- Wakes the other daemons when the transaction commits ('dial' or 'deliver'); SQLite has no
@@ -233,18 +245,14 @@ WHERE lease_owner = :owner AND state = 'pending';
 INSERT INTO timers (id, kind, ref, due_at) VALUES (:id, :kind, :ref, :due_at)
 ON CONFLICT (kind, ref) DO NOTHING;
 
--- name: take_due_timer
--- The earliest due timer, removed in the transaction that runs it: a daemon killed half-way
--- rolls back, and the timer is due again at once for whichever daemon looks next.
-DELETE FROM timers
-WHERE id = (
-    SELECT t.id FROM timers t
-    WHERE t.due_at <= :now
-    ORDER BY t.due_at
-    LIMIT 1
-    {skip_locked}
-)
-RETURNING *;
+-- name: next_due_timer
+-- The earliest due timer, locked for the transaction that runs and deletes it; a daemon killed
+-- half-way rolls back and the timer is simply still due.
+SELECT * FROM timers
+WHERE due_at <= :now
+ORDER BY due_at
+LIMIT 1
+{skip_locked};
 
 -- name: delete_timer
 DELETE FROM timers WHERE kind = :kind AND ref = :ref;

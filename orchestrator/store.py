@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -313,17 +313,32 @@ class Store:
                 "put_pacing", bucket=DIAL_BUCKET, tokens=tokens, paused_until=paused, now=now
             )
 
-    async def heartbeat(self, owner: str, *, lease: float) -> int:
-        """Extend the leases of ``owner``'s work in flight; how many were extended.
+    async def heartbeat(
+        self,
+        owner: str,
+        *,
+        lease: float,
+        attempts: Iterable[str] = (),
+        deliveries: Iterable[str] = (),
+    ) -> int:
+        """Extend the leases of ``owner``'s work still in flight (placements ``attempts``,
+        ``deliveries``); how many were extended.
 
         Leases can then be short: a daemon that dies stops beating and its work is taken
-        over within one lease, while a living daemon keeps its long placements and handlers.
+        over within one lease, and so is work whose task died inside a living daemon.
         """
         until = self.clock() + lease
+        extended = 0
         async with self.connector.transaction() as tx:
-            placements = await tx.execute("extend_attempt_leases", owner=owner, lease_until=until)
-            deliveries = await tx.execute("extend_delivery_leases", owner=owner, lease_until=until)
-        return max(0, placements) + max(0, deliveries)
+            for attempt_id in attempts:
+                extended += max(0, await tx.execute(
+                    "extend_attempt_lease", id=attempt_id, owner=owner, lease_until=until
+                ))  # fmt: skip
+            for delivery_id in deliveries:
+                extended += max(0, await tx.execute(
+                    "extend_delivery_lease", id=delivery_id, owner=owner, lease_until=until
+                ))  # fmt: skip
+        return extended
 
     async def placed(
         self, attempt_id: str, *, provider_call_id: str, provider_status: str
@@ -439,9 +454,10 @@ class Store:
         """
         now = self.clock()
         async with self.connector.transaction() as tx:
-            attempt = await self._match(tx, hook, token)
-            if attempt is None:
+            matched = await self._match(tx, hook, token)
+            if matched is None:
                 return IngestResult(outcome=Ingest.UNMATCHED)
+            attempt = await self._attempt(tx, matched["id"])
             receipt = hashlib.sha256(attempt["id"].encode() + b"\0" + hook.raw).hexdigest()
             inserted = await tx.fetchone(
                 "insert_receipt", id=receipt, now=now, body=hook.raw.decode("utf-8", "replace")
@@ -530,12 +546,15 @@ class Store:
         """
         now = self.clock()
         async with self.connector.transaction() as tx:
-            timer = await tx.fetchone("take_due_timer", now=now)
+            timer = await tx.fetchone("next_due_timer", now=now)
             if timer is None:
                 return None
-            if timer["kind"] != WATCHDOG:
-                return []
-            attempt = await tx.fetchone("get_attempt", id=timer["ref"])
+            attempt = None
+            if timer["kind"] == WATCHDOG:
+                attempt = await tx.fetchone("try_lock_attempt", id=timer["ref"])
+                if attempt is None and await tx.fetchone("get_attempt", id=timer["ref"]):
+                    return []  # another transaction is changing it: look again in a moment
+            await tx.execute("delete_timer", kind=timer["kind"], ref=timer["ref"])
             if attempt is None or CallStatus(attempt["status"]).terminal:
                 return []
             if attempt["ambiguous"]:
@@ -726,9 +745,10 @@ class Store:
             call = await tx.fetchone("get_call", id=call_id)
             if call is None:
                 return []
-            attempt = await tx.fetchone(
+            found = await tx.fetchone(
                 "get_attempt_by_number", call_id=call_id, number=call["attempts"]
             )
+            attempt = await self._attempt(tx, found["id"]) if found else None
             if attempt is None or attempt["status"] != CallStatus.QUEUED:
                 return []
             error = {"code": "CANCELED", "message": reason}
@@ -762,14 +782,16 @@ class Store:
     # -- internals ---------------------------------------------------------------------------
 
     async def _call_attempt(self, tx: Transaction, call_id: str, number: int) -> tuple[Row, Row]:
+        found = await tx.fetchone("get_attempt_by_number", call_id=call_id, number=number)
+        attempt = await tx.fetchone("lock_attempt", id=found["id"]) if found else None
         call = await tx.fetchone("get_call", id=call_id)
-        attempt = await tx.fetchone("get_attempt_by_number", call_id=call_id, number=number)
         if call is None or attempt is None:
             raise exceptions.StoreError(f"no attempt {number} of call {call_id}", call_id=call_id)
         return call, attempt
 
     async def _attempt(self, tx: Transaction, attempt_id: str) -> Row:
-        attempt = await tx.fetchone("get_attempt", id=attempt_id)
+        """The attempt, locked for this transaction (see ``lock_attempt``)."""
+        attempt = await tx.fetchone("lock_attempt", id=attempt_id)
         if attempt is None:
             raise exceptions.StoreError(f"no attempt {attempt_id}")
         return attempt

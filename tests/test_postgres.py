@@ -6,6 +6,8 @@ password that must never leak. The engine's behaviour is in the conformance suit
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +208,9 @@ async def test_concurrent_timers_are_taken_once(postgres: PostgresFactory) -> No
             await tx.execute("insert_timer", id=f"t{n}", kind="k", ref=f"r{n}", due_at=T0 + n)
 
     async def claim(tx: Any) -> list[str]:
-        row = await tx.fetchone("take_due_timer", now=T0 + 100)
+        row = await tx.fetchone("next_due_timer", now=T0 + 100)
+        if row:
+            await tx.execute("delete_timer", kind=row["kind"], ref=row["ref"])
         return [row["id"]] if row else []
 
     claims = await _claim_together(conn, 6, claim)
@@ -459,3 +463,166 @@ async def test_fleet_wide_live_limit_holds_under_concurrent_claims(
     claimed = await asyncio.gather(*(claim_all(s, f"d{n}") for n, s in enumerate(stores)))
     assert sum(claimed) == 7, claimed
     assert await stores[0].live_count() == 7
+
+
+# -- races between transactions on one attempt (several pooled connections, as in a daemon) ---
+
+
+class _SlowTransaction:
+    """A real transaction that pauses after the named queries, to force an interleaving."""
+
+    def __init__(self, tx: Any, delays: dict[str, float]) -> None:
+        self._tx = tx
+        self._delays = delays
+
+    async def _after(self, query: str) -> None:
+        if query in self._delays:
+            await asyncio.sleep(self._delays[query])
+
+    async def fetch(self, query: str, **params: Any) -> Any:
+        rows = await self._tx.fetch(query, **params)
+        await self._after(query)
+        return rows
+
+    async def fetchone(self, query: str, **params: Any) -> Any:
+        row = await self._tx.fetchone(query, **params)
+        await self._after(query)
+        return row
+
+    async def execute(self, query: str, **params: Any) -> Any:
+        changed = await self._tx.execute(query, **params)
+        await self._after(query)
+        return changed
+
+
+class _Slow:
+    """The same connector (same pool), slowed after some queries."""
+
+    notifies = True
+
+    def __init__(self, inner: Any, delays: dict[str, float]) -> None:
+        self._inner = inner
+        self._delays = delays
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SlowTransaction]:
+        async with self._inner.transaction() as tx:
+            yield _SlowTransaction(tx, self._delays)
+
+
+def _hook(status: str, provider_call_id: str) -> Any:
+    from orchestrator.model import CallStatus
+    from orchestrator.store import Webhook
+
+    raw = f'{{"status": "{status}", "id": "{provider_call_id}"}}'.encode()
+    return Webhook(raw=raw, status=CallStatus(status), provider_call_id=provider_call_id)
+
+
+async def _claimed(store: Any, to: str, watchdog_after: float = 600) -> Any:
+    from orchestrator.model import NewCall
+    from orchestrator.store import Claim
+
+    await store.create_call(NewCall(to=to, from_="+16045551234"))
+    claim = await store.claim_attempt("A", max_live=10, lease=30, watchdog_after=watchdog_after)
+    assert isinstance(claim, Claim)
+    return claim
+
+
+async def _state(conn: Any, attempt_id: str) -> tuple[dict[str, Any], list[str], bool]:
+    async with conn.transaction() as tx:
+        attempt = await tx.fetchone("get_attempt", id=attempt_id)
+        events = await tx.fetch("list_events", call_id=attempt["call_id"])
+        timer = await tx.fetchone("next_timer")
+    keys = ("status", "live", "ambiguous")
+    return {k: attempt[k] for k in keys}, [e["type"] for e in events], timer["due_at"] is not None
+
+
+async def _later(seconds: float, work: Any) -> Any:
+    await asyncio.sleep(seconds)
+    return await work
+
+
+async def test_placed_answer_racing_a_final_webhook_loses_nothing(
+    postgres: PostgresFactory,
+) -> None:
+    from orchestrator.store import Store
+
+    conn = postgres(max_size=6)
+    await conn.open()
+    fast, slow = Store(conn), Store(_Slow(conn, {"lock_attempt": 0.3}))
+    claim = await _claimed(fast, "+14155550101")
+    await asyncio.gather(
+        slow.placed(claim.attempt_id, provider_call_id="P1", provider_status="initiated"),
+        _later(0.1, fast.ingest(_hook("failed", "P1"), token=claim.attempt["webhook_token"])),
+    )
+    attempt, events, timer = await _state(conn, claim.attempt_id)
+    assert attempt == {"status": "failed", "live": 0, "ambiguous": 0}
+    assert events[-1] == "call.failed" and "call.initiated" not in events[events.index("call.failed"):]
+    assert not timer
+
+
+async def test_two_webhooks_on_two_connections_keep_the_final_one(
+    postgres: PostgresFactory,
+) -> None:
+    from orchestrator.store import Store
+
+    conn = postgres(max_size=6)
+    await conn.open()
+    fast, slow = Store(conn), Store(_Slow(conn, {"lock_attempt": 0.3}))
+    claim = await _claimed(fast, "+14155550102")
+    await fast.placed(claim.attempt_id, provider_call_id="P2", provider_status="initiated")
+    token = claim.attempt["webhook_token"]
+    await asyncio.gather(
+        slow.ingest(_hook("in_progress", "P2"), token=token),
+        _later(0.1, fast.ingest(_hook("completed", "P2"), token=token)),
+    )
+    attempt, events, timer = await _state(conn, claim.attempt_id)
+    assert attempt == {"status": "completed", "live": 0, "ambiguous": 0}
+    assert events[-1] == "call.completed" and not timer
+
+
+async def test_timed_out_answer_racing_a_webhook_is_not_left_live(
+    postgres: PostgresFactory,
+) -> None:
+    from orchestrator import exceptions as exc
+    from orchestrator.store import Store
+
+    conn = postgres(max_size=6)
+    await conn.open()
+    fast, slow = Store(conn), Store(_Slow(conn, {"lock_attempt": 0.3}))
+    claim = await _claimed(fast, "+14155550103")
+    await asyncio.gather(
+        slow.ambiguous(claim.attempt_id, exc.AmbiguousPlacement("read timed out")),
+        _later(0.1, fast.ingest(_hook("busy", "P3"), token=claim.attempt["webhook_token"])),
+    )
+    attempt, _, timer = await _state(conn, claim.attempt_id)
+    assert attempt == {"status": "busy", "live": 0, "ambiguous": 0}
+    assert not timer and await fast.live_count() == 0
+
+
+async def test_watchdog_and_requeue_or_webhook_never_deadlock(postgres: PostgresFactory) -> None:
+    """Lock order is attempt then timer everywhere; the watchdog never waits for an attempt."""
+    from orchestrator.store import Store
+
+    conn = postgres(max_size=6)
+    await conn.open()
+    fast = Store(conn)
+    claim = await _claimed(fast, "+14155550104", watchdog_after=0)
+    slow_requeue = Store(_Slow(conn, {"lock_attempt": 0.4}))
+    slow_fire = Store(_Slow(conn, {"next_due_timer": 0.2}))
+    results = await asyncio.gather(
+        slow_requeue.requeue(claim.attempt_id, None, retry_at=0),
+        _later(0.1, slow_fire.fire_next()),
+        return_exceptions=True,
+    )
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    other = await _claimed(fast, "+14155550105", watchdog_after=0)
+    fired, ingested = await asyncio.gather(
+        slow_fire.fire_next(),
+        _later(0.05, fast.ingest(_hook("completed", "P5"), token=other.attempt["webhook_token"])),
+        return_exceptions=True,
+    )
+    assert not isinstance(fired, BaseException) and not isinstance(ingested, BaseException)
+    attempt, events, _ = await _state(conn, other.attempt_id)
+    terminal = [e for e in events if e in ("call.completed", "call.timed_out")]
+    assert len(terminal) == 1 and attempt["live"] == 0, events

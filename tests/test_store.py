@@ -595,17 +595,30 @@ async def test_retry_after_pauses_every_claim(store: Store, clock: FakeClock) ->
 
 
 async def test_heartbeat_keeps_a_living_daemons_placement(store: Store, clock: FakeClock) -> None:
-    call_id, _ = await dialing(store)
+    call_id, got = await dialing(store)
+    mine = [got.attempt_id]
     clock.advance(20)
-    assert await store.heartbeat("w1", lease=30) == 1
-    assert await store.heartbeat("other", lease=30) == 0
+    assert await store.heartbeat("w1", lease=30, attempts=mine) == 1
+    assert await store.heartbeat("other", lease=30, attempts=mine) == 0
+    assert await store.heartbeat("w1", lease=30) == 0  # nothing in flight: nothing extended
     clock.advance(20)  # past the first lease, within the extended one
     assert await store.rescue() == 0
     assert (await attempt_of(store, call_id))["lease_until"] == T0 + 50
-    assert await store.heartbeat("w1", lease=1) == 1
+    assert await store.heartbeat("w1", lease=1, attempts=mine) == 1
     assert (await attempt_of(store, call_id))["lease_until"] == T0 + 50  # never shortened
     clock.advance(11)  # the daemon stopped beating
     assert await store.rescue() == 1
+
+
+async def test_heartbeat_extends_only_deliveries_in_flight(store: Store, clock: FakeClock) -> None:
+    await store.create_call(new_call())
+    await store.create_call(new_call("+15550000002"))
+    first, second = await store.claim_deliveries("audit", "w1", limit=10, lease=10)
+    clock.advance(5)
+    assert await store.heartbeat("w1", lease=10, deliveries=[first.id]) == 1
+    clock.advance(6)  # the second's task died: its lease ran out, another worker takes it
+    [again] = await store.claim_deliveries("audit", "w2", limit=10, lease=10)
+    assert again.id == second.id
 
 
 # -- timers ----------------------------------------------------------------------------------
@@ -1107,11 +1120,13 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     ):
         await change("insert_timer", id=f"t{n}", kind=kind, ref=ref, due_at=due)
     await run("next_timer")
-    await run("take_due_timer", now=0)
-    await run("take_due_timer", now=4)
+    await run("next_due_timer", now=0)
+    await run("next_due_timer", now=4)
     await change("delete_timer", kind="w", ref="a1")
-    await run("take_due_timer", now=9)
-    await run("take_due_timer", now=9)
+    await run("next_due_timer", now=9)
+    await run("lock_attempt", id="a1")
+    await run("try_lock_attempt", id="a2")
+    await run("lock_attempt", id="nope")
     await run("next_timer")
     await run("lock_dialing")
     await run("try_lock_sweeper")
@@ -1120,9 +1135,11 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await change("put_pacing", bucket="dial", tokens=1.5, now=3, paused_until=0)
     await change("put_pacing", bucket="dial", tokens=0.5, now=4, paused_until=9)
     await run("get_pacing", bucket="dial")
-    await change("extend_attempt_leases", owner="o2", lease_until=10)
-    await change("extend_attempt_leases", owner="o2", lease_until=99)
-    await change("extend_delivery_leases", owner="o2", lease_until=99)
+    await change("extend_attempt_lease", id="a1", owner="o2", lease_until=10)
+    await change("extend_attempt_lease", id="a1", owner="o2", lease_until=99)
+    await change("extend_attempt_lease", id="a2", owner="o2", lease_until=99)
+    await change("extend_delivery_lease", id="d1", owner="o2", lease_until=99)
+    await change("extend_delivery_lease", id="d2", owner="o1", lease_until=99)
     await run("list_deliveries", state=None, handler=None, limit=10)
     await run("list_attempts", call_id="c1")
     await run("get_attempt_by_number", call_id="c1", number=2)
