@@ -105,6 +105,10 @@ def call_json(
             }
             for a in attempts
         ]
+        latest = attempts[-1] if attempts else None
+        out["next_attempt_at"] = (
+            iso(latest["not_before"]) if latest and latest["status"] == "queued" else None
+        )
     if events is not None:
         out["events"] = [e.to_json() for e in events]
     return out

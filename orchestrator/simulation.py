@@ -122,6 +122,14 @@ class Script:
     ring: float = 5.0
     answer: RawAnswer | None = None
     fault: str | None = None
+    # The outcomes of the 2nd, 3rd... dial of the number (the last one repeats), so a test
+    # can say "busy, then answered".
+    then: tuple[Outcome, ...] = ()
+
+    def outcome_of(self, dial: int) -> Outcome:
+        """The outcome of the number's ``dial``-th dial (0 is the first)."""
+        sequence = (self.outcome, *self.then)
+        return sequence[min(dial, len(sequence) - 1)]
 
     def __post_init__(self) -> None:
         if self.fault is not None and self.fault not in FAULT_NAMES:
@@ -190,7 +198,7 @@ class CallPlan:
     rng_seed: int
 
 
-def draw_plan(config: SimulatorConfig, rng: random.Random, to: str) -> CallPlan:
+def draw_plan(config: SimulatorConfig, rng: random.Random, to: str, dial: int = 0) -> CallPlan:
     """Decide a call's outcome and timings (unscaled seconds) from its script or the mix.
 
     The call also gets its own generator seed for the webhook faults, drawn here, so concurrent
@@ -199,7 +207,7 @@ def draw_plan(config: SimulatorConfig, rng: random.Random, to: str) -> CallPlan:
     script = config.scripts.get(to)
     dial_delay = rng.uniform(0.5, 2.0)
     if script is not None:
-        outcome, ring, talk = script.outcome, script.ring, script.duration
+        outcome, ring, talk = script.outcome_of(dial), script.ring, script.duration
     else:
         outcomes = list(Outcome)
         weights = [config.outcome_mix.get(o, 0.0) for o in outcomes]

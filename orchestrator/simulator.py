@@ -148,6 +148,7 @@ class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self.calls: list[CallRecord] = []
+        self._dials: dict[str, int] = {}  # how often each number was dialled (scripts)
         self.balance = config.balance
         self._rng = random.Random(config.seed)
         self._slots = _Slots(config.max_concurrent)
@@ -397,7 +398,9 @@ class Simulator:
         }
 
     def _new_call(self, fields: dict[str, Any]) -> CallRecord:
-        plan = draw_plan(self.config, self._rng, fields["to"])
+        dial = self._dials.get(fields["to"], 0)
+        self._dials[fields["to"]] = dial + 1
+        plan = draw_plan(self.config, self._rng, fields["to"], dial)
         call = CallRecord(
             id=CallRecord.new_id(),
             dialect=self.config.dialect,
@@ -673,6 +676,19 @@ def _fault_arg(text: str) -> tuple[str, float]:
     return name, number
 
 
+def _script_arg(text: str) -> tuple[str, Script]:
+    number, sep, value = text.partition("=")
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        outcomes = [Outcome(name) for name in names]
+    except ValueError:
+        choices = ", ".join(o.value for o in Outcome)
+        raise argparse.ArgumentTypeError(f"outcomes are: {choices}") from None
+    if not sep or not number.strip() or not outcomes:
+        raise argparse.ArgumentTypeError("expected NUMBER=OUTCOME[,OUTCOME...]")
+    return number.strip(), Script(outcome=outcomes[0], then=tuple(outcomes[1:]))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's command-line options to `parser` (used by the CLI's subcommand)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -700,6 +716,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--number", action="append", default=None, help="provisioned caller id (repeatable)"
     )
     parser.add_argument("--agent", action="append", default=None, help="agent id (repeatable)")
+    parser.add_argument(
+        "--script",
+        action="append",
+        type=_script_arg,
+        default=None,
+        metavar="NUMBER=OUTCOME[,OUTCOME...]",
+        help="fix the outcomes of a number's dials, e.g. +14155550100=busy,completed "
+        "(the last repeats; repeatable)",
+    )
     parser.add_argument(
         "--fault",
         action="append",
@@ -732,6 +757,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
             ns.webhook_secret if ns.webhook_secret is not None else defaults.webhook_secret
         ),
         faults=Faults(**faults),  # type: ignore[arg-type]
+        scripts=dict(ns.script or ()),
     )
 
 

@@ -209,6 +209,7 @@ class SimulatorProcess(Process):
         webhook_url: str | None = None,
         webhook_secret: str | None = None,
         faults: Mapping[str, float] | None = None,
+        scripts: Mapping[str, Sequence[str]] | None = None,
         name: str = "simulator",
     ) -> None:
         self.port = free_port()
@@ -239,6 +240,8 @@ class SimulatorProcess(Process):
             argv += ["--webhook-secret", webhook_secret]
         for fault, probability in (faults or {}).items():
             argv += ["--fault", f"{fault}={probability}"]
+        for number, outcomes in (scripts or {}).items():
+            argv += ["--script", f"{number}={','.join(outcomes)}"]
         super().__init__(name, argv, tmp_path / f"{name}.log")
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -289,11 +292,13 @@ class DaemonConfig:
     webhook_port: int = field(default_factory=free_port)
     api_port: int = field(default_factory=free_port)
     store_url: str | None = None  # instead of the SQLite file at store_path
+    plugins: dict[str, Any] = field(default_factory=dict)  # more plugin instances
+    rules: list[dict[str, Any]] = field(default_factory=list)  # more rules
     public_url: str | None = None  # where the provider is told to send webhooks
 
     def as_dict(self) -> dict[str, Any]:
-        plugins: dict[str, Any] = {}
-        rules: list[dict[str, Any]] = []
+        plugins: dict[str, Any] = dict(self.plugins)
+        rules: list[dict[str, Any]] = list(self.rules)
         if self.recorder_url is not None:
             plugins["recorder"] = {
                 "use": "http",
