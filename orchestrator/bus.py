@@ -296,7 +296,8 @@ class DeliveryWorker:
             if claimed and len(claimed) == free:
                 continue
             if free == 0 and self.breaker.state != "closed":
-                await wait_any(self._stopping, within=max(0.05, self.breaker.wait()))
+                # Open: wait out the cooldown. Half open: wait for the trial to end (it wakes us).
+                await wait_any(self.wake, self._stopping, within=max(0.05, self.breaker.wait()))
                 continue
             await self._idle()
 

@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -202,3 +203,172 @@ def test_schedule_goes_from_seconds_to_hours_with_jitter_and_honours_retry_after
     assert policy.delay(1, retry_after=300.0) >= 300.0
     assert policy.max_attempts == len(bus.SCHEDULE) + 1
     assert model.matches("call.*", "call.no_answer") and not model.matches("call.*", "plugin.x.y")
+
+
+# -- delivery policy: permanent failures, exhaustion, 410, the circuit breaker ----------------
+
+
+class Scripted:
+    """A handler that raises what it is told, in turn (None: success), and records events."""
+
+    def __init__(self, *outcomes: BaseException | None) -> None:
+        self.outcomes = list(outcomes)
+        self.seen: list[Event] = []
+
+    async def handle(self, event: Event, ctx: plugin.Context) -> None:
+        self.seen.append(event)
+        outcome = self.outcomes.pop(0) if self.outcomes else None
+        if outcome is not None:
+            raise outcome
+
+
+FAST = bus.DeliveryPolicy(schedule=(0.01,), max_attempts=3, breaker_threshold=100)
+
+
+async def test_permanent_failure_is_dead_at_once_and_exhaustion_is_routable(
+    store: Store,
+) -> None:
+    failing = Scripted(plugin.DeliveryError("HTTP 400: bad payload", permanent=True))
+    watcher = Recorder()
+    subs = [
+        bus.Subscription(name="crm", handler=failing, patterns=("call.queued",), policy=FAST),
+        bus.Subscription(name="ops", handler=watcher, patterns=("delivery.exhausted",)),
+    ]
+    _, tasks, workers, http = await run_bus(store, subs)
+    await store.create_call(NewCall(to="+14155551234", from_="+16045551234"))
+    await wait_for(lambda: len(watcher.seen) == 1)
+    await stop(tasks, workers, http)
+    assert len(failing.seen) == 1  # no retry: it could not help
+    [exhausted] = watcher.seen
+    assert exhausted.type == "delivery.exhausted"
+    assert exhausted.data["route"] == "crm" and exhausted.data["event_type"] == "call.queued"
+    assert exhausted.error is not None and "bad payload" in exhausted.error["message"]
+    [dead] = await store.list_deliveries(state="dead")
+    assert dead["handler"] == "crm"
+
+
+async def test_exhaustion_of_an_exhaustion_event_does_not_loop(store: Store) -> None:
+    always = Scripted(*[RuntimeError("down")] * 20)
+    subs = [
+        bus.Subscription(
+            name="ops", handler=always, patterns=("call.queued", "delivery.exhausted"), policy=FAST
+        )
+    ]
+    _, tasks, workers, http = await run_bus(store, subs)
+    await store.create_call(NewCall(to="+14155551234", from_="+16045551234"))
+    await wait_for(lambda: len(always.seen) == 6)  # 3 tries of the event, 3 of its exhaustion
+    await asyncio.sleep(0.3)
+    await stop(tasks, workers, http)
+    assert len(always.seen) == 6
+    assert [e.type for e in always.seen] == ["call.queued"] * 3 + ["delivery.exhausted"] * 3
+
+
+async def test_gone_disables_the_handler_and_says_so(store: Store) -> None:
+    gone = Scripted(plugin.HandlerGone("HTTP 410 from the endpoint"))
+    watcher = Recorder()
+    subs = [
+        bus.Subscription(name="hook", handler=gone, patterns=("call.queued",), policy=FAST),
+        bus.Subscription(name="ops", handler=watcher, patterns=("handler.disabled",)),
+    ]
+    event_bus, tasks, workers, http = await run_bus(store, subs)
+    await store.create_call(NewCall(to="+14155551234", from_="+16045551234"))
+    await store.create_call(NewCall(to="+14155551235", from_="+16045551234"))
+    await wait_for(lambda: len(watcher.seen) == 1)
+    await asyncio.sleep(0.3)
+    await stop(tasks, workers, http)
+    assert "hook" in event_bus.disabled
+    assert len(gone.seen) == 1  # nothing more is sent to a gone endpoint
+    [disabled] = watcher.seen
+    assert disabled.data["handler"] == "hook" and "410" in disabled.data["reason"]
+    pending = await store.list_deliveries(state="pending", handler="hook")
+    assert len(pending) == 2  # kept, not lost: they go out once the handler is enabled again
+
+
+async def test_circuit_opens_after_failures_and_recovers_by_itself(store: Store) -> None:
+    flaky = Scripted(*[RuntimeError("503")] * 3)
+    policy = bus.DeliveryPolicy(
+        schedule=(0.01,), max_attempts=50, breaker_threshold=3, breaker_cooldown=0.5
+    )
+    subs = [bus.Subscription(name="crm", handler=flaky, patterns=("call.queued",), policy=policy)]
+    event_bus, tasks, workers, http = await run_bus(store, subs)
+    for n in range(5):
+        await store.create_call(NewCall(to=f"+141555512{n:02}", from_="+16045551234"))
+    await wait_for(lambda: len(flaky.seen) == 3)
+    assert event_bus.breakers["crm"].state == "open"
+    await asyncio.sleep(0.3)
+    assert len(flaky.seen) == 3  # open: nothing tried during the cooldown
+    await wait_for(lambda: len(flaky.seen) >= 8, timeout=5)  # the trial passed: closed again
+    await stop(tasks, workers, http)
+    assert event_bus.breakers["crm"].state == "closed"
+    assert {e.call.to for e in flaky.seen[3:]} == {f"+141555512{n:02}" for n in range(5)}
+
+
+def test_breaker_trial_failure_doubles_the_cooldown() -> None:
+    now = [0.0]
+    breaker = bus.Breaker(
+        bus.DeliveryPolicy(breaker_threshold=2, breaker_cooldown=10, breaker_max_cooldown=25),
+        clock=lambda: now[0],
+    )
+    assert breaker.limit(8) == 8
+    breaker.failure()
+    assert breaker.failure() is True  # the second failure opens it
+    assert breaker.state == "open" and breaker.limit(8) == 0
+    now[0] = 10.0
+    assert breaker.state == "half_open" and breaker.limit(8) == 1
+    breaker.claimed(1)
+    assert breaker.limit(8) == 0  # one trial at a time
+    breaker.failure()
+    assert breaker.cooldown == 20 and breaker.wait() == pytest.approx(20)
+    now[0] = 30.0
+    breaker.claimed(1)
+    breaker.failure()
+    assert breaker.cooldown == 25  # capped
+    now[0] = 55.0
+    breaker.claimed(1)
+    breaker.success()
+    assert breaker.state == "closed" and breaker.limit(8) == 8
+
+
+# -- what a handler's context can do ---------------------------------------------------------
+
+
+class Actor:
+    """Uses every action of the context once per event, and records what it saw."""
+
+    def __init__(self) -> None:
+        self.counts: list[Any] = []
+        self.queued: list[str] = []
+
+    async def handle(self, event: Event, ctx: plugin.Context) -> None:
+        count = (await ctx.kv.get("count") or 0) + 1
+        await ctx.kv.set("count", count)
+        self.counts.append(count)
+        await ctx.emit("noted", {"count": count})
+        if event.call.metadata.get("follow_up"):
+            new = NewCall(to="+14155559999", from_="+16045551234", metadata={"parent": "x"})
+            self.queued.append(await ctx.calls.queue(new))
+            assert await ctx.calls.cancel("not needed after all")
+
+
+async def test_context_actions_are_durable_and_routable(store: Store) -> None:
+    actor = Actor()
+    noted = Recorder()
+    subs = [
+        bus.Subscription(name="act", handler=actor, patterns=("call.queued",)),
+        bus.Subscription(name="log", handler=noted, patterns=("plugin.act.*", "call.canceled")),
+    ]
+    _, tasks, workers, http = await run_bus(store, subs)
+    await store.create_call(
+        NewCall(to="+14155551234", from_="+16045551234", metadata={"follow_up": True})
+    )
+    await wait_for(lambda: len(noted.seen) >= 3)
+    await asyncio.sleep(0.2)
+    await stop(tasks, workers, http)
+    types = sorted(e.type for e in noted.seen)
+    # The follow-up call's own call.queued went to `act` too (count 2), then the cancel.
+    assert types == ["call.canceled", "plugin.act.noted", "plugin.act.noted"], types
+    assert actor.counts == [1, 2]
+    assert await store.kv_get("act", "count") == 2
+    [follow_up] = actor.queued
+    found = await store.get_call(follow_up)
+    assert found is not None and found[0]["status"] == "queued"
