@@ -3,30 +3,42 @@
 The store is the source of truth. Each method here is one transaction over named queries
 (:mod:`orchestrator.connector`), so the same logic runs on SQLite, PostgreSQL and in memory.
 Events are written in the same transaction as the change they announce, together with one
-outbox row per subscribed handler; nothing is published that is not already durable.
+outbox row per route (:mod:`orchestrator.ledger`); nothing is published that is not already
+durable. Deliveries and handler actions are in :mod:`orchestrator.outbox`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import secrets
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from orchestrator import exceptions
-from orchestrator.connector import Connector, Row, Transaction
-from orchestrator.model import CallRef, CallStatus, Event, NewCall, iso, new_id
+from orchestrator.connector import Row, Transaction
+from orchestrator.ledger import WATCHDOG, Clock, Router
+from orchestrator.model import CallStatus, Event, NewCall, new_id
+from orchestrator.outbox import EXHAUSTED, Delivery, Outbox
 
-Router = Callable[[Event], Sequence[str]]
-Clock = Callable[[], float]
+__all__ = [
+    "DIAL_BUCKET",
+    "EXHAUSTED",
+    "WATCHDOG",
+    "Claim",
+    "Clock",
+    "Delivery",
+    "Ingest",
+    "IngestResult",
+    "Pacing",
+    "Router",
+    "Store",
+    "Throttled",
+    "Webhook",
+]
 
-WATCHDOG = "watchdog"
-DIAL_BUCKET = "dial"
-EXHAUSTED = "delivery.exhausted"  # the pacing row of the fleet's dialer
+DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
 
 
 class Ingest(StrEnum):
@@ -91,31 +103,13 @@ class Throttled:
     wait: float
 
 
-@dataclass(frozen=True, kw_only=True)
-class Delivery:
-    """One (event, handler) delivery claimed from the outbox."""
+class Store(Outbox):
+    """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`:
+    ``Store(connector, router=..., clock=...)``.
 
-    id: str
-    handler: str
-    tries: int
-    event: Event
-
-
-class Store:
-    """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`.
-
-    ``router`` names the handlers subscribed to an event; it runs inside the transaction that
-    writes the event, so the outbox rows are exactly as durable as the event.
+    ``router`` names the routes an event goes to; it runs inside the transaction that writes
+    the event, so the outbox rows are exactly as durable as the event.
     """
-
-    def __init__(
-        self, connector: Connector, *, router: Router | None = None, clock: Clock = time.time
-    ) -> None:
-        self.connector = connector
-        self.router: Router = router or (lambda event: ())
-        self.clock = clock
-        # Connectors that can wake other daemons (PostgreSQL's NOTIFY) say so.
-        self.notifies = bool(getattr(connector, "notifies", False))
 
     async def open(self) -> None:
         """Open the connector and apply migrations."""
@@ -176,33 +170,6 @@ class Store:
             )
             await self._emit(tx, call, attempt, CallStatus.QUEUED, now=now)
         return call, True
-
-    async def _new_attempt(
-        self,
-        tx: Transaction,
-        call: Row,
-        *,
-        number: int,
-        priority: int,
-        not_before: float,
-        now: float,
-    ) -> Row:
-        attempt = await tx.fetchone(
-            "insert_attempt",
-            id=new_id(),
-            call_id=call["id"],
-            number=number,
-            to_number=call["to_number"],
-            from_number=call["from_number"],
-            # The per-attempt secret in the webhook URL: it authenticates the provider's
-            # deliveries and names the attempt even before the placing POST has returned.
-            webhook_token=secrets.token_urlsafe(24),
-            priority=priority,
-            not_before=not_before,
-            now=now,
-        )
-        assert attempt is not None
-        return attempt
 
     async def get_call(self, call_id: str) -> tuple[Row, list[Row], list[Event]] | None:
         """The call, its attempts and its events, or None."""
@@ -584,353 +551,6 @@ class Store:
                 lease_until=None,
                 error={"code": code, "message": message},
             )
-
-    # -- deliveries --------------------------------------------------------------------------
-
-    async def claim_deliveries(
-        self, handler: str, owner: str, *, limit: int, lease: float
-    ) -> list[Delivery]:
-        """Up to ``limit`` due deliveries for ``handler``, at most one per call (in order)."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            rows = await tx.fetch(
-                "claim_deliveries",
-                handler=handler,
-                owner=owner,
-                lease_until=now + lease,
-                now=now,
-                limit=limit,
-            )
-            out = []
-            for row in sorted(rows, key=lambda r: r["event_seq"]):
-                event = await tx.fetchone("get_event", seq=row["event_seq"])
-                assert event is not None
-                out.append(
-                    Delivery(
-                        id=row["id"],
-                        handler=handler,
-                        tries=int(row["tries"]),
-                        event=Event.from_json(json.loads(event["body"]), seq=event["seq"]),
-                    )
-                )
-        return out
-
-    async def finish_delivery(
-        self,
-        delivery: Delivery,
-        owner: str,
-        *,
-        error: str | None = None,
-        retry_at: float | None = None,
-        exhausted: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """Mark a delivery done (no ``error``), due again at ``retry_at``, or dead.
-
-        A dead delivery emits ``delivery.exhausted`` (with ``exhausted`` as its data) in the
-        same transaction, unless it was itself a ``delivery.exhausted`` (no loops). Returns
-        False when the lease was lost (another worker took the delivery over).
-        """
-        state = "done" if error is None else ("pending" if retry_at is not None else "dead")
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            changed = await tx.execute(
-                "finish_delivery",
-                id=delivery.id,
-                owner=owner,
-                state=state,
-                not_before=retry_at if retry_at is not None else now,
-                last_error=error[:2000] if error else None,
-                now=now,
-            )
-            if changed > 0 and state == "dead" and delivery.event.type != EXHAUSTED:
-                source = delivery.event
-                call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
-                await self._emit(
-                    tx,
-                    call,
-                    attempt,
-                    None,
-                    now=now,
-                    type_=EXHAUSTED,
-                    dedupe_key=f"{delivery.id}:{EXHAUSTED}",
-                    data={
-                        "route": delivery.handler,
-                        "event_id": source.id,
-                        "event_type": source.type,
-                        "tries": delivery.tries,
-                        **(exhausted or {}),
-                    },
-                    error={"code": "DELIVERY_EXHAUSTED", "message": (error or "")[:2000]},
-                )
-        return changed > 0
-
-    async def list_deliveries(
-        self, *, state: str | None = None, handler: str | None = None, limit: int = 100
-    ) -> list[Row]:
-        """Outbox rows, e.g. the dead letters (``state='dead'``)."""
-        async with self.connector.transaction() as tx:
-            return await tx.fetch("list_deliveries", state=state, handler=handler, limit=limit)
-
-    # -- what handlers do (plugin actions) ---------------------------------------------------
-
-    async def emit(
-        self,
-        source: Event,
-        type_: str,
-        *,
-        key: str,
-        data: Mapping[str, Any] | None = None,
-        error: Mapping[str, Any] | None = None,
-    ) -> Event | None:
-        """Emit a custom event (``plugin.x.y``, ``delivery.exhausted``...) about ``source``'s
-        call and attempt, once per ``key``; None if it was emitted before."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
-            return await self._emit(
-                tx, call, attempt, None, now=now, type_=type_, dedupe_key=key, data=data,
-                error=error,
-            )  # fmt: skip
-
-    async def schedule_retry(
-        self, source: Event, *, at: float, reason: str | None = None
-    ) -> Event | None:
-        """The next attempt of ``source``'s call at epoch ``at``, if ``source``'s attempt is the
-        call's latest and has ended; emits ``call.retry_scheduled``. A repeat (a redelivered
-        event) finds the call moved on and does nothing."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
-            if int(call["attempts"]) != int(attempt["number"]):
-                return None
-            if not CallStatus(attempt["status"]).terminal:
-                return None
-            number = int(attempt["number"]) + 1
-            moved = await tx.fetchone(
-                "next_call_attempt", id=call["id"], previous=attempt["number"], number=number,
-                now=now,
-            )  # fmt: skip
-            if moved is None:
-                return None
-            new = await self._new_attempt(
-                tx, moved, number=number, priority=int(attempt["priority"]), not_before=at,
-                now=now,
-            )  # fmt: skip
-            event = await self._emit(
-                tx,
-                moved,
-                new,
-                None,
-                now=now,
-                type_="call.retry_scheduled",
-                data={"next_attempt_at": iso(at), "attempt": number, "reason": reason},
-            )
-            await self._notify(tx, "dial")
-        return event
-
-    async def give_up(self, source: Event, *, reason: str) -> Event | None:
-        """``call.retries_exhausted`` for ``source``'s call, once per attempt."""
-        return await self.emit(
-            source,
-            "call.retries_exhausted",
-            key=f"{source.call.id}:{source.call.attempt}:call.retries_exhausted",
-            data={"reason": reason, "attempts": source.call.attempt},
-        )
-
-    async def cancel(self, call_id: str, *, reason: str) -> list[Event]:
-        """Cancel the call's queued (or scheduled) attempt: ``call.canceled``. A live call is
-        left to finish; returns the events (none if nothing was waiting)."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            call = await tx.fetchone("get_call", id=call_id)
-            if call is None:
-                return []
-            found = await tx.fetchone(
-                "get_attempt_by_number", call_id=call_id, number=call["attempts"]
-            )
-            attempt = await self._attempt(tx, found["id"]) if found else None
-            if attempt is None or attempt["status"] != CallStatus.QUEUED:
-                return []
-            error = {"code": "CANCELED", "message": reason}
-            return await self._advance(
-                tx, attempt, CallStatus.CANCELED, now=now, error_code="CANCELED",
-                error_message=reason, error=error,
-            )  # fmt: skip
-
-    async def attempts_of(self, call_id: str) -> list[Row]:
-        """The call's attempts in order."""
-        async with self.connector.transaction() as tx:
-            return await tx.fetch("list_attempts", call_id=call_id)
-
-    async def kv_get(self, scope: str, key: str) -> Any:
-        """A plugin's stored value (decoded JSON), or None."""
-        async with self.connector.transaction() as tx:
-            row = await tx.fetchone("kv_get", scope=scope, key=key)
-        return json.loads(row["value"]) if row else None
-
-    async def kv_set(self, scope: str, key: str, value: Any) -> None:
-        """Store a JSON-serialisable value for a plugin."""
-        encoded = json.dumps(value, allow_nan=False)
-        async with self.connector.transaction() as tx:
-            await tx.execute("kv_set", scope=scope, key=key, value=encoded, now=self.clock())
-
-    async def kv_delete(self, scope: str, key: str) -> None:
-        """Remove a plugin's value."""
-        async with self.connector.transaction() as tx:
-            await tx.execute("kv_delete", scope=scope, key=key)
-
-    # -- internals ---------------------------------------------------------------------------
-
-    async def _call_attempt(self, tx: Transaction, call_id: str, number: int) -> tuple[Row, Row]:
-        found = await tx.fetchone("get_attempt_by_number", call_id=call_id, number=number)
-        attempt = await tx.fetchone("lock_attempt", id=found["id"]) if found else None
-        call = await tx.fetchone("get_call", id=call_id)
-        if call is None or attempt is None:
-            raise exceptions.StoreError(f"no attempt {number} of call {call_id}", call_id=call_id)
-        return call, attempt
-
-    async def _attempt(self, tx: Transaction, attempt_id: str) -> Row:
-        """The attempt, locked for this transaction (see ``lock_attempt``)."""
-        attempt = await tx.fetchone("lock_attempt", id=attempt_id)
-        if attempt is None:
-            raise exceptions.StoreError(f"no attempt {attempt_id}")
-        return attempt
-
-    async def _update_attempt(self, tx: Transaction, attempt: Row, **changes: Any) -> Row:
-        row = {**attempt, **{k: v for k, v in changes.items() if k in attempt}}
-        await tx.execute(
-            "update_attempt",
-            **{
-                k: row[k]
-                for k in (
-                    "id",
-                    "status",
-                    "live",
-                    "ambiguous",
-                    "provider_call_id",
-                    "provider_status",
-                    "error_code",
-                    "error_message",
-                    "not_before",
-                    "lease_owner",
-                    "lease_until",
-                    "duration",
-                    "ended_at",
-                )
-            },
-        )
-        return row
-
-    async def _advance(
-        self, tx: Transaction, attempt: Row, status: CallStatus, *, now: float, **fields: Any
-    ) -> list[Event]:
-        """Move an attempt (and its call) to ``status`` and emit the event for it."""
-        changes = {"status": status.value, **fields}
-        if status.terminal:
-            changes.update(live=0, ended_at=now, ambiguous=0)
-            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt["id"])
-        row = await self._update_attempt(tx, attempt, **changes)
-        call = await self._sync_call(tx, row, now=now)
-        event = await self._emit(
-            tx,
-            call,
-            row,
-            status,
-            now=now,
-            duration=fields.get("duration"),
-            recording_url=fields.get("recording_url"),
-            transcript=fields.get("transcript"),
-            error=fields.get("error"),
-            data=fields.get("data") or {},
-        )
-        return [event] if event is not None else []
-
-    async def _sync_call(self, tx: Transaction, attempt: Row, *, now: float) -> Row:
-        status = CallStatus(attempt["status"])
-        reason = attempt.get("error_code") if status.terminal else None
-        await tx.execute(
-            "update_call",
-            id=attempt["call_id"],
-            attempt=attempt["number"],
-            status=status.value,
-            reason=reason,
-            ended_at=now if status.terminal else None,
-            now=now,
-        )
-        call = await tx.fetchone("get_call", id=attempt["call_id"])
-        assert call is not None
-        return call
-
-    async def _emit(
-        self,
-        tx: Transaction,
-        call: Row,
-        attempt: Row,
-        status: CallStatus | None,
-        *,
-        now: float,
-        type_: str | None = None,
-        dedupe_key: str | None = None,
-        **fields: Any,
-    ) -> Event | None:
-        """Write one event (at most once per ``dedupe_key``; a status event's key is its
-        attempt and type) with its outbox rows; None if it was written before."""
-        event_type = type_ or (status.event_type if status else "")
-        event = Event(
-            id=new_id(),
-            type=event_type,
-            occurred_at=now,
-            call=CallRef(
-                id=call["id"],
-                to=call["to_number"],
-                from_=call["from_number"],
-                agent_id=call["agent_id"],
-                campaign=call["campaign"],
-                metadata=json.loads(call["metadata"]),
-                attempt=int(attempt["number"]),
-                provider_call_id=attempt["provider_call_id"],
-            ),
-            status=status.value if status else None,
-            duration=fields.get("duration"),
-            recording_url=fields.get("recording_url"),
-            transcript=fields.get("transcript"),
-            error=fields.get("error"),
-            data=fields.get("data") or {},
-        )
-        inserted = await tx.fetchone(
-            "insert_event",
-            id=event.id,
-            call_id=call["id"],
-            attempt_id=attempt["id"],
-            type=event.type,
-            occurred_at=now,
-            dedupe_key=dedupe_key or f"{attempt['id']}:{event.type}",
-            body=json.dumps(event.to_json()),
-        )
-        if inserted is None:
-            return None
-        seq = int(inserted["seq"])
-        handlers = self.router(event)
-        for handler in handlers:
-            await tx.execute(
-                "insert_delivery",
-                id=new_id(),
-                event_seq=seq,
-                event_id=event.id,
-                call_id=call["id"],
-                handler=handler,
-                now=now,
-            )
-        if handlers:
-            await self._notify(tx, "deliver")
-        if status is CallStatus.QUEUED or (status is not None and status.terminal):
-            await self._notify(tx, "dial")  # new work, or a slot freed
-        return Event.from_json(event.to_json(), seq=seq)
-
-    async def _notify(self, tx: Transaction, topic: str) -> None:
-        """Wake the fleet's other daemons when this transaction commits."""
-        if self.notifies:
-            await tx.fetchone("notify", topic=topic)
 
 
 def _request_hash(new: NewCall) -> str:
