@@ -1,33 +1,153 @@
-"""The ``http`` handler: POSTs each event as JSON to any endpoint."""
+"""The ``http`` handler: POSTs each event as JSON to any endpoint, signed per Standard Webhooks.
+
+It also holds the small HTTP helpers the other built-ins share (:func:`post`, :func:`check`,
+:func:`effective`): how a transport failure and each HTTP status map to a delivery outcome.
+
+Signing follows https://www.standardwebhooks.com: ``webhook-id`` (the event id, stable across
+redeliveries, so a receiver can drop repeats), ``webhook-timestamp`` (unix seconds of this
+try) and ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. A secret
+``whsec_<base64>`` is base64-decoded into the key, as the spec and its reference libraries do;
+any other string is used as its UTF-8 bytes (``standardwebhooks.Webhook(secret.encode())``
+verifies it: that library base64-decodes every *string* secret, so a plain one must be handed
+to it as bytes).
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
-from typing import ClassVar
+import time
+from typing import Any, ClassVar, TypeVar
 
 import httpx
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 
 from orchestrator import client
+from orchestrator.config import Duration, OptionalSecret
 from orchestrator.model import Event
-from orchestrator.plugin import Context, DeliveryError, Options
+from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
+
+KEY_PREFIX = "whsec_"
+#: 4xx answers that say "try again" rather than "this request is wrong".
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def effective(given: Options, own: OptionsT) -> OptionsT:
+    """The options a delivery runs with: the route's (instance options merged with the rule's
+    rendered ``with``) when it supplies them, else the instance's own."""
+    return given if isinstance(given, type(own)) else own
+
+
+def check_url(value: str) -> str:
+    """``value`` if it is an absolute http(s) URL, else ValueError (never echoing the URL,
+    which may carry a secret)."""
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError("not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+async def post(
+    ctx: Context, url: str, *, plugin: str, service: str, within: float, **kwargs: Any
+) -> httpx.Response:
+    """POST with the daemon's shared client, within ``within`` seconds; a transport failure
+    (refused, reset, timed out) becomes a retryable DeliveryError that names the service,
+    never the URL."""
+    try:
+        return await ctx.http.post(url, timeout=within, **kwargs)
+    except httpx.TransportError as exc:
+        raise DeliveryError(f"{type(exc).__name__} reaching {service}", plugin=plugin) from exc
+
+
+def check(
+    response: httpx.Response,
+    *,
+    plugin: str,
+    service: str,
+    detail: str = "",
+    retry_after: float | None = None,
+) -> None:
+    """Return on 2xx; otherwise raise what the status calls for.
+
+    410 is :class:`HandlerGone`; 429, 5xx and 408/409/425 are retried (after Retry-After, or
+    ``retry_after`` when the header is missing); any other answer (a 3xx redirect, a 4xx) is
+    permanent: sending the same request again cannot help.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = f"{service} answered HTTP {status}" + (f": {detail}" if detail else "")
+    if status == 410:
+        raise HandlerGone(message, plugin=plugin)
+    if status in RETRYABLE_4XX or status >= 500:
+        wait = client.retry_after(response.headers.get("retry-after"))
+        raise DeliveryError(
+            message, retry_after=wait if wait is not None else retry_after, plugin=plugin
+        )
+    raise DeliveryError(message, permanent=True, plugin=plugin)
+
+
+def snippet(response: httpx.Response, limit: int = 200) -> str:
+    """The start of a response body, for an error message."""
+    return response.content[:limit].decode("utf-8", "replace").strip()
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a secret: ``whsec_<base64>`` decoded, else the string's UTF-8 bytes."""
+    if not secret.startswith(KEY_PREFIX):
+        return secret.encode()
+    encoded = secret.removeprefix(KEY_PREFIX)
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("a whsec_ secret must continue in standard base64") from None
+    if not key:
+        raise ValueError("the whsec_ secret is empty")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value for one message."""
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
 
 
 class HttpOptions(Options):
-    """Options of the http handler."""
+    """Options of the http handler. An empty ``secret`` (``${SECRET:-}`` unset) means unsigned."""
 
     url: str
-    secret: SecretStr | None = None
+    secret: OptionalSecret = None
     headers: dict[str, str] = {}
+    timeout: Duration = 10.0
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_url(value)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            signing_key(value.get_secret_value())
+        return value
 
 
 class HttpHandler:
-    """POST the event JSON to ``url``; any 2xx is success, anything else is retried.
+    """POST the event JSON to ``url``.
 
-    With a ``secret``, the body is signed: ``x-orchestrator-signature: sha256=<hex HMAC>``.
-    The event id is sent as ``idempotency-key`` so the receiver can drop redeliveries.
+    2xx is success; 410 disables the instance; 429, 5xx, 408/409/425 and transport errors are
+    retried (honouring Retry-After); any other answer is a permanent failure. Each try is
+    signed afresh (a receiver rejects old timestamps) with the same ``webhook-id``, which is
+    also sent as ``idempotency-key``.
     """
 
     type_name: ClassVar[str] = "http"
@@ -39,26 +159,25 @@ class HttpHandler:
 
     async def handle(self, event: Event, ctx: Context) -> None:
         """Deliver one event."""
+        options = effective(ctx.options, self.options)
         body = json.dumps(event.to_json()).encode()
-        headers = {
-            "content-type": "application/json",
-            "idempotency-key": event.id,
-            **self.options.headers,
-        }
-        if self.options.secret is not None:
-            digest = hmac.new(
-                self.options.secret.get_secret_value().encode(), body, hashlib.sha256
-            ).hexdigest()
-            headers["x-orchestrator-signature"] = f"sha256={digest}"
-        try:
-            response = await ctx.http.post(self.options.url, content=body, headers=headers)
-        except httpx.TransportError as exc:
-            raise DeliveryError(
-                f"{type(exc).__name__} posting to the endpoint", plugin=self.name
-            ) from exc
-        if not 200 <= response.status_code < 300:
-            raise DeliveryError(
-                f"endpoint answered HTTP {response.status_code}",
-                retry_after=client.retry_after(response.headers.get("retry-after")),
-                plugin=self.name,
-            )
+        timestamp = int(time.time())
+        headers = httpx.Headers(options.headers)
+        headers["content-type"] = "application/json"
+        headers["idempotency-key"] = event.id
+        headers["webhook-id"] = event.id
+        headers["webhook-timestamp"] = str(timestamp)
+        if options.secret is not None:
+            key = signing_key(options.secret.get_secret_value())
+            headers["webhook-signature"] = sign(key, event.id, timestamp, body)
+        response = await post(
+            ctx,
+            options.url,
+            plugin=self.name,
+            service="the endpoint",
+            within=options.timeout,
+            content=body,
+            headers=headers,
+        )
+        check(response, plugin=self.name, service="the endpoint", detail=snippet(response, 120))
+        await ctx.log.adebug("http.delivered", status=response.status_code)

@@ -557,7 +557,10 @@ async def test_placed_answer_racing_a_final_webhook_loses_nothing(
     )
     attempt, events, timer = await _state(conn, claim.attempt_id)
     assert attempt == {"status": "failed", "live": 0, "ambiguous": 0}
-    assert events[-1] == "call.failed" and "call.initiated" not in events[events.index("call.failed"):]
+    assert (
+        events[-1] == "call.failed"
+        and "call.initiated" not in events[events.index("call.failed") :]
+    )
     assert not timer
 
 
