@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
@@ -34,6 +34,10 @@ class Transaction(Protocol):
 
     async def execute(self, query: str, **params: Any) -> int:
         """Run a named query and return the number of rows it changed."""
+        ...
+
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a named write (no RETURNING) once per parameter set: bulk imports."""
         ...
 
 

@@ -50,6 +50,7 @@ class Ledger:
         priority: int,
         not_before: float,
         now: float,
+        campaign: str | None = None,
     ) -> Row:
         attempt = await tx.fetchone(
             "insert_attempt",
@@ -63,6 +64,7 @@ class Ledger:
             webhook_token=secrets.token_urlsafe(24),
             priority=priority,
             not_before=not_before,
+            campaign=campaign,
             now=now,
         )
         assert attempt is not None

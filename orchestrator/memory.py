@@ -15,7 +15,7 @@ snapshot is a shallow copy of each table, and every row handed out is a copy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,16 +34,21 @@ _SPEC = {
     "attempts": "id T!, call_id T!, number I!, to_number T!, from_number T!, status T!, "
     "live I!, ambiguous I!, webhook_token T!, provider_call_id T, provider_status T, "
     "error_code T, error_message T, priority I!, not_before R!, lease_owner T, lease_until R, "
-    "duration R, created_at R!, placed_at R, ended_at R",
+    "duration R, created_at R!, placed_at R, ended_at R, campaign T",
     "events": "seq I!, id T!, call_id T!, attempt_id T, type T!, occurred_at R!, "
     "dedupe_key T, body T!",
     "deliveries": "id T!, event_seq I!, event_id T!, call_id T!, handler T!, state T!, "
     "tries I!, not_before R!, lease_owner T, lease_until R, last_error T, updated_at R!",
     "timers": "id T!, kind T!, ref T!, due_at R!",
     "receipts": "id T!, received_at R!, attempt_id T, outcome T!, body T!",
-    "pacing": "name T!, tokens R!, updated_at R!, paused_until R!",
+    "pacing": "name T!, tokens R!, updated_at R!, paused_until R!, reason T, factor R!",
     # pk: the composite primary key (scope, key) as one value; no query returns it.
     "plugin_kv": "pk T!, scope T!, key T!, value T!, updated_at R!",
+    "campaigns": "id T!, name T!, status T!, reason T, settings T!, priority I!, share R!, "
+    "budget R, price_per_minute R!, spent R!, dialed I!, rows_total I!, rows_invalid I!, "
+    "created_at R!, updated_at R!",
+    "campaign_errors": "pk T!, campaign_id T!, line I!, reason T!",
+    "do_not_call": "number T!, reason T, added_at R!",
 }
 _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
     table: {
@@ -56,6 +61,8 @@ _PRIMARY = {
     "events": "seq",
     "pacing": "name",
     "plugin_kv": "pk",
+    "campaign_errors": "pk",
+    "do_not_call": "number",
 }  # every other table's primary key is "id"
 _DEFAULTS: dict[str, Row] = {
     "attempts": {"live": 0, "ambiguous": 0, "priority": 0},
@@ -87,6 +94,9 @@ _UNIQUE: dict[str, list[tuple[tuple[str, ...], Callable[[Row], bool]]]] = {
     "receipts": [(("id",), _always)],
     "pacing": [(("name",), _always)],
     "plugin_kv": [(("scope", "key"), _always)],
+    "campaigns": [(("id",), _always)],
+    "campaign_errors": [(("campaign_id", "line"), _always)],
+    "do_not_call": [(("number",), _always)],
 }
 
 _ABANDONED = {
@@ -218,7 +228,7 @@ class _Database:
             if on_conflict == (pk,):
                 return None
             raise _IntegrityError(f"UNIQUE constraint failed: {table}.{pk}")
-        if on_conflict is not None and self._clash(table, row, on_conflict):
+        if on_conflict not in (None, (pk,)) and self._clash(table, row, on_conflict):
             return None
         self._check(table, row)
         self.tables[table][row[pk]] = row
@@ -318,10 +328,20 @@ class _Database:
     def insert_attempt(self, p: Params) -> Result:
         if not any(_eq(p["call_id"], call_id) for call_id in self.tables["calls"]):
             raise _IntegrityError("FOREIGN KEY constraint failed")
-        fields = "id call_id number to_number from_number webhook_token priority not_before"
+        fields = (
+            "id call_id number to_number from_number webhook_token priority not_before campaign"
+        )
         values = _pick(p, fields)
         values |= {"status": "queued", "live": 0, "ambiguous": 0, "created_at": p["now"]}
         return self._one(self._insert("attempts", values))
+
+    def bulk_insert_call(self, p: Params) -> Result:
+        self.insert_call(p | {"idempotency_key": None, "request_hash": None, "status": "queued"})
+        return [], 1
+
+    def bulk_insert_attempt(self, p: Params) -> Result:
+        self.insert_attempt(p | {"number": 1})
+        return [], 1
 
     def get_attempt(self, p: Params) -> Result:
         return self._select(self._where("attempts", lambda r: _eq(r["id"], p["id"])))
@@ -366,6 +386,161 @@ class _Database:
     def count_live(self, p: Params) -> Result:
         return self._select([{"n": len(self._where("attempts", lambda r: _eq(r["live"], 1)))}])
 
+    def _due(self, p: Params, campaign: Callable[[Row], bool]) -> Result:
+        live = {r["to_number"] for r in self._where("attempts", lambda r: _eq(r["live"], 1))}
+        due = self._where(
+            "attempts",
+            lambda r: (
+                _eq(r["status"], "queued")
+                and campaign(r)
+                and _le(r["not_before"], p["now"])
+                and r["to_number"] not in live
+            ),
+        )
+        return self._select(_limit(_order(due, "-priority", "not_before", "id"), p["limit"]))
+
+    def due_attempts_of_campaign(self, p: Params) -> Result:
+        return self._due(p, lambda r: _eq(r["campaign"], p["campaign"]))
+
+    def due_attempts_without_campaign(self, p: Params) -> Result:
+        return self._due(p, lambda r: r["campaign"] is None)
+
+    def claim_attempt_by_id(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts", lambda r: _eq(r["id"], p["id"]) and _eq(r["status"], "queued")
+        )
+        changes = {
+            "status": "dialing",
+            "live": 1,
+            "from_number": p["from_number"],
+            "lease_owner": p["owner"],
+            "lease_until": p["lease_until"],
+            "placed_at": p["now"],
+        }
+        updated = self._update("attempts", rows, lambda r: changes)
+        return updated, len(updated)
+
+    def defer_attempt(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts", lambda r: _eq(r["id"], p["id"]) and _eq(r["status"], "queued")
+        )
+        changes = {"not_before": p["not_before"]}
+        return [], len(self._update("attempts", rows, lambda r: changes))
+
+    def set_call_from(self, p: Params) -> Result:
+        rows = self._where("calls", lambda r: _eq(r["id"], p["id"]))
+        changes = {"from_number": p["from_number"]}
+        return [], len(self._update("calls", rows, lambda r: changes))
+
+    def count_recent_attempts(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts",
+            lambda r: _eq(r["to_number"], p["to_number"]) and _le(p["since"], r["placed_at"]),
+        )
+        return self._select([{"n": len(rows)}])
+
+    def count_live_by_from(self, p: Params) -> Result:
+        counts: dict[Any, int] = {}
+        for row in self._where("attempts", lambda r: _eq(r["live"], 1)):
+            counts[row["from_number"]] = counts.get(row["from_number"], 0) + 1
+        return self._select([{"from_number": k, "n": n} for k, n in counts.items()])
+
+    # -- campaigns ---------------------------------------------------------------------------
+
+    def active_campaigns(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: _eq(r["status"], "active"))
+        return self._select(_order(rows, "id"))
+
+    def insert_campaign(self, p: Params) -> Result:
+        values = _pick(p, "id name status settings priority share budget price_per_minute")
+        values |= {"reason": None, "spent": 0, "dialed": 0, "rows_total": 0, "rows_invalid": 0}
+        values |= {"created_at": p["now"], "updated_at": p["now"]}
+        return self._one(self._insert("campaigns", values))
+
+    def get_campaign(self, p: Params) -> Result:
+        return self._select(self._where("campaigns", lambda r: _eq(r["id"], p["id"])))
+
+    def list_campaigns(self, p: Params) -> Result:
+        rows = _order(self.tables["campaigns"].values(), "-created_at", "id")
+        return self._select(_limit(rows, p["limit"]))
+
+    def set_campaign_status(self, p: Params) -> Result:
+        rows = self._where(
+            "campaigns",
+            lambda r: (
+                _eq(r["id"], p["id"])
+                and (_eq(r["status"], p["from_a"]) or _eq(r["status"], p["from_b"]))
+            ),
+        )
+        changes = {"status": p["status"], "reason": p["reason"], "updated_at": p["now"]}
+        updated = self._update("campaigns", rows, lambda r: changes)
+        return updated, len(updated)
+
+    def count_campaign_rows(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+
+        def changes(row: Row) -> Params:
+            return {
+                "rows_total": row["rows_total"] + p["total"],
+                "rows_invalid": row["rows_invalid"] + p["invalid"],
+                "updated_at": p["now"],
+            }
+
+        return [], len(self._update("campaigns", rows, changes))
+
+    def campaign_dialed(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        return [], len(self._update("campaigns", rows, lambda r: {"dialed": r["dialed"] + 1}))
+
+    def campaign_spent(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        updated = self._update(
+            "campaigns", rows, lambda r: {"spent": r["spent"] + p["cost"], "updated_at": p["now"]}
+        )
+        return updated, len(updated)
+
+    def insert_campaign_error(self, p: Params) -> Result:
+        values = {"pk": f"{p['campaign_id']}\0{p['line']}", **_pick(p, "campaign_id line reason")}
+        row = self._insert("campaign_errors", values, on_conflict=("pk",))
+        return [], 0 if row is None else 1
+
+    def list_campaign_errors(self, p: Params) -> Result:
+        rows = self._where(
+            "campaign_errors",
+            lambda r: _eq(r["campaign_id"], p["campaign_id"]) and _lt(p["after"], r["line"]),
+        )
+        out = [{k: r[k] for k in ("campaign_id", "line", "reason")} for r in rows]
+        return self._select(_limit(_order(out, "line"), p["limit"]))
+
+    def campaign_progress(self, p: Params) -> Result:
+        groups: dict[Any, list[int]] = {}
+        for row in self._where("calls", lambda r: _eq(r["campaign"], p["campaign"])):
+            calls, attempts = groups.setdefault(row["status"], [0, 0])
+            groups[row["status"]] = [calls + 1, attempts + row["attempts"]]
+        return self._select(
+            [{"status": k, "calls": v[0], "attempts": v[1]} for k, v in groups.items()]
+        )
+
+    def cancel_campaign_attempts(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts",
+            lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["status"], "queued"),
+        )
+        return self._select(rows)
+
+    def is_do_not_call(self, p: Params) -> Result:
+        rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))
+        return self._select([{"number": r["number"], "reason": r["reason"]} for r in rows])
+
+    def add_do_not_call(self, p: Params) -> Result:
+        values = {"number": p["number"], "reason": p["reason"], "added_at": p["now"]}
+        row = self._insert("do_not_call", values, on_conflict=("number",))
+        return [], 0 if row is None else 1
+
+    def remove_do_not_call(self, p: Params) -> Result:
+        rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))
+        return [], self._delete("do_not_call", rows)
+
     def lock_dialing(self, p: Params) -> Result:
         return self._select([{"locked": 1}])  # one transaction at a time already
 
@@ -374,33 +549,12 @@ class _Database:
 
     def put_pacing(self, p: Params) -> Result:
         values = {"name": p["bucket"], "tokens": p["tokens"], "updated_at": p["now"]}
-        values["paused_until"] = p["paused_until"]
+        values |= {"paused_until": p["paused_until"], "reason": p["reason"], "factor": p["factor"]}
         existing = self._where("pacing", lambda r: _eq(r["name"], p["bucket"]))
         if existing:
             return [], len(self._update("pacing", existing, lambda r: values))
         self._insert("pacing", values)
         return [], 1
-
-    def claim_attempt(self, p: Params) -> Result:
-        live = {r["to_number"] for r in self._where("attempts", lambda r: _eq(r["live"], 1))}
-        due = self._where(
-            "attempts",
-            lambda r: (
-                _eq(r["status"], "queued")
-                and _le(r["not_before"], p["now"])
-                and r["to_number"] not in live
-            ),
-        )
-        chosen = _order(due, "-priority", "not_before", "id")[:1]
-        changes = {
-            "status": "dialing",
-            "live": 1,
-            "lease_owner": p["owner"],
-            "lease_until": p["lease_until"],
-            "placed_at": p["now"],
-        }
-        rows = self._update("attempts", chosen, lambda r: changes)
-        return rows, len(rows)
 
     def update_attempt(self, p: Params) -> Result:
         changes = _pick(
@@ -652,6 +806,11 @@ class _MemoryTransaction:
     async def execute(self, query: str, **params: Any) -> int:
         """Run a named query and return the number of rows it changed (-1 for a SELECT)."""
         return self._run(query, params)[1]
+
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a named write once per parameter set."""
+        for params in rows:
+            self._run(query, dict(params))
 
 
 class MemoryConnector:

@@ -157,7 +157,7 @@ class Outbox(Ledger):
                 return None
             new = await self._new_attempt(
                 tx, moved, number=number, priority=int(attempt["priority"]), not_before=at,
-                now=now,
+                now=now, campaign=attempt["campaign"],
             )  # fmt: skip
             event = await self._emit(
                 tx,

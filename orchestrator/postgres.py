@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +164,20 @@ class _PostgresTransaction:
     async def execute(self, query: str, **params: Any) -> int:
         status = await self._run(query, params, rows=False)
         return _rowcount(str(status))
+
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        named, _ = self._query(query, rows[0])
+        if self.failed is not None:
+            raise exceptions.StoreError(
+                f"{query}: the transaction is aborted by an earlier error ({self.failed})"
+            )
+        try:
+            await self._conn.executemany(named.sql, [named.args(r) for r in rows])
+        except _DRIVER_ERRORS as exc:
+            self.failed = self._message(named, exc)
+            raise exceptions.StoreError(self.failed) from exc
 
 
 def _rowcount(status: str) -> int:

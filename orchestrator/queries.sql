@@ -45,10 +45,24 @@ RETURNING *;
 
 -- name: insert_attempt
 INSERT INTO attempts (id, call_id, number, to_number, from_number, status, live, ambiguous,
-                      webhook_token, priority, not_before, created_at)
+                      webhook_token, priority, not_before, created_at, campaign)
 VALUES (:id, :call_id, :number, :to_number, :from_number, 'queued', 0, 0,
-        :webhook_token, :priority, :not_before, :now)
+        :webhook_token, :priority, :not_before, :now, :campaign)
 RETURNING *;
+
+-- name: bulk_insert_call
+-- A campaign import: many calls in one statement batch (no events: the campaign reports).
+INSERT INTO calls (id, idempotency_key, request_hash, to_number, from_number, agent_id,
+                   campaign, metadata, purpose, goal, template_id, status, reason, attempts,
+                   created_at, updated_at, ended_at)
+VALUES (:id, NULL, NULL, :to_number, :from_number, :agent_id, :campaign, :metadata, :purpose,
+        :goal, :template_id, 'queued', NULL, 1, :now, :now, NULL);
+
+-- name: bulk_insert_attempt
+INSERT INTO attempts (id, call_id, number, to_number, from_number, status, live, ambiguous,
+                      webhook_token, priority, not_before, created_at, campaign)
+VALUES (:id, :call_id, 1, :to_number, :from_number, 'queued', 0, 0, :webhook_token,
+        :priority, :not_before, :now, :campaign);
 
 -- name: get_attempt
 SELECT * FROM attempts WHERE id = :id;
@@ -89,6 +103,102 @@ SELECT * FROM attempts WHERE call_id = :call_id ORDER BY number;
 -- name: count_live
 SELECT COUNT(*) AS n FROM attempts WHERE live = 1;
 
+-- name: due_attempts_of_campaign
+-- The head of one campaign's queue (index attempts_campaign_queue), numbers not live.
+SELECT a.* FROM attempts a
+WHERE a.status = 'queued' AND a.campaign = :campaign AND a.not_before <= :now
+  AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
+ORDER BY a.priority DESC, a.not_before, a.id
+LIMIT :limit;
+
+-- name: due_attempts_without_campaign
+SELECT a.* FROM attempts a
+WHERE a.status = 'queued' AND a.campaign IS NULL AND a.not_before <= :now
+  AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
+ORDER BY a.priority DESC, a.not_before, a.id
+LIMIT :limit;
+
+-- name: claim_attempt_by_id
+-- One candidate chosen by the claim, made live and leased (if nobody took it meanwhile).
+UPDATE attempts
+SET status = 'dialing', live = 1, from_number = :from_number, lease_owner = :owner,
+    lease_until = :lease_until, placed_at = :now
+WHERE id = :id AND status = 'queued'
+RETURNING *;
+
+-- name: defer_attempt
+UPDATE attempts SET not_before = :not_before WHERE id = :id AND status = 'queued';
+
+-- name: set_call_from
+UPDATE calls SET from_number = :from_number WHERE id = :id;
+
+-- name: count_recent_attempts
+SELECT COUNT(*) AS n FROM attempts WHERE to_number = :to_number AND placed_at >= :since;
+
+-- name: count_live_by_from
+SELECT from_number, COUNT(*) AS n FROM attempts WHERE live = 1 GROUP BY from_number;
+
+-- name: active_campaigns
+SELECT * FROM campaigns WHERE status = 'active' ORDER BY id;
+
+-- name: insert_campaign
+INSERT INTO campaigns (id, name, status, reason, settings, priority, share, budget,
+                       price_per_minute, spent, dialed, rows_total, rows_invalid, created_at,
+                       updated_at)
+VALUES (:id, :name, :status, NULL, :settings, :priority, :share, :budget, :price_per_minute,
+        0, 0, 0, 0, :now, :now)
+RETURNING *;
+
+-- name: get_campaign
+SELECT * FROM campaigns WHERE id = :id;
+
+-- name: list_campaigns
+SELECT * FROM campaigns ORDER BY created_at DESC, id LIMIT :limit;
+
+-- name: set_campaign_status
+-- Only from the statuses given: a canceled campaign is never resumed.
+UPDATE campaigns SET status = :status, reason = :reason, updated_at = :now
+WHERE id = :id AND status IN (:from_a, :from_b)
+RETURNING *;
+
+-- name: count_campaign_rows
+UPDATE campaigns
+SET rows_total = rows_total + :total, rows_invalid = rows_invalid + :invalid, updated_at = :now
+WHERE id = :id;
+
+-- name: campaign_dialed
+UPDATE campaigns SET dialed = dialed + 1 WHERE id = :id;
+
+-- name: campaign_spent
+UPDATE campaigns SET spent = spent + :cost, updated_at = :now WHERE id = :id
+RETURNING *;
+
+-- name: insert_campaign_error
+INSERT INTO campaign_errors (campaign_id, line, reason) VALUES (:campaign_id, :line, :reason)
+ON CONFLICT (campaign_id, line) DO NOTHING;
+
+-- name: list_campaign_errors
+SELECT * FROM campaign_errors WHERE campaign_id = :campaign_id AND line > :after
+ORDER BY line LIMIT :limit;
+
+-- name: campaign_progress
+SELECT status, COUNT(*) AS calls, SUM(attempts) AS attempts FROM calls
+WHERE campaign = :campaign GROUP BY status;
+
+-- name: cancel_campaign_attempts
+-- Queued and scheduled attempts of a canceled campaign end; live calls finish.
+SELECT * FROM attempts WHERE campaign = :campaign AND status = 'queued';
+
+-- name: is_do_not_call
+SELECT number, reason FROM do_not_call WHERE number = :number;
+
+-- name: add_do_not_call
+INSERT INTO do_not_call (number, reason, added_at) VALUES (:number, :reason, :now)
+ON CONFLICT (number) DO NOTHING;
+
+-- name: remove_do_not_call
+DELETE FROM do_not_call WHERE number = :number;
+
 -- name: lock_dialing
 -- Claims run one at a time across the fleet, so max_live_calls and the pace hold for all
 -- daemons together. On SQLite, BEGIN IMMEDIATE already serialises every writer.
@@ -101,27 +211,11 @@ SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7245001)) AS held;
 SELECT * FROM pacing WHERE name = :bucket;
 
 -- name: put_pacing
-INSERT INTO pacing (name, tokens, updated_at, paused_until)
-VALUES (:bucket, :tokens, :now, :paused_until)
+INSERT INTO pacing (name, tokens, updated_at, paused_until, reason, factor)
+VALUES (:bucket, :tokens, :now, :paused_until, :reason, :factor)
 ON CONFLICT (name) DO UPDATE
 SET tokens = excluded.tokens, updated_at = excluded.updated_at,
-    paused_until = excluded.paused_until;
-
--- name: claim_attempt
--- The next due queued attempt whose number has no live call, marked dialing and leased.
-UPDATE attempts
-SET status = 'dialing', live = 1, lease_owner = :owner, lease_until = :lease_until,
-    placed_at = :now
-WHERE id = (
-    SELECT a.id FROM attempts a
-    WHERE a.status = 'queued' AND a.not_before <= :now
-      AND NOT EXISTS (SELECT 1 FROM attempts b WHERE b.to_number = a.to_number AND b.live = 1)
-    ORDER BY a.priority DESC, a.not_before, a.id
-    LIMIT 1
-    {skip_locked}
-)
-RETURNING *;
-
+    paused_until = excluded.paused_until, reason = excluded.reason, factor = excluded.factor;
 
 -- name: update_attempt
 -- Every column an attempt's progress can change, set at once from the engine's new row.

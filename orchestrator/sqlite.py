@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,15 @@ class _SQLiteTransaction:
         try:
             async with self._conn.execute(sql, params) as cursor:
                 return cursor.rowcount
+        except sqlite3.Error as exc:
+            raise exceptions.StoreError(f"{query}: {exc}") from exc
+
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        sql = self._sql(query, dict(rows[0]))
+        try:
+            await self._conn.executemany(sql, [dict(r) for r in rows])
         except sqlite3.Error as exc:
             raise exceptions.StoreError(f"{query}: {exc}") from exc
 

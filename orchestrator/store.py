@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.connector import Row, Transaction
+from orchestrator.dialing import (
+    DIAL_BUCKET,
+    Claim,
+    ClaimBatch,
+    ClaimRules,
+    Dialing,
+    Pacing,
+    Throttled,
+)
 from orchestrator.ledger import WATCHDOG, Clock, Router
 from orchestrator.model import CallStatus, Event, NewCall, new_id
 from orchestrator.outbox import EXHAUSTED, Delivery, Outbox
@@ -27,6 +36,8 @@ __all__ = [
     "EXHAUSTED",
     "WATCHDOG",
     "Claim",
+    "ClaimBatch",
+    "ClaimRules",
     "Clock",
     "Delivery",
     "Ingest",
@@ -37,8 +48,6 @@ __all__ = [
     "Throttled",
     "Webhook",
 ]
-
-DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
 
 
 class Ingest(StrEnum):
@@ -76,34 +85,7 @@ class IngestResult:
     events: tuple[Event, ...] = ()
 
 
-@dataclass(frozen=True, kw_only=True)
-class Claim:
-    """An attempt claimed for dialing, with the call it belongs to."""
-
-    attempt: Row
-    call: Row
-
-    @property
-    def attempt_id(self) -> str:
-        return str(self.attempt["id"])
-
-
-@dataclass(frozen=True, kw_only=True)
-class Pacing:
-    """The fleet's dialing pace: at most ``rate`` placements per second, bursts of ``burst``."""
-
-    rate: float
-    burst: float = 1.0
-
-
-@dataclass(frozen=True, kw_only=True)
-class Throttled:
-    """No claim now: the pace (or the provider's Retry-After) allows the next in ``wait`` s."""
-
-    wait: float
-
-
-class Store(Outbox):
+class Store(Dialing, Outbox):
     """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`:
     ``Store(connector, router=..., clock=...)``.
 
@@ -165,8 +147,16 @@ class Store(Outbox):
                 )
                 assert existing is not None
                 return _same_request(existing, request_hash), False
+            # A call names a campaign of ours (it joins its queue, pace and pauses) or a label.
+            campaign = await tx.fetchone("get_campaign", id=new.campaign) if new.campaign else None
             attempt = await self._new_attempt(
-                tx, call, number=1, priority=new.priority, not_before=now, now=now
+                tx,
+                call,
+                number=1,
+                priority=new.priority,
+                not_before=now,
+                now=now,
+                campaign=campaign["id"] if campaign else None,
             )
             await self._emit(tx, call, attempt, CallStatus.QUEUED, now=now)
         return call, True
@@ -204,211 +194,6 @@ class Store(Outbox):
         async with self.connector.transaction() as tx:
             row = await tx.fetchone("count_live")
         return int(row["n"]) if row else 0
-
-    # -- dialing -----------------------------------------------------------------------------
-
-    async def claim_attempt(
-        self,
-        owner: str,
-        *,
-        max_live: int,
-        lease: float,
-        watchdog_after: float,
-        pacing: Pacing | None = None,
-    ) -> Claim | Throttled | None:
-        """Claim the next due attempt if a slot is free and the pace allows: it becomes live
-        and ``dialing``. None when there is nothing to claim (or no free slot).
-
-        Claims run one at a time across every daemon on the database (``lock_dialing``), so
-        ``max_live`` and ``pacing`` are limits of the fleet, not of one process. The watchdog
-        timer is written in the same transaction, so even a daemon killed mid-request leaves a
-        call that ends by itself.
-        """
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            await tx.fetchone("lock_dialing")
-            live = await tx.fetchone("count_live")
-            if live is not None and int(live["n"]) >= max_live:
-                return None
-            bucket = None
-            if pacing is not None:
-                bucket = await self._bucket(tx, pacing, now)
-                if bucket["paused_until"] > now:
-                    return Throttled(wait=bucket["paused_until"] - now)
-                if bucket["tokens"] < 1.0:
-                    return Throttled(wait=(1.0 - bucket["tokens"]) / pacing.rate)
-            attempt = await tx.fetchone(
-                "claim_attempt", owner=owner, lease_until=now + lease, now=now
-            )
-            if attempt is None:
-                return None
-            if bucket is not None:
-                await tx.execute(
-                    "put_pacing",
-                    bucket=DIAL_BUCKET,
-                    tokens=bucket["tokens"] - 1.0,
-                    paused_until=bucket["paused_until"],
-                    now=now,
-                )
-            await tx.execute(
-                "insert_timer",
-                id=new_id(),
-                kind=WATCHDOG,
-                ref=attempt["id"],
-                due_at=now + watchdog_after,
-            )
-            call = await self._sync_call(tx, attempt, now=now)
-        return Claim(attempt=attempt, call=call)
-
-    async def _bucket(self, tx: Transaction, pacing: Pacing, now: float) -> Row:
-        row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
-        if row is None:
-            return {"tokens": pacing.burst, "paused_until": 0.0}
-        elapsed = max(0.0, now - row["updated_at"])
-        tokens = min(pacing.burst, row["tokens"] + elapsed * pacing.rate)
-        return {"tokens": tokens, "paused_until": row["paused_until"]}
-
-    async def pause_dialing(self, until: float) -> None:
-        """Hold every daemon's placements until ``until`` (the provider said Retry-After)."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            await tx.fetchone("lock_dialing")
-            row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
-            tokens = row["tokens"] if row else 1.0
-            paused = max(until, row["paused_until"] if row else 0.0)
-            await tx.execute(
-                "put_pacing", bucket=DIAL_BUCKET, tokens=tokens, paused_until=paused, now=now
-            )
-
-    async def heartbeat(
-        self,
-        owner: str,
-        *,
-        lease: float,
-        attempts: Iterable[str] = (),
-        deliveries: Iterable[str] = (),
-    ) -> int:
-        """Extend the leases of ``owner``'s work still in flight (placements ``attempts``,
-        ``deliveries``); how many were extended.
-
-        Leases can then be short: a daemon that dies stops beating and its work is taken
-        over within one lease, and so is work whose task died inside a living daemon.
-        """
-        until = self.clock() + lease
-        extended = 0
-        async with self.connector.transaction() as tx:
-            for attempt_id in attempts:
-                extended += max(0, await tx.execute(
-                    "extend_attempt_lease", id=attempt_id, owner=owner, lease_until=until
-                ))  # fmt: skip
-            for delivery_id in deliveries:
-                extended += max(0, await tx.execute(
-                    "extend_delivery_lease", id=delivery_id, owner=owner, lease_until=until
-                ))  # fmt: skip
-        return extended
-
-    async def placed(
-        self, attempt_id: str, *, provider_call_id: str, provider_status: str
-    ) -> list[Event]:
-        """The provider accepted the placement; ``call.initiated`` unless it only queued it."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            attempt = await self._attempt(tx, attempt_id)
-            status = CallStatus(attempt["status"])
-            changes: dict[str, Any] = {
-                "provider_call_id": attempt["provider_call_id"] or provider_call_id,
-                "provider_status": provider_status,
-                "ambiguous": 0,
-                "lease_owner": None,
-                "lease_until": None,
-            }
-            if status.terminal or provider_status != "initiated" or status.rank >= 2:
-                await self._update_attempt(tx, attempt, **changes)
-                return []
-            return await self._advance(tx, attempt, CallStatus.INITIATED, now=now, **changes)
-
-    async def refused(self, attempt_id: str, error: exceptions.OrchestratorError) -> list[Event]:
-        """The provider (or local validation) refused the placement: ``call.rejected``."""
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            attempt = await self._attempt(tx, attempt_id)
-            if CallStatus(attempt["status"]).terminal:
-                return []
-            status = getattr(error, "status", None)
-            return await self._advance(
-                tx,
-                attempt,
-                CallStatus.REJECTED,
-                now=now,
-                error_code=error.code,
-                error_message=error.message,
-                lease_owner=None,
-                lease_until=None,
-                error={"code": error.code, "message": error.message, "http_status": status},
-            )
-
-    async def requeue(
-        self, attempt_id: str, error: exceptions.OrchestratorError | None, *, retry_at: float
-    ) -> bool:
-        """The placement certainly did not happen (429, 503, no connection, or shutdown began
-        before it was sent, ``error=None``): queue it again.
-
-        Only an attempt still ``dialing`` and not ambiguous goes back; returns whether it did.
-        """
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            attempt = await self._attempt(tx, attempt_id)
-            if attempt["status"] != CallStatus.DIALING or attempt["ambiguous"]:
-                return False
-            await self._update_attempt(
-                tx,
-                attempt,
-                status=CallStatus.QUEUED.value,
-                live=0,
-                not_before=retry_at,
-                error_code=error.code if error else None,
-                error_message=error.message if error else None,
-                lease_owner=None,
-                lease_until=None,
-            )
-            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
-            await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
-            await self._notify(tx, "dial")
-        return True
-
-    async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:
-        """The placement may have happened: never resend; wait for a webhook or the watchdog."""
-        async with self.connector.transaction() as tx:
-            attempt = await self._attempt(tx, attempt_id)
-            if CallStatus(attempt["status"]).terminal:
-                return
-            await self._update_attempt(
-                tx,
-                attempt,
-                ambiguous=0 if attempt["provider_call_id"] else 1,
-                error_code=error.code,
-                error_message=error.message,
-                lease_owner=None,
-                lease_until=None,
-            )
-
-    async def rescue(self) -> int:
-        """Mark placements abandoned by a dead daemon (expired lease) ambiguous.
-
-        One daemon of a fleet sweeps at a time; the others skip the round (0).
-        """
-        now = self.clock()
-        async with self.connector.transaction() as tx:
-            lock = await tx.fetchone("try_lock_sweeper")
-            if lock is None or not lock["locked"]:
-                return 0
-            return len(await tx.fetch("rescue_attempts", now=now))
-
-    async def release(self, owner: str) -> None:
-        """On shutdown: hand back this daemon's leases so another daemon can go on at once."""
-        async with self.connector.transaction() as tx:
-            await tx.fetch("release_attempts", owner=owner)
-            await tx.execute("release_deliveries", owner=owner)
 
     # -- webhooks ----------------------------------------------------------------------------
 

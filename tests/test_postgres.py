@@ -78,6 +78,7 @@ async def _insert_call(conn: Connector, call_id: str, to: str) -> None:
             to_number=to,
             from_number="+15559990000",
             webhook_token=f"t-{call_id}",
+            campaign=None,
             priority=0,
             not_before=T0,
             now=T0,
@@ -156,19 +157,21 @@ async def test_events_seq_is_bigserial(postgres: PostgresFactory, postgres_url: 
 
 
 async def test_concurrent_attempt_claims_never_share(postgres: PostgresFactory) -> None:
+    """Ten claimers at once (each its own pooled connection, as ten daemons would be): every
+    attempt goes to one of them only, and nobody waits forever."""
+    from orchestrator.store import Claim, Store
+
     conn = postgres(max_size=12)
     await conn.open()
     for n in range(20):
         await _insert_call(conn, f"c{n:02}", f"+1555000{n:04}")
-
-    async def claim(tx: Any) -> list[str]:
-        row = await tx.fetchone("claim_attempt", owner="w", lease_until=T0 + 30, now=T0 + 1)
-        return [row["id"]] if row else []
-
-    claims = await _claim_together(conn, 10, claim)
-    got = [attempt for one in claims for attempt in one]
-    assert len(got) == 10, claims  # nobody came back empty-handed: locked rows were skipped
-    assert len(set(got)) == len(got)
+    stores = [Store(conn, clock=lambda: T0 + 1) for _ in range(10)]
+    got = await asyncio.gather(
+        *(s.claim_attempt(f"w{n}", max_live=100, lease=30, watchdog_after=60)
+          for n, s in enumerate(stores))
+    )  # fmt: skip
+    ids = [c.attempt_id for c in got if isinstance(c, Claim)]
+    assert len(ids) == 10 and len(set(ids)) == 10, got
     async with conn.transaction() as tx:
         assert await tx.fetchone("count_live") == {"n": 10}
 
@@ -262,7 +265,10 @@ async def test_cancelled_transaction_rolls_back_and_pool_recovers(
 
     async def hold() -> None:  # locks the attempt's row until released
         async with conn.transaction() as tx:
-            await tx.fetchone("claim_attempt", owner="w1", lease_until=T0 + 30, now=T0 + 1)
+            await tx.fetchone(
+                "claim_attempt_by_id", id="a-c1", owner="w1", from_number="+15559990000",
+                lease_until=T0 + 30, now=T0 + 1,
+            )  # fmt: skip
             holding.set()
             await release.wait()
 

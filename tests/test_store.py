@@ -258,6 +258,7 @@ async def test_claim_order_priority_first(env: Env) -> None:
             to_number="+15550000003",
             from_number=row["from_number"],
             webhook_token="prio-token",
+            campaign=None,
             priority=5,
             not_before=clock.now,
             now=clock.now,
@@ -875,6 +876,7 @@ async def test_constraint_violations_raise_store_error(store: Store) -> None:
         "priority": 0,
         "not_before": T0,
         "now": T0,
+        "campaign": None,
     }
     token = got.attempt["webhook_token"]
     violations: list[tuple[str, dict[str, Any], str]] = [
@@ -994,7 +996,7 @@ UNORDERED = {"claim_deliveries", "rescue_attempts", "release_attempts"}
 async def _script(conn: Connector) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
 
-    async def run(name: str, **params: Any) -> None:
+    async def run(name: str, /, **params: Any) -> None:
         try:
             async with conn.transaction() as tx:
                 rows = await tx.fetch(name, **params)
@@ -1004,7 +1006,7 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
         except exceptions.StoreError:
             out.append((name, "StoreError"))
 
-    async def change(name: str, **params: Any) -> None:
+    async def change(name: str, /, **params: Any) -> None:
         async with conn.transaction() as tx:
             out.append((name, await tx.execute(name, **params)))
 
@@ -1056,6 +1058,7 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
             priority=prio,
             not_before=nb,
             now=n,
+            campaign="k1" if n % 2 else None,
         )
     await run(
         "insert_attempt",
@@ -1068,15 +1071,27 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
         priority=0,
         not_before=0,
         now=0,
+        campaign=None,
     )
-    for owner in ("o1", "o2", "o3"):
-        await run("claim_attempt", owner=owner, lease_until=40, now=30)
+    await run("due_attempts_without_campaign", now=30, limit=10)
+    await run("due_attempts_of_campaign", campaign="k1", now=30, limit=10)
+    await run("due_attempts_of_campaign", campaign="k1", now=4, limit=1)
+    for owner, attempt in (("o1", "a0"), ("o2", "a1"), ("o3", "a0"), ("o3", "a2")):
+        await run("claim_attempt_by_id", id=attempt, owner=owner, from_number="+3",
+                  lease_until=40, now=30)  # fmt: skip
+    await run("due_attempts_without_campaign", now=30, limit=10)
+    await change("defer_attempt", id="a3", not_before=99)
+    await change("defer_attempt", id="a0", not_before=99)
+    await change("set_call_from", id="c1", from_number="+4")
+    await run("count_recent_attempts", to_number="+10", since=29)
+    await run("count_recent_attempts", to_number="+10", since=31)
+    await run("count_live_by_from")
     await run("count_live")
     await run("get_attempt", id="a2")
     await run("get_attempt_by_token", webhook_token="t1")
     await run("list_attempts", call_id="c1")
     base = {
-        "status": "ringing", "live": 1, "ambiguous": 1, "provider_call_id": "P1",
+        "status": "ringing", "live": 0, "ambiguous": 1, "provider_call_id": "P1",
         "provider_status": "ringing", "error_code": None, "error_message": None,
         "not_before": 5, "lease_owner": "o1", "lease_until": 40, "duration": None,
         "ended_at": None,
@@ -1132,8 +1147,10 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await run("try_lock_sweeper")
     await run("notify", topic="dial")
     await run("get_pacing", bucket="dial")
-    await change("put_pacing", bucket="dial", tokens=1.5, now=3, paused_until=0)
-    await change("put_pacing", bucket="dial", tokens=0.5, now=4, paused_until=9)
+    await change("put_pacing", bucket="dial", tokens=1.5, now=3, paused_until=0, reason=None,
+                 factor=1.0)  # fmt: skip
+    await change("put_pacing", bucket="dial", tokens=0.5, now=4, paused_until=9, reason="r",
+                 factor=0.5)  # fmt: skip
     await run("get_pacing", bucket="dial")
     await change("extend_attempt_lease", id="a1", owner="o2", lease_until=10)
     await change("extend_attempt_lease", id="a1", owner="o2", lease_until=99)
@@ -1156,6 +1173,40 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await change("kv_delete", scope="p", key="k")
     await run("kv_get", scope="p", key="k")
     await run("kv_get", scope="q", key="k")
+    campaign = {"settings": "{}", "priority": 1, "share": 2.0, "budget": None,
+                "price_per_minute": 0.1}  # fmt: skip
+    await run("insert_campaign", id="k1", name="spring", status="active", now=1, **campaign)
+    await run("insert_campaign", id="k2", name="autumn", status="paused", now=2, **campaign)
+    await run("insert_campaign", id="k1", name="dup", status="active", now=3, **campaign)
+    await run("active_campaigns")
+    await run("get_campaign", id="k2")
+    await run("list_campaigns", limit=10)
+    await run("set_campaign_status", id="k1", status="paused", reason="r", from_a="active",
+              from_b="active", now=4)  # fmt: skip
+    await run("set_campaign_status", id="k1", status="active", reason=None, from_a="canceled",
+              from_b="canceled", now=5)  # fmt: skip
+    await change("count_campaign_rows", id="k1", total=10, invalid=2, now=6)
+    await change("campaign_dialed", id="k1")
+    await run("campaign_spent", id="k1", cost=0.25, now=7)
+    for line in (3, 1, 3):
+        await change("insert_campaign_error", campaign_id="k1", line=line, reason=f"bad {line}")
+    await run("list_campaign_errors", campaign_id="k1", after=0, limit=10)
+    await run("list_campaign_errors", campaign_id="k1", after=1, limit=10)
+    await run("campaign_progress", campaign="x")
+    await run("cancel_campaign_attempts", campaign="k1")
+    await change("add_do_not_call", number="+19", reason="asked", now=1)
+    await change("add_do_not_call", number="+19", reason="again", now=2)
+    await run("is_do_not_call", number="+19")
+    await change("remove_do_not_call", number="+19")
+    await run("is_do_not_call", number="+19")
+    await change("bulk_insert_call", id="b1", to_number="+17", from_number="+2", agent_id=None,
+                 campaign="k1", metadata="{}", purpose=None, goal=None, template_id=None,
+                 now=9)  # fmt: skip
+    await change("bulk_insert_attempt", id="ba1", call_id="b1", to_number="+17",
+                 from_number="+2", webhook_token="bt1", priority=0, not_before=9, now=9,
+                 campaign="k1")  # fmt: skip
+    await run("get_call", id="b1")
+    await run("get_attempt", id="ba1")
     await run("insert_receipt", id="r", now=1, body="b")
     await run("insert_receipt", id="r", now=2, body="c")
     await change("update_receipt", id="r", attempt_id="a0", outcome="applied")

@@ -1,0 +1,473 @@
+"""Dialing in the store: claiming due attempts within the fleet's limits, and recording what
+became of each placement.
+
+A claim is one transaction, serialised across every daemon on the database (``lock_dialing``),
+so ``max_live_calls``, the pace, each caller id's concurrency and the daily cap per person hold
+for the whole fleet. Campaigns share the dialer by weight (``share``), highest priority first.
+Each candidate is screened right before it is claimed (calling window, do-not-call list): it is
+admitted, deferred to a later time, or refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import exceptions
+from orchestrator.connector import Row, Transaction
+from orchestrator.ledger import WATCHDOG, Ledger
+from orchestrator.model import CallStatus, Event, new_id
+
+DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
+DAY = 86400.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Claim:
+    """An attempt claimed for dialing, with the call it belongs to."""
+
+    attempt: Row
+    call: Row
+
+    @property
+    def attempt_id(self) -> str:
+        return str(self.attempt["id"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pacing:
+    """The fleet's dialing pace: at most ``rate`` placements per second, bursts of ``burst``."""
+
+    rate: float
+    burst: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Throttled:
+    """No claim now: the pace (or the provider's Retry-After) allows the next in ``wait`` s."""
+
+    wait: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Admit:
+    """The screen's answer: dial it now."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Defer:
+    """The screen's answer: not now, look again at epoch ``until`` (e.g. a closed window)."""
+
+    until: float
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refuse:
+    """The screen's answer: never dial it (e.g. do-not-call); the call ends ``rejected``."""
+
+    code: str
+    message: str
+
+
+Screening = Admit | Defer | Refuse
+#: ``screen(call, attempt, campaign, now)``: decided right before a claim, in its transaction.
+Screen = Callable[[Row, Row, Row | None, float], Screening]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimRules:
+    """What a claim must respect. ``per_from`` caps live calls per caller id, ``daily_cap``
+    attempts per person over 24 hours (across campaigns)."""
+
+    max_live: int
+    lease: float
+    watchdog_after: float
+    pacing: Pacing | None = None
+    per_from: int | None = None
+    daily_cap: int | None = None
+    screen: Screen | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimBatch:
+    """What one claim transaction did: the claims to place, the events it wrote (refusals),
+    and, when the pace or a pause held it back, how long until the next may go."""
+
+    claims: list[Claim] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    wait: float | None = None
+
+
+class Dialing(Ledger):
+    """Claims and placement outcomes; :class:`~orchestrator.store.Store` builds on it."""
+
+    async def claim_attempt(
+        self,
+        owner: str,
+        *,
+        max_live: int,
+        lease: float,
+        watchdog_after: float,
+        pacing: Pacing | None = None,
+    ) -> Claim | Throttled | None:
+        """Claim the next due attempt (see :meth:`claim_batch`): the claim, Throttled if the
+        pace holds it back, or None when there is nothing to claim or no free slot."""
+        rules = ClaimRules(
+            max_live=max_live, lease=lease, watchdog_after=watchdog_after, pacing=pacing
+        )
+        batch = await self.claim_batch(owner, rules, limit=1)
+        if batch.claims:
+            return batch.claims[0]
+        return Throttled(wait=batch.wait) if batch.wait is not None else None
+
+    async def claim_batch(self, owner: str, rules: ClaimRules, *, limit: int) -> ClaimBatch:
+        """Claim up to ``limit`` due attempts in one transaction; each becomes live and
+        ``dialing``, leased to ``owner``, with its watchdog timer written alongside, so even a
+        daemon killed mid-request leaves a call that ends by itself."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            await tx.fetchone("lock_dialing")
+            live = await tx.fetchone("count_live")
+            free = rules.max_live - (int(live["n"]) if live else 0)
+            if free <= 0:
+                return ClaimBatch()
+            bucket = None
+            room = min(limit, free)
+            if rules.pacing is not None:
+                bucket = await self._bucket(tx, rules.pacing, now)
+                if bucket["paused_until"] > now:
+                    return ClaimBatch(wait=bucket["paused_until"] - now)
+                if bucket["tokens"] < 1.0:
+                    rate = rules.pacing.rate * bucket["factor"]
+                    return ClaimBatch(wait=(1.0 - bucket["tokens"]) / rate)
+                room = min(room, int(bucket["tokens"]))
+            batch = await self._claim(tx, owner, rules, room, now)
+            if bucket is not None and batch.claims:
+                # Each claim spends a token; a calm pace creeps back to full speed after a 429.
+                factor = min(1.0, bucket["factor"] * 1.02 ** len(batch.claims))
+                await self._put_bucket(
+                    tx, bucket, now, tokens=bucket["tokens"] - len(batch.claims), factor=factor
+                )
+        return batch
+
+    async def _claim(
+        self, tx: Transaction, owner: str, rules: ClaimRules, room: int, now: float
+    ) -> ClaimBatch:
+        campaigns = {row["id"]: row for row in await tx.fetch("active_campaigns")}
+        heads: dict[str | None, list[Row]] = {
+            None: await tx.fetch("due_attempts_without_campaign", now=now, limit=room + 4)
+        }
+        for campaign_id in campaigns:
+            heads[campaign_id] = await tx.fetch(
+                "due_attempts_of_campaign", campaign=campaign_id, now=now, limit=room + 4
+            )
+        live_from = {
+            row["from_number"]: int(row["n"]) for row in await tx.fetch("count_live_by_from")
+        }
+        dialed = {cid: int(row["dialed"]) for cid, row in campaigns.items()}
+        batch = ClaimBatch()
+        numbers: set[str] = set()
+        while len(batch.claims) < room:
+            open_heads = [cid for cid, rows in heads.items() if rows]
+            if not open_heads:
+                break
+            # Highest priority first; among campaigns, the one furthest behind its share.
+            cid = min(
+                open_heads,
+                key=lambda c: (
+                    -int(heads[c][0]["priority"]),
+                    0.0 if c is None else dialed[c] / max(campaigns[c]["share"], 1e-9),
+                ),
+            )
+            attempt = heads[cid].pop(0)
+            campaign = campaigns.get(cid) if cid is not None else None
+            if attempt["to_number"] in numbers:
+                continue
+            claim = await self._admit(tx, owner, rules, attempt, campaign, live_from, now, batch)
+            if claim is None:
+                continue
+            numbers.add(attempt["to_number"])
+            batch.claims.append(claim)
+            from_number = claim.attempt["from_number"]
+            live_from[from_number] = live_from.get(from_number, 0) + 1
+            if cid is not None:
+                dialed[cid] += 1
+                await tx.execute("campaign_dialed", id=cid)
+        return batch
+
+    async def _admit(
+        self,
+        tx: Transaction,
+        owner: str,
+        rules: ClaimRules,
+        attempt: Row,
+        campaign: Row | None,
+        live_from: Mapping[str, int],
+        now: float,
+        batch: ClaimBatch,
+    ) -> Claim | None:
+        """Screen one candidate and claim it, or defer or refuse it (then None)."""
+        call = await tx.fetchone("get_call", id=attempt["call_id"])
+        assert call is not None
+        budget = campaign["budget"] if campaign is not None else None
+        if campaign is not None and budget is not None and campaign["spent"] >= budget:
+            await tx.fetchone(
+                "set_campaign_status", id=campaign["id"], status="paused",
+                reason=f"budget of {budget:g} spent", from_a="active", from_b="active", now=now,
+            )  # fmt: skip
+            return None
+        refusal = await tx.fetchone("is_do_not_call", number=attempt["to_number"])
+        screening: Screening = Admit()
+        if refusal is not None:
+            message = f"{attempt['to_number']} is on the do-not-call list"
+            screening = Refuse(code="DO_NOT_CALL", message=message)
+        elif rules.screen is not None:
+            screening = rules.screen(call, attempt, campaign, now)
+        if isinstance(screening, Admit) and rules.daily_cap is not None:
+            recent = await tx.fetchone(
+                "count_recent_attempts", to_number=attempt["to_number"], since=now - DAY
+            )
+            if recent is not None and int(recent["n"]) >= rules.daily_cap:
+                screening = Defer(until=now + 3600.0, reason="daily attempt cap for this person")
+        if isinstance(screening, Defer):
+            await tx.execute("defer_attempt", id=attempt["id"], not_before=screening.until)
+            return None
+        if isinstance(screening, Refuse):
+            locked = await self._attempt(tx, attempt["id"])
+            error = {"code": screening.code, "message": screening.message}
+            events = await self._advance(
+                tx,
+                locked,
+                CallStatus.REJECTED,
+                now=now,
+                error_code=screening.code,
+                error_message=screening.message,
+                error=error,
+            )
+            batch.events.extend(events)
+            return None
+        from_number = self._caller_id(attempt, campaign, rules, live_from)
+        if from_number is None:
+            return None  # every caller id of the pool is busy: it waits its turn
+        claimed = await tx.fetchone(
+            "claim_attempt_by_id", id=attempt["id"], owner=owner, from_number=from_number,
+            lease_until=now + rules.lease, now=now,
+        )  # fmt: skip
+        if claimed is None:
+            return None
+        if from_number != call["from_number"]:
+            await tx.execute("set_call_from", id=call["id"], from_number=from_number)
+        await tx.execute(
+            "insert_timer",
+            id=new_id(),
+            kind=WATCHDOG,
+            ref=claimed["id"],
+            due_at=now + rules.watchdog_after,
+        )
+        synced = await self._sync_call(tx, claimed, now=now)
+        return Claim(attempt=claimed, call=synced)
+
+    @staticmethod
+    def _caller_id(
+        attempt: Row, campaign: Row | None, rules: ClaimRules, live_from: Mapping[str, int]
+    ) -> str | None:
+        """The caller id for this attempt: its own, or the least busy of the campaign's pool
+        that is under ``per_from``; None if all are at the limit."""
+        pool = [attempt["from_number"]]
+        if campaign is not None:
+            settings = json.loads(campaign["settings"])
+            pool = list(settings.get("from_numbers") or pool)
+        allowed = [
+            n for n in pool if rules.per_from is None or live_from.get(n, 0) < rules.per_from
+        ]
+        if not allowed:
+            return None
+        return str(min(allowed, key=lambda n: (live_from.get(n, 0), pool.index(n))))
+
+    async def _bucket(self, tx: Transaction, pacing: Pacing, now: float) -> Row:
+        row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
+        if row is None:
+            return {"tokens": pacing.burst, "paused_until": 0.0, "reason": None, "factor": 1.0}
+        factor = float(row["factor"])
+        elapsed = max(0.0, now - row["updated_at"])
+        tokens = min(pacing.burst, row["tokens"] + elapsed * pacing.rate * factor)
+        return {
+            "tokens": tokens,
+            "paused_until": row["paused_until"],
+            "reason": row["reason"] if row["paused_until"] > now else None,
+            "factor": factor,
+        }
+
+    async def _put_bucket(self, tx: Transaction, bucket: Row, now: float, **changes: Any) -> None:
+        row = {**bucket, **changes}
+        await tx.execute(
+            "put_pacing", bucket=DIAL_BUCKET, tokens=row["tokens"],
+            paused_until=row["paused_until"], reason=row["reason"], factor=row["factor"],
+            now=now,
+        )  # fmt: skip
+
+    async def pause_dialing(
+        self, until: float, *, reason: str = "rate_limited", slow_down: bool = False
+    ) -> None:
+        """Hold every daemon's placements until ``until`` (the provider said Retry-After, or
+        the account cannot dial); ``slow_down`` also halves the pace (it recovers by itself)."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            await tx.fetchone("lock_dialing")
+            row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
+            bucket: dict[str, Any] = {
+                "tokens": row["tokens"] if row else 1.0,
+                "paused_until": max(until, row["paused_until"] if row else 0.0),
+                "reason": reason,
+                "factor": float(row["factor"]) if row else 1.0,
+            }
+            if slow_down:
+                bucket["factor"] = max(0.1, float(bucket["factor"] or 1.0) / 2)
+            await self._put_bucket(tx, bucket, now)
+
+    async def dialing_state(self) -> Row:
+        """The fleet's pace: ``paused_until``, ``reason`` (while paused) and ``factor``."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
+        if row is None:
+            return {"paused_until": 0.0, "reason": None, "factor": 1.0}
+        paused = row["paused_until"] > now
+        return {
+            "paused_until": row["paused_until"] if paused else 0.0,
+            "reason": row["reason"] if paused else None,
+            "factor": float(row["factor"]),
+        }
+
+    async def heartbeat(
+        self,
+        owner: str,
+        *,
+        lease: float,
+        attempts: Iterable[str] = (),
+        deliveries: Iterable[str] = (),
+    ) -> int:
+        """Extend the leases of ``owner``'s work still in flight (placements ``attempts``,
+        ``deliveries``); how many were extended.
+
+        Leases can then be short: a daemon that dies stops beating and its work is taken
+        over within one lease, and so is work whose task died inside a living daemon.
+        """
+        until = self.clock() + lease
+        extended = 0
+        async with self.connector.transaction() as tx:
+            for attempt_id in attempts:
+                extended += max(0, await tx.execute(
+                    "extend_attempt_lease", id=attempt_id, owner=owner, lease_until=until
+                ))  # fmt: skip
+            for delivery_id in deliveries:
+                extended += max(0, await tx.execute(
+                    "extend_delivery_lease", id=delivery_id, owner=owner, lease_until=until
+                ))  # fmt: skip
+        return extended
+
+    async def placed(
+        self, attempt_id: str, *, provider_call_id: str, provider_status: str
+    ) -> list[Event]:
+        """The provider accepted the placement; ``call.initiated`` unless it only queued it."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            status = CallStatus(attempt["status"])
+            changes: dict[str, Any] = {
+                "provider_call_id": attempt["provider_call_id"] or provider_call_id,
+                "provider_status": provider_status,
+                "ambiguous": 0,
+                "lease_owner": None,
+                "lease_until": None,
+            }
+            if status.terminal or provider_status != "initiated" or status.rank >= 2:
+                await self._update_attempt(tx, attempt, **changes)
+                return []
+            return await self._advance(tx, attempt, CallStatus.INITIATED, now=now, **changes)
+
+    async def refused(self, attempt_id: str, error: exceptions.OrchestratorError) -> list[Event]:
+        """The provider (or local validation) refused the placement: ``call.rejected``."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if CallStatus(attempt["status"]).terminal:
+                return []
+            status = getattr(error, "status", None)
+            return await self._advance(
+                tx,
+                attempt,
+                CallStatus.REJECTED,
+                now=now,
+                error_code=error.code,
+                error_message=error.message,
+                lease_owner=None,
+                lease_until=None,
+                error={"code": error.code, "message": error.message, "http_status": status},
+            )
+
+    async def requeue(
+        self, attempt_id: str, error: exceptions.OrchestratorError | None, *, retry_at: float
+    ) -> bool:
+        """The placement certainly did not happen (429, 503, no connection, or shutdown began
+        before it was sent, ``error=None``): queue it again.
+
+        Only an attempt still ``dialing`` and not ambiguous goes back; returns whether it did.
+        """
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if attempt["status"] != CallStatus.DIALING or attempt["ambiguous"]:
+                return False
+            await self._update_attempt(
+                tx,
+                attempt,
+                status=CallStatus.QUEUED.value,
+                live=0,
+                not_before=retry_at,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+                lease_owner=None,
+                lease_until=None,
+            )
+            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
+            await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
+            await self._notify(tx, "dial")
+        return True
+
+    async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:
+        """The placement may have happened: never resend; wait for a webhook or the watchdog."""
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if CallStatus(attempt["status"]).terminal:
+                return
+            await self._update_attempt(
+                tx,
+                attempt,
+                ambiguous=0 if attempt["provider_call_id"] else 1,
+                error_code=error.code,
+                error_message=error.message,
+                lease_owner=None,
+                lease_until=None,
+            )
+
+    async def rescue(self) -> int:
+        """Mark placements abandoned by a dead daemon (expired lease) ambiguous.
+
+        One daemon of a fleet sweeps at a time; the others skip the round (0).
+        """
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            lock = await tx.fetchone("try_lock_sweeper")
+            if lock is None or not lock["locked"]:
+                return 0
+            return len(await tx.fetch("rescue_attempts", now=now))
+
+    async def release(self, owner: str) -> None:
+        """On shutdown: hand back this daemon's leases so another daemon can go on at once."""
+        async with self.connector.transaction() as tx:
+            await tx.fetch("release_attempts", owner=owner)
+            await tx.execute("release_deliveries", owner=owner)
