@@ -17,17 +17,27 @@ from orchestrator.exceptions import (
     ProviderUnavailable,
     Retry,
 )
+from orchestrator.model import CallRef, Event, NewCall
+from orchestrator.plugin import Context, DeliveryError, Handler, HandlerGone, Options
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AmbiguousPlacement",
+    "CallRef",
     "CallRequest",
     "Config",
     "ConfigError",
+    "Context",
+    "DeliveryError",
+    "Event",
+    "Handler",
+    "HandlerGone",
     "InputError",
     "MagpipeClient",
     "MagpipeError",
+    "NewCall",
+    "Options",
     "OrchestratorError",
     "PlacedCall",
     "ProviderRefused",
