@@ -120,6 +120,9 @@ class Ledger:
             await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt["id"])
         row = await self._update_attempt(tx, attempt, **changes)
         call = await self._sync_call(tx, row, now=now)
+        duration = fields.get("duration")
+        if status.terminal and row.get("campaign") and duration:
+            await self._charge(tx, str(row["campaign"]), float(duration), now=now)
         event = await self._emit(
             tx,
             call,
@@ -133,6 +136,15 @@ class Ledger:
             data=fields.get("data") or {},
         )
         return [event] if event is not None else []
+
+    async def _charge(
+        self, tx: Transaction, campaign_id: str, duration: float, *, now: float
+    ) -> None:
+        """Add a finished call's estimated cost to its campaign's spend (budget caps)."""
+        campaign = await tx.fetchone("get_campaign", id=campaign_id)
+        if campaign is not None:
+            cost = duration / 60.0 * float(campaign["price_per_minute"])
+            await tx.fetchone("campaign_spent", id=campaign_id, cost=cost, now=now)
 
     async def _sync_call(self, tx: Transaction, attempt: Row, *, now: float) -> Row:
         status = CallStatus(attempt["status"])

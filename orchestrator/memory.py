@@ -521,12 +521,22 @@ class _Database:
             [{"status": k, "calls": v[0], "attempts": v[1]} for k, v in groups.items()]
         )
 
-    def cancel_campaign_attempts(self, p: Params) -> Result:
+    def cancel_campaign_calls(self, p: Params) -> Result:
+        rows = self._where(
+            "calls", lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["status"], "queued")
+        )
+        changes = {"status": "canceled", "reason": "CAMPAIGN_CANCELED"}
+        changes |= {"ended_at": p["now"], "updated_at": p["now"]}
+        return [], len(self._update("calls", rows, lambda r: changes))
+
+    def cancel_campaign_queue(self, p: Params) -> Result:
         rows = self._where(
             "attempts",
             lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["status"], "queued"),
         )
-        return self._select(rows)
+        changes = {"status": "canceled", "error_code": "CAMPAIGN_CANCELED"}
+        changes |= {"error_message": p["reason"], "ended_at": p["now"]}
+        return [], len(self._update("attempts", rows, lambda r: changes))
 
     def is_do_not_call(self, p: Params) -> Result:
         rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))

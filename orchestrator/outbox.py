@@ -127,11 +127,27 @@ class Outbox(Ledger):
     ) -> Event | None:
         """Emit a custom event (``plugin.x.y``, ``delivery.exhausted``...) about ``source``'s
         call and attempt, once per ``key``; None if it was emitted before."""
+        return await self.emit_for(
+            source.call.id, source.call.attempt, type_, key=key, data=data, error=error
+        )
+
+    async def emit_for(
+        self,
+        call_id: str,
+        attempt: int,
+        type_: str,
+        *,
+        key: str,
+        data: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> Event | None:
+        """Emit an event of ``type_`` about a call's attempt (``account.balance_low``...),
+        once per ``key``."""
         now = self.clock()
         async with self.connector.transaction() as tx:
-            call, attempt = await self._call_attempt(tx, source.call.id, source.call.attempt)
+            call, row = await self._call_attempt(tx, call_id, attempt)
             return await self._emit(
-                tx, call, attempt, None, now=now, type_=type_, dedupe_key=key, data=data,
+                tx, call, row, None, now=now, type_=type_, dedupe_key=key, data=data,
                 error=error,
             )  # fmt: skip
 
@@ -149,6 +165,16 @@ class Outbox(Ledger):
             if not CallStatus(attempt["status"]).terminal:
                 return None
             number = int(attempt["number"]) + 1
+            cap = await self._campaign_cap(tx, attempt)
+            if cap is not None and number > cap:
+                # The campaign allows no more: say so instead of scheduling.
+                await self._emit(
+                    tx, call, attempt, None, now=now, type_="call.retries_exhausted",
+                    dedupe_key=f"{call['id']}:{attempt['number']}:call.retries_exhausted",
+                    data={"reason": f"the campaign allows {cap} attempt(s)",
+                          "attempts": attempt["number"]},
+                )  # fmt: skip
+                return None
             moved = await tx.fetchone(
                 "next_call_attempt", id=call["id"], previous=attempt["number"], number=number,
                 now=now,
@@ -170,6 +196,15 @@ class Outbox(Ledger):
             )
             await self._notify(tx, "dial")
         return event
+
+    async def _campaign_cap(self, tx: Any, attempt: Row) -> int | None:
+        if not attempt.get("campaign"):
+            return None
+        campaign = await tx.fetchone("get_campaign", id=attempt["campaign"])
+        if campaign is None:
+            return None
+        cap = json.loads(campaign["settings"]).get("max_attempts")
+        return int(cap) if cap else None
 
     async def give_up(self, source: Event, *, reason: str) -> Event | None:
         """``call.retries_exhausted`` for ``source``'s call, once per attempt."""

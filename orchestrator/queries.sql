@@ -185,9 +185,17 @@ ORDER BY line LIMIT :limit;
 SELECT status, COUNT(*) AS calls, SUM(attempts) AS attempts FROM calls
 WHERE campaign = :campaign GROUP BY status;
 
--- name: cancel_campaign_attempts
--- Queued and scheduled attempts of a canceled campaign end; live calls finish.
-SELECT * FROM attempts WHERE campaign = :campaign AND status = 'queued';
+-- name: cancel_campaign_calls
+-- A canceled campaign's waiting calls end (before their attempts, whose status selects them).
+UPDATE calls
+SET status = 'canceled', reason = 'CAMPAIGN_CANCELED', ended_at = :now, updated_at = :now
+WHERE campaign = :campaign AND status = 'queued';
+
+-- name: cancel_campaign_queue
+UPDATE attempts
+SET status = 'canceled', error_code = 'CAMPAIGN_CANCELED', error_message = :reason,
+    ended_at = :now
+WHERE campaign = :campaign AND status = 'queued';
 
 -- name: is_do_not_call
 SELECT number, reason FROM do_not_call WHERE number = :number;

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator import exceptions
+from orchestrator.campaigns import Campaigns
 from orchestrator.connector import Row, Transaction
 from orchestrator.dialing import (
     DIAL_BUCKET,
@@ -85,7 +86,7 @@ class IngestResult:
     events: tuple[Event, ...] = ()
 
 
-class Store(Dialing, Outbox):
+class Store(Dialing, Campaigns, Outbox):
     """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`:
     ``Store(connector, router=..., clock=...)``.
 
