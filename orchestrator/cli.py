@@ -1,4 +1,5 @@
-"""The ``orchestrator`` command: it parses arguments, sets up logging and calls into the app."""
+"""The ``orchestrator`` command: it parses arguments, sets up logging and calls into the app
+(the daemon, the client, the config checker and the rule test runner)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
-from orchestrator import client, config, exceptions, log
+from orchestrator import client, config, exceptions, log, rules
 from orchestrator.model import CallStatus
 
 CALL_EXAMPLE = """\
@@ -24,6 +26,19 @@ example:
 exit status: 0 placed; 1 refused or invalid input (nothing placed); 2 usage or config error;
 3 ambiguous (the call may have been placed: do not simply retry); 4 provider unavailable
 (nothing placed: safe to retry)."""
+
+RULES_TEST_EXAMPLE = """\
+a test file:
+  config: orchestrator.yaml            # relative to the test file
+  env: {SLACK_WEBHOOK_URL: https://hooks.example.invalid/x}   # ${VAR}s the config needs
+  tests:
+    - name: gold failures go to ops
+      event: {type: call.failed, call: {attempt: 2, metadata: {tier: gold}}, error: {code: X}}
+      expect:                          # exactly the rules that match, in any order
+        - {rule: tell ops about failed gold customers, handler: ops,
+           with: {text: "Call to +14155550100 failed: X"}}   # a subset of the options
+
+event fields left out get defaults (type call.completed, call.to +14155550100, attempt 1)."""
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_AMBIGUOUS, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
 
@@ -112,7 +127,58 @@ def _parser() -> argparse.ArgumentParser:
         description="Start the simulator in this process, place a few calls and show what "
         "happens to each, from the provider's answer to the final status webhook.",
     )
+    _config_commands(commands)
     return parser
+
+
+def _config_commands(commands: Any) -> None:
+    """``config check|schema``, ``plugins list`` and ``rules test``."""
+    cfg = commands.add_parser(
+        "config", help="check a config file or print its JSON Schema", description="Config files."
+    )
+    cfg_commands = cfg.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = cfg_commands.add_parser(
+        "check",
+        help="check a config file: sections, plugins and rules",
+        description="Check a config file as the daemon loads it. Exit 0 with a summary, or 1 "
+        "with every problem (file:line:col key.path: message) on stderr. An unset ${VAR} is "
+        "a warning unless --require-env.",
+    )
+    check.add_argument("file", type=Path, help="the YAML config file")
+    check.add_argument(
+        "--require-env",
+        action="store_true",
+        help="an unset environment variable is a problem (as when the daemon starts)",
+    )
+    cfg_commands.add_parser(
+        "schema",
+        help="print the config's JSON Schema (for editors)",
+        description="Print the JSON Schema of the config file, with the options of every "
+        "installed plugin type, to stdout.",
+    )
+    plugins = commands.add_parser(
+        "plugins", help="list installed plugin types", description="Handler plugins."
+    )
+    plugin_commands = plugins.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = plugin_commands.add_parser(
+        "list",
+        help="installed plugin types and their options",
+        description="The plugin types installed (entry-point group orchestrator.plugins) and "
+        "their options: name, type, default, description.",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of text")
+    rule = commands.add_parser("rules", help="test rules", description="Rules.")
+    rule_commands = rule.add_subparsers(dest="action", required=True, metavar="ACTION")
+    test = rule_commands.add_parser(
+        "test",
+        help="run rule tests: events and the routes they should take",
+        description="Route each test's event through the config's rules and compare the "
+        "matching rules, handlers and rendered options with what the test expects. Exit 0 if "
+        "every test passes, else 1.",
+        epilog=RULES_TEST_EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    test.add_argument("file", type=Path, help="the YAML test file")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from orchestrator import demo
 
             return asyncio.run(demo.run())
+        if args.command in ("config", "plugins", "rules"):
+            return _config_command(args)
     except KeyboardInterrupt:
         return 130
     except exceptions.ConfigError as exc:
@@ -216,10 +284,67 @@ def _simulator(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
     from orchestrator import app
 
-    cfg = config.load(args.config)
-    redactor.add(*cfg.secrets())
-    daemon = app.Daemon(cfg, shutdown_grace=args.shutdown_grace)
+    loaded = rules.load(args.config)
+    if not loaded.ok or loaded.config is None:
+        raise loaded.error()
+    redactor.add(*loaded.config.secrets())
+    daemon = app.Daemon(
+        loaded.config, subscriptions=loaded.subscriptions, shutdown_grace=args.shutdown_grace
+    )
     return asyncio.run(daemon.run())
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    """``config check|schema``, ``plugins list``, ``rules test``: 0 if all is well, else 1."""
+    from orchestrator import plugin, ruletest
+
+    if args.command == "config" and args.action == "check":
+        loaded = rules.load(args.file, require_env=args.require_env)
+        for warning in loaded.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for problem in loaded.problems:
+            print(problem, file=sys.stderr)
+        if not loaded.ok:
+            return EXIT_REFUSED
+        print(
+            f"{loaded.name}: OK, {_count(loaded.plugins, 'plugin')}, {_count(loaded.rules, 'rule')}"
+        )
+        return EXIT_OK
+    if args.command == "config":
+        print(json.dumps(rules.schema(plugin.installed()), indent=2))
+        return EXIT_OK
+    if args.command == "plugins":
+        found = rules.catalog(plugin.installed())
+        print(json.dumps(found, indent=2, default=str) if args.json else _catalog_text(found))
+        return EXIT_OK
+    run = ruletest.run_rule_tests(args.file)
+    for line in run.problems:
+        print(line, file=sys.stderr)
+    for result in run.results:
+        print(f"{'PASS' if result.passed else 'FAIL'} {result.name}")
+        for line in result.diff:
+            print(f"    {line}")
+    passed = sum(r.passed for r in run.results)
+    if not run.problems:
+        print(f"{passed} passed, {len(run.results) - passed} failed")
+    return EXIT_OK if run.ok else EXIT_REFUSED
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _catalog_text(found: list[dict[str, Any]]) -> str:
+    lines = []
+    for entry in found:
+        lines.append(f"{entry['type']}: {entry['description']}".rstrip(": "))
+        for option in entry["options"]:
+            default = "required" if option["required"] else f"default {option['default']!r}"
+            text = f"  {option['name']}: {option['type']}, {default}"
+            lines.append(text + (f": {option['description']}" if option["description"] else ""))
+        if not entry["options"]:
+            lines.append("  (no options)")
+    return "\n".join(lines) if lines else "no plugin types installed"
 
 
 async def _wait(args: argparse.Namespace) -> int:

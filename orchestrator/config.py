@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -28,6 +30,10 @@ from orchestrator import client, exceptions, phone
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+#: Where a value is in the config: keys and list indices from the top.
+KeyPath = tuple[str | int, ...]
+Marks = Mapping[KeyPath, tuple[int, int]]
 
 
 def parse_duration(value: object) -> float:
@@ -45,7 +51,15 @@ def parse_duration(value: object) -> float:
     raise ValueError(f"not a duration: {value!r} (use e.g. 500ms, 10s, 30m, 1h)")
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(ms|s|m|h|d)?\s*$"},
+    ],
+    "description": "Seconds, or a duration such as 500ms, 10s, 30m, 1h, 1d.",
+}
+#: Seconds, written as a number or as ``500ms``, ``10s``, ``30m``, ``1h``, ``1d``.
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(_DURATION_SCHEMA)]
 
 
 def _empty_is_none(value: object) -> object:
@@ -153,15 +167,15 @@ _MarkedLoader.add_implicit_resolver(
 )
 
 
-def _load_marked(text: str) -> tuple[Any, dict[tuple[str | int, ...], tuple[int, int]]]:
+def _load_marked(text: str) -> tuple[Any, dict[KeyPath, tuple[int, int]]]:
     loader = _MarkedLoader(text)
-    marks: dict[tuple[str | int, ...], tuple[int, int]] = {}
+    marks: dict[KeyPath, tuple[int, int]] = {}
     try:
         node = loader.get_single_node()
         if node is None:
             return None, marks
 
-        def walk(n: yaml.Node, path: tuple[str | int, ...]) -> None:
+        def walk(n: yaml.Node, path: KeyPath) -> None:
             marks[path] = (n.start_mark.line + 1, n.start_mark.column + 1)
             if isinstance(n, yaml.MappingNode):
                 for key_node, value_node in n.value:
@@ -183,8 +197,8 @@ def _load_marked(text: str) -> tuple[Any, dict[tuple[str | int, ...], tuple[int,
 def interpolate(
     value: Any,
     environ: Mapping[str, str],
-    path: tuple[str | int, ...] = (),
-    missing: list[tuple[tuple[str | int, ...], str]] | None = None,
+    path: KeyPath = (),
+    missing: list[tuple[KeyPath, str]] | None = None,
 ) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string; ``$$`` is a literal ``$``.
 
@@ -216,16 +230,92 @@ def interpolate(
     return value
 
 
-def _dotted(path: tuple[str | int, ...]) -> str:
+def dotted(path: KeyPath) -> str:
+    """``rules[1].if['call.attempt'].gte`` for ``("rules", 1, "if", "call.attempt", "gte")``:
+    a key that contains a dot is quoted, so the path reads unambiguously."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "." in part or not part:
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else part
     return out or "(top level)"
 
 
-def _where(
-    name: str, marks: Mapping[tuple[str | int, ...], tuple[int, int]], path: tuple[str | int, ...]
-) -> str:
+_dotted = dotted
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: its key path (None: not about a key, e.g. a YAML syntax
+    error), a message, and once located, ``where`` (``file:line:col``).
+
+    Modules that check parts of the config (conditions, templates, rules) return or raise
+    these with paths from the file's top; :meth:`Document.locate` adds the position.
+    """
+
+    path: KeyPath | None
+    message: str
+    where: str = ""
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(line, column) from ``where``; (0, 0) when it has none (to sort by)."""
+        found = re.search(r":(\d+):(\d+)$", self.where)
+        return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+
+    def __str__(self) -> str:
+        head = f"{self.where} " if self.where else ""
+        if self.path is None:
+            return head + self.message
+        return f"{head}{dotted(self.path)}: {self.message}"
+
+
+class Invalid(exceptions.ConfigError):
+    """A ConfigError whose problems are data (:attr:`problems`), each with its key path."""
+
+    def __init__(self, problems: Sequence[Problem], *, name: str | None = None) -> None:
+        self.problems = list(problems)
+        super().__init__(report(self.problems, name=name))
+
+
+def report(problems: Sequence[Problem], *, name: str | None = None) -> str:
+    """``N problem(s) in NAME:`` and one indented line per problem (one problem: just it)."""
+    lines = [str(p) for p in problems]
+    if len(lines) == 1 and name is None:
+        return lines[0]
+    title = f"{len(lines)} problem(s)" + (f" in {name}" if name else "")
+    return title + ":\n  " + "\n  ".join(lines)
+
+
+@dataclass(frozen=True)
+class Document:
+    """A config file as read: its interpolated data, where each key is, and the key paths
+    whose ``${VAR}`` was unset (their values are empty strings)."""
+
+    name: str
+    data: dict[str, Any]
+    marks: Marks
+    unset: tuple[Problem, ...] = ()
+
+    def locate(self, problem: Problem) -> Problem:
+        """``problem`` with ``where`` set to the file, line and column of its key path."""
+        if problem.where or problem.path is None:
+            return problem
+        return replace(problem, where=_where(self.name, self.marks, problem.path))
+
+    def affected(self, problem: Problem) -> bool:
+        """True if ``problem`` is at or under a key whose variable was unset (a consequence
+        of the empty value, not a separate mistake)."""
+        path = problem.path
+        return path is not None and any(
+            u.path is not None and path[: len(u.path)] == u.path for u in self.unset
+        )
+
+
+def _where(name: str, marks: Marks, path: KeyPath) -> str:
     # The deepest ancestor that exists in the file (a missing key points at its parent).
     for end in range(len(path), -1, -1):
         if path[:end] in marks:
@@ -234,18 +324,23 @@ def _where(
     return name
 
 
-def load(
-    source: str | Path, *, environ: Mapping[str, str] | None = None, text: str | None = None
-) -> Config:
-    """Load and validate a config file; raise ConfigError listing every problem found."""
-    path = Path(source)
+def read(
+    source: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    text: str | None = None,
+    interpolated: bool = True,
+) -> tuple[Document | None, list[Problem]]:
+    """Read, parse and (unless ``interpolated=False``) interpolate a YAML file. Returns the
+    document (None if it could not be parsed) and the located problems that stopped it;
+    unset variables are not among them but in :attr:`Document.unset`."""
     name = str(source)
     environ = os.environ if environ is None else environ
     if text is None:
         try:
-            text = path.read_text(encoding="utf-8")
+            text = Path(source).read_text(encoding="utf-8")
         except OSError as exc:
-            raise exceptions.ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+            return None, [Problem(None, f"{name}: cannot read: {exc.strerror}")]
     try:
         raw, marks = _load_marked(text)
     except yaml.MarkedYAMLError as exc:
@@ -255,38 +350,63 @@ def load(
         if exc.context and exc.context_mark:
             # "while parsing a flow sequence" at the line where the broken construct starts.
             context = f" ({exc.context} at line {exc.context_mark.line + 1})"
-        raise exceptions.ConfigError(f"{where} invalid YAML: {exc.problem}{context}") from None
+        return None, [Problem(None, f"invalid YAML: {exc.problem}{context}", where)]
+    except yaml.YAMLError as exc:  # e.g. a reader error (a control character) without a mark
+        return None, [Problem(None, f"invalid YAML: {exc}", name)]
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise exceptions.ConfigError(f"{name}:1:1 the config must be a mapping of sections")
-    missing: list[tuple[tuple[str | int, ...], str]] = []
-    raw = interpolate(raw, environ, (), missing)
-    problems = [
-        f"{_where(name, marks, loc)} {_dotted(loc)}: environment variable {var} is not set"
+        return None, [Problem(None, "the config must be a mapping of sections", f"{name}:1:1")]
+    missing: list[tuple[KeyPath, str]] = []
+    data = interpolate(raw, environ, (), missing) if interpolated else raw
+    unset = tuple(
+        Problem(loc, f"environment variable {var} is not set", _where(name, marks, loc))
         for loc, var in missing
-    ]
+    )
+    return Document(name, data, marks, unset), []
+
+
+def validate(doc: Document, *, skip: Collection[str] = ()) -> tuple[Config | None, list[Problem]]:
+    """Validate a document's sections; the located problems, none at or under an unset
+    variable's key. Problems under the top-level keys in ``skip`` are left out (their
+    checker reports them)."""
     try:
-        cfg = Config.model_validate(raw)
+        return Config.model_validate(doc.data), []
     except ValidationError as exc:
-        unset = {loc for loc, _ in missing}
+        problems = []
         for error in exc.errors():
             loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
-            if loc not in unset:
-                problems.append(f"{_where(name, marks, loc)} {_dotted(loc)}: {_message(error)}")
-    else:
-        if not problems:
-            return cfg
-    raise exceptions.ConfigError(
-        f"{len(problems)} problem(s) in {name}:\n  " + "\n  ".join(problems)
-    )
+            problem = Problem(loc, _message(error))
+            if (loc and loc[0] in skip) or doc.affected(problem):
+                continue
+            problems.append(doc.locate(problem))
+        return None, problems
 
 
-def _message(error: Any) -> str:
+def load(
+    source: str | Path, *, environ: Mapping[str, str] | None = None, text: str | None = None
+) -> Config:
+    """Load and validate a config file's sections (not its rules and plugins: see
+    :func:`orchestrator.rules.load`); raise :class:`Invalid` listing every problem."""
+    doc, problems = read(source, environ=environ, text=text)
+    if doc is None:
+        raise Invalid(problems)
+    cfg, problems = validate(doc)
+    problems = [*doc.unset, *problems]
+    if cfg is None or problems:
+        raise Invalid(problems, name=doc.name)
+    return cfg
+
+
+def message(error: Mapping[str, Any]) -> str:
+    """A pydantic error's message as the config reports it (``unknown key``...)."""
     kind = error.get("type")
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    message = str(error.get("msg", "invalid"))
-    return message.removeprefix("Value error, ")
+    text = str(error.get("msg", "invalid"))
+    return text.removeprefix("Value error, ")
+
+
+_message = message

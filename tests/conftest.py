@@ -16,6 +16,7 @@ import pytest
 from orchestrator.connector import Connector, redact_url
 from orchestrator.simulation import SimulatorConfig
 from orchestrator.simulator import Simulator
+from tests.stores import clock, env, store  # noqa: F401 - fixtures for every test module
 
 StartSimulator = Callable[..., Awaitable[Simulator]]
 

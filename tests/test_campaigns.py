@@ -10,7 +10,7 @@ from orchestrator.campaigns import CampaignSettings, RowError
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.model import CallStatus, NewCall
 from orchestrator.store import Claim, Store, Webhook
-from tests.test_store import T0, FakeClock, clock, env, store  # noqa: F401 - fixtures
+from tests.stores import T0, FakeClock
 
 POOL = ("+16045551234", "+16045551235")
 
@@ -125,7 +125,7 @@ async def test_screen_defers_and_refuses(store: Store, clock: FakeClock) -> None
 async def test_do_not_call_table_refuses_at_claim(store: Store) -> None:
     assert await store.add_do_not_call("+14155550100", reason="asked not to be called")
     assert not await store.add_do_not_call("+14155550100")
-    call, _ = await store.create_call(NewCall(to="+14155550100", from_=POOL[0]))
+    await store.create_call(NewCall(to="+14155550100", from_=POOL[0]))
     batch = await store.claim_batch("w", rules(), limit=1)
     assert batch.claims == [] and batch.events[0].error == {
         "code": "DO_NOT_CALL",
