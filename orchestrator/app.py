@@ -104,6 +104,13 @@ class Daemon:
         except exceptions.StoreError as exc:
             detail["store"] = str(exc)
         usable = self._dialer is not None and self._dialer.usable
+        try:  # the fleet's dialing state: one daemon's 401 stops every daemon's dialing
+            state = await self.store.dialing_state()
+            usable = usable and state["reason"] != "unauthorized"
+            if state["reason"]:
+                detail["dialing"] = f"paused ({state['reason']})"
+        except exceptions.StoreError:
+            pass
         detail["provider"] = "ok" if usable else "unauthorized"
         return detail["store"] == "ok" and usable, detail
 

@@ -13,12 +13,15 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
-from orchestrator import bus, client, exceptions
+from orchestrator import bus, client, dnc, exceptions, windows
+from orchestrator.connector import Row
+from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.model import CORRELATION_KEY, Event
-from orchestrator.store import Claim, Pacing, Store, Throttled
+from orchestrator.store import Claim, Pacing, Store
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +38,15 @@ class DialerSettings:
     webhook_base: str
     agent_id: str | None = None
     unavailable_backoff: float = 5.0
-    burst: float = 1.0
+    burst: float | None = None  # default: a tenth of a second's worth, at least 1
     lease: float = 30.0
+    max_live_per_caller_id: int | None = None
+    max_attempts_per_person_per_day: int | None = None
+    window: windows.CallingWindow | None = None  # for calls whose campaign sets none
+    default_time_zone: str | None = None  # for numbers whose zone phonenumbers cannot tell
+    do_not_call: dnc.DoNotCall | None = None
+    balance_probe: float = 60.0  # first wait after INSUFFICIENT_BALANCE (doubles, to 10 min)
+    unauthorized_probe: float = 300.0  # wait after UNAUTHORIZED before trying once more
 
 
 class Dialer:
@@ -59,7 +69,19 @@ class Dialer:
         self.owner = owner
         self.publish = publish
         self.wake = asyncio.Event()
-        self.pacing = Pacing(rate=settings.calls_per_second, burst=settings.burst)
+        burst = settings.burst or max(1.0, settings.calls_per_second / 10)
+        self.pacing = Pacing(rate=settings.calls_per_second, burst=burst)
+        self.rules = ClaimRules(
+            max_live=settings.max_live_calls,
+            # The heartbeat extends this while the placement runs.
+            lease=settings.lease,
+            watchdog_after=settings.max_call_duration,
+            pacing=self.pacing,
+            per_from=settings.max_live_per_caller_id,
+            daily_cap=settings.max_attempts_per_person_per_day,
+            screen=self.screen,
+        )
+        self._balance_wait = settings.balance_probe
         self.last_error: exceptions.MagpipeError | None = None
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -78,36 +100,67 @@ class Dialer:
             while not self._stopping.is_set():
                 self.wake.clear()
                 try:
-                    claim = await self.store.claim_attempt(
-                        self.owner,
-                        max_live=self.settings.max_live_calls,
-                        # The heartbeat extends this while the placement runs.
-                        lease=self.settings.lease,
-                        watchdog_after=self.settings.max_call_duration,
-                        pacing=self.pacing,
+                    batch = await self.store.claim_batch(
+                        self.owner, self.rules, limit=max(1, int(self.pacing.burst))
                     )
                 except exceptions.StoreError as exc:
                     # A database hiccup is not a crash: the claim rolled back; try again.
                     log.error("dialer.store_failed", error=str(exc))
                     await bus.wait_any(self._stopping, within=self.poll)
                     continue
-                if claim is None:
-                    await self._idle()
-                    continue
-                if isinstance(claim, Throttled):
-                    await bus.wait_any(self._stopping, within=claim.wait)
+                self.publish(batch.events)  # refusals (do-not-call...) decided at the claim
+                if not batch.claims:
+                    if batch.wait is not None:
+                        await bus.wait_any(self._stopping, within=batch.wait)
+                    else:
+                        await self._idle()
                     continue
                 if self._stopping.is_set():
                     # Shutdown began while the claim was under way: nothing was sent, so the
-                    # attempt goes back to the queue instead of starting after SIGTERM.
-                    await self.store.requeue(claim.attempt_id, None, retry_at=self.store.clock())
+                    # attempts go back to the queue instead of starting after SIGTERM.
+                    for claim in batch.claims:
+                        await self.store.requeue(
+                            claim.attempt_id, None, retry_at=self.store.clock()
+                        )
                     break
-                self.placing.add(claim.attempt_id)
-                task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
-                self._inflight.add(task)
-                task.add_done_callback(self._done)
+                for claim in batch.claims:
+                    self.placing.add(claim.attempt_id)
+                    task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
+                    self._inflight.add(task)
+                    task.add_done_callback(self._done)
         finally:
             self._stopped.set()
+
+    def screen(self, call: Row, attempt: Row, campaign: Row | None, now: float) -> Screening:
+        """Right before a claim: the do-not-call list, then the calling window in the
+        recipient's local time (the campaign's, else the configured one)."""
+        to = str(attempt["to_number"])
+        if self.settings.do_not_call is not None and to in self.settings.do_not_call:
+            return Refuse(code="DO_NOT_CALL", message=f"{to} is on the do-not-call list")
+        window = self.settings.window
+        if campaign is not None:
+            settings = json.loads(campaign["settings"])
+            if settings.get("window"):
+                window = windows.CallingWindow.model_validate(settings["window"])
+        if window is None:
+            return Admit()
+        try:
+            zones = (
+                window.zones_for(to)
+                if window.time_zone
+                else windows.zones_for(
+                    to, default=window.fallback_time_zone or self.settings.default_time_zone
+                )
+            )
+        except exceptions.InputError as exc:
+            return Refuse(code=exc.code, message=exc.message)
+        at = datetime.fromtimestamp(now, UTC)
+        if windows.is_open(window, zones, at):
+            return Admit()
+        opens = windows.next_open(window, zones, at)
+        if opens is None:  # not within the next week: look again in a day
+            return Defer(until=now + 86400.0, reason="calling window closed for a week")
+        return Defer(until=opens.timestamp(), reason="calling window closed")
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -149,27 +202,10 @@ class Dialer:
             bound.warning("dialer.invalid", code=exc.code, error=exc.message)
         except exceptions.MagpipeError as exc:
             self.last_error = exc
-            if exc.retry is exceptions.Retry.POINTLESS:
-                events = await self.store.refused(attempt_id, exc)
-                bound.warning("dialer.rejected", code=exc.code, error=exc.message)
-            elif exc.retry is exceptions.Retry.SAFE:
-                wait = (
-                    exc.retry_after
-                    if exc.retry_after is not None
-                    else self.settings.unavailable_backoff
-                )
-                if isinstance(exc, exceptions.RateLimited):
-                    await self.store.pause_dialing(self.store.clock() + wait)
-                if await self.store.requeue(attempt_id, exc, retry_at=self.store.clock() + wait):
-                    bound.info("dialer.requeued", code=exc.code, retry_in=wait)
-                    self.wake.set()
-                else:  # the sweeper took it for abandoned meanwhile: never resent
-                    bound.warning("dialer.not_requeued", code=exc.code)
-            else:
-                await self.store.ambiguous(attempt_id, exc)
-                bound.warning("dialer.ambiguous", code=exc.code, error=exc.message)
+            events = await self._refused(claim, exc, bound)
         else:
             self.last_error = None
+            self._balance_wait = self.settings.balance_probe
             events = await self.store.placed(
                 attempt_id, provider_call_id=placed.call_id, provider_status=placed.status
             )
@@ -177,6 +213,64 @@ class Dialer:
                 "dialer.placed", provider_call_id=placed.call_id, provider_status=placed.status
             )
         self.publish(events)
+
+    async def _refused(
+        self,
+        claim: Claim,
+        exc: exceptions.MagpipeError,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> list[Event]:
+        """What a provider refusal does: back-pressure for the whole fleet (429, balance,
+        credentials), a paused campaign (its agent or caller id), or one rejected call. Only a
+        refusal of this call alone ends it; the others put it back in the queue."""
+        attempt_id = claim.attempt_id
+        now = self.store.clock()
+        campaign = claim.attempt.get("campaign")
+        if isinstance(exc, exceptions.InsufficientBalance | exceptions.Unauthorized):
+            balance = isinstance(exc, exceptions.InsufficientBalance)
+            wait = self._balance_wait if balance else self.settings.unauthorized_probe
+            if balance:
+                self._balance_wait = min(self._balance_wait * 2, 600.0)
+            kind = "account.balance_low" if balance else "account.unauthorized"
+            await self.store.requeue(attempt_id, exc, retry_at=now)
+            await self.store.pause_dialing(now + wait, reason=exc.code.lower())
+            bound.error("dialer.paused", code=exc.code, probe_in=wait)
+            event = await self.store.emit_for(
+                claim.call["id"], int(claim.attempt["number"]), kind,
+                key=f"{attempt_id}:{kind}", error={"code": exc.code, "message": exc.message},
+                data={"probe_in": wait},
+            )  # fmt: skip
+            return [event] if event else []
+        if isinstance(exc, exceptions.AgentNotFound | exceptions.NumberNotOwned) and campaign:
+            await self.store.requeue(attempt_id, exc, retry_at=now)
+            await self.store.pause_campaign(str(campaign), reason=f"{exc.code}: {exc.message}")
+            bound.error("dialer.campaign_paused", campaign=campaign, code=exc.code)
+            event = await self.store.emit_for(
+                claim.call["id"], int(claim.attempt["number"]), "campaign.paused",
+                key=f"{attempt_id}:campaign.paused",
+                error={"code": exc.code, "message": exc.message}, data={"campaign": campaign},
+            )  # fmt: skip
+            return [event] if event else []
+        if exc.retry is exceptions.Retry.POINTLESS:
+            bound.warning("dialer.rejected", code=exc.code, error=exc.message)
+            return await self.store.refused(attempt_id, exc)
+        if exc.retry is exceptions.Retry.SAFE:
+            wait = (
+                exc.retry_after
+                if exc.retry_after is not None
+                else self.settings.unavailable_backoff
+            )
+            if isinstance(exc, exceptions.RateLimited):
+                await self.store.pause_dialing(now + wait, slow_down=True)
+            if await self.store.requeue(attempt_id, exc, retry_at=now + wait):
+                bound.info("dialer.requeued", code=exc.code, retry_in=wait)
+                self.wake.set()
+            else:  # the sweeper took it for abandoned meanwhile: never resent
+                bound.warning("dialer.not_requeued", code=exc.code)
+            return []
+        await self.store.ambiguous(attempt_id, exc)
+        bound.warning("dialer.ambiguous", code=exc.code, error=exc.message)
+        return []
 
     async def stop(self, deadline: float) -> None:
         """Stop claiming; let placements in flight finish until ``deadline`` (monotonic).

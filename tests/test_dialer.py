@@ -12,7 +12,7 @@ import pytest
 from orchestrator import client, dialer
 from orchestrator.memory import MemoryConnector
 from orchestrator.model import NewCall
-from orchestrator.store import Claim, Pacing, Store, Throttled
+from orchestrator.store import ClaimBatch, ClaimRules, Store
 from tests.conftest import StartSimulator
 
 FROM = "+16045551234"
@@ -27,21 +27,11 @@ class GatedStore(Store):
         self.claiming = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def claim_attempt(
-        self,
-        owner: str,
-        *,
-        max_live: int,
-        lease: float,
-        watchdog_after: float,
-        pacing: Pacing | None = None,
-    ) -> Claim | Throttled | None:
-        claim = await super().claim_attempt(
-            owner, max_live=max_live, lease=lease, watchdog_after=watchdog_after, pacing=pacing
-        )
+    async def claim_batch(self, owner: str, rules: ClaimRules, *, limit: int) -> ClaimBatch:
+        batch = await super().claim_batch(owner, rules, limit=limit)
         self.claiming.set()
         await self.gate.wait()
-        return claim
+        return batch
 
 
 @pytest.fixture
