@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import config, exceptions, phone
 from orchestrator.model import RESERVED_PREFIX, NewCall, finite, iso, load_json, unstorable
+from orchestrator.metrics import CONTENT_TYPE_LATEST, Metrics
 from orchestrator.store import Store
 
 log = structlog.get_logger(__name__)
@@ -125,12 +126,14 @@ class ControlApi:
         defaults: config.Defaults,
         on_queued: Callable[[], None],
         ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self._token = token.encode() if token else None
         self.defaults = defaults
         self.on_queued = on_queued
         self.ready = ready
+        self.metrics = metrics or Metrics()
 
     def app(self) -> web.Application:
         """The API application."""
@@ -140,7 +143,18 @@ class ControlApi:
         app.router.add_post("/v1/calls", self.create)
         app.router.add_get("/v1/calls", self.list)
         app.router.add_get("/v1/calls/{id}", self.get)
+        app.router.add_get("/metrics", self.metrics_text)
         return app
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        """``GET /metrics``: Prometheus exposition (behind the API token like the rest)."""
+        try:
+            body = await self.metrics.render(self.store.gauges)
+        except exceptions.StoreError as exc:
+            return _error(503, "STORE_UNAVAILABLE", str(exc))
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:

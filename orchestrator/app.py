@@ -29,6 +29,7 @@ from orchestrator import (
     dialer,
     exceptions,
     intake,
+    metrics,
     plugin,
     rules,
     timers,
@@ -78,11 +79,14 @@ class Daemon:
         self.lease = lease
         self.stopping = asyncio.Event()
         self.urls: dict[str, str] = {}
+        self.metrics = metrics.Metrics()
         self._dialer: dialer.Dialer | None = None
 
     def publish(self, events: Iterable[Event]) -> None:
         """Wake whoever the durable ``events`` concern."""
         events = list(events)
+        for event in events:
+            self.metrics.events.labels(event.type).inc()
         self.bus.publish(events)
         if self._dialer is not None and any(
             e.status is not None and CallStatus(e.status).terminal for e in events
@@ -139,6 +143,7 @@ class Daemon:
                 publish=self.publish,
                 secret=secret.get_secret_value() if secret else None,
                 max_body=cfg.webhooks.max_body,
+                metrics=self.metrics,
             ).app()
             self.urls["webhooks"] = await self._serve(
                 intake_app, webhook_host, webhook_port, runners
@@ -157,6 +162,7 @@ class Daemon:
                 ),
                 owner=self.owner,
                 publish=self.publish,
+                metrics=self.metrics,
             )
             api_token = cfg.api.token
             control = api.ControlApi(
@@ -165,10 +171,11 @@ class Daemon:
                 defaults=cfg.defaults,
                 on_queued=self._dialer.wake.set,
                 ready=self._ready,
+                metrics=self.metrics,
             )
             api_host, api_port = _address(cfg.api.listen)
             self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
-            workers = self.bus.workers(self.store, self.owner, http)
+            workers = self.bus.workers(self.store, self.owner, http, self.metrics)
             keeper = timers.Timekeeper(self.store, publish=self.publish)
             heartbeat = timers.Heartbeat(
                 self.store,

@@ -19,6 +19,7 @@ import httpx
 import structlog
 
 from orchestrator import actions, exceptions, plugin
+from orchestrator.metrics import Metrics
 from orchestrator.model import Event, matches
 from orchestrator.store import Delivery, Store
 
@@ -225,10 +226,24 @@ class EventBus:
             except Exception as exc:
                 log.error("handler.stop_failed", handler=name, error=repr(exc))
 
-    def workers(self, store: Store, owner: str, http: httpx.AsyncClient) -> list[DeliveryWorker]:
+    def workers(
+        self,
+        store: Store,
+        owner: str,
+        http: httpx.AsyncClient,
+        metrics: Metrics | None = None,
+    ) -> list[DeliveryWorker]:
         """One worker per route."""
         return [
-            DeliveryWorker(store, sub, owner=owner, http=http, wake=self._wake[sub.name], bus=self)
+            DeliveryWorker(
+                store,
+                sub,
+                owner=owner,
+                http=http,
+                wake=self._wake[sub.name],
+                bus=self,
+                metrics=metrics,
+            )  # fmt: skip
             for sub in self._subs.values()
         ]
 
@@ -247,8 +262,10 @@ class DeliveryWorker:
         http: httpx.AsyncClient,
         wake: asyncio.Event,
         bus: EventBus | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.sub = sub
         self.owner = owner
         self.http = http
@@ -368,6 +385,10 @@ class DeliveryWorker:
                 )
                 return
         self.breaker.success()
+        if self.metrics is not None:
+            self.metrics.handler_latency.labels(self.sub.target).observe(
+                time.perf_counter() - started
+            )
         if not await self.store.finish_delivery(delivery, self.owner):
             bound.warning("delivery.lease_lost")
         bound.debug("delivery.done", seconds=round(time.perf_counter() - started, 4))
@@ -382,6 +403,9 @@ class DeliveryWorker:
         permanent: bool = False,
     ) -> None:
         policy = self.sub.policy
+        if self.metrics is not None:
+            dead = permanent or delivery.tries >= policy.max_attempts
+            self.metrics.handler_failures.labels(self.sub.target, "dead" if dead else "retry").inc()
         if self.breaker.failure():
             bound.warning("handler.circuit_open", cooldown=self.breaker.cooldown)
         if permanent or delivery.tries >= policy.max_attempts:
@@ -407,6 +431,8 @@ class DeliveryWorker:
         """410 Gone: disable the instance (its deliveries wait, nothing is lost) and say so."""
         target = self.sub.target
         reason = f"{exc.message}"
+        if self.metrics is not None:
+            self.metrics.handler_failures.labels(target, "gone").inc()
         first = target not in self.bus.disabled
         self.bus.disabled[target] = reason
         bound.error("handler.disabled", reason=reason)

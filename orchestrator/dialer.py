@@ -21,6 +21,7 @@ from orchestrator import bus, client, dnc, exceptions, windows
 from orchestrator.connector import Row
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.model import CORRELATION_KEY, Event
+from orchestrator.metrics import Metrics
 from orchestrator.store import Claim, Pacing, Store
 
 log = structlog.get_logger(__name__)
@@ -62,8 +63,10 @@ class Dialer:
         *,
         owner: str,
         publish: Publish,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.magpipe = magpipe
         self.settings = settings
         self.owner = owner
@@ -195,15 +198,19 @@ class Dialer:
         attempt_id = claim.attempt_id
         bound = log.bind(call_id=claim.call["id"], attempt=claim.attempt["number"])
         events: list[Event] = []
+        started = time.perf_counter()
         try:
             placed = await self.magpipe.place_call(self.request(claim))
         except exceptions.InputError as exc:
+            self._observe(exc.code, started)
             events = await self.store.refused(attempt_id, exc)
             bound.warning("dialer.invalid", code=exc.code, error=exc.message)
         except exceptions.MagpipeError as exc:
+            self._observe(exc.code, started)
             self.last_error = exc
             events = await self._refused(claim, exc, bound)
         else:
+            self._observe("placed", started)
             self.last_error = None
             self._balance_wait = self.settings.balance_probe
             events = await self.store.placed(
@@ -213,6 +220,11 @@ class Dialer:
                 "dialer.placed", provider_call_id=placed.call_id, provider_status=placed.status
             )
         self.publish(events)
+
+    def _observe(self, outcome: str, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.placements.labels(outcome).inc()
+            self.metrics.provider_latency.labels(outcome).observe(time.perf_counter() - started)
 
     async def _refused(
         self,

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions
 from orchestrator.model import CORRELATION_KEY, CallStatus, Event, load_json, unstorable
+from orchestrator.metrics import Metrics
 from orchestrator.store import Ingest, Store, Webhook
 
 log = structlog.get_logger(__name__)
@@ -156,12 +157,14 @@ class Intake:
         publish: Callable[[Iterable[Event]], None],
         secret: str | None = None,
         max_body: int = 1 << 20,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
         self._secret = secret.encode() if secret else None
         self.max_body = max_body
         self.stats: dict[str, int] = {}
+        self.metrics = metrics
 
     def app(self) -> web.Application:
         """The intake application (no access log: URLs carry webhook tokens)."""
@@ -177,6 +180,8 @@ class Intake:
         """Authenticate, validate, store, and only then answer."""
         response = await self._handle(request)
         self._count(str(response.status))
+        if self.metrics is not None:
+            self.metrics.webhooks.labels(str(response.status)).inc()
         return response
 
     def _authenticate(

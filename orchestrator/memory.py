@@ -551,6 +551,11 @@ class _Database:
         rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))
         return [], self._delete("do_not_call", rows)
 
+    def count_queued(self, p: Params) -> Result:
+        return self._select(
+            [{"n": len(self._where("attempts", lambda r: _eq(r["status"], "queued")))}]
+        )
+
     def lock_dialing(self, p: Params) -> Result:
         return self._select([{"locked": 1}])  # one transaction at a time already
 

@@ -102,6 +102,9 @@ EVENT_TYPES = (
     "call.retries_exhausted",
     "delivery.exhausted",
     "handler.disabled",
+    "account.balance_low",
+    "account.unauthorized",
+    "campaign.paused",
 )
 
 

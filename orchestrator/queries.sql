@@ -207,6 +207,9 @@ ON CONFLICT (number) DO NOTHING;
 -- name: remove_do_not_call
 DELETE FROM do_not_call WHERE number = :number;
 
+-- name: count_queued
+SELECT COUNT(*) AS n FROM attempts WHERE status = 'queued';
+
 -- name: lock_dialing
 -- Claims run one at a time across the fleet, so max_live_calls and the pace hold for all
 -- daemons together. On SQLite, BEGIN IMMEDIATE already serialises every writer.

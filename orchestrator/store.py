@@ -190,6 +190,19 @@ class Store(Dialing, Campaigns, Outbox):
                 "list_calls", status=status, campaign=campaign, after=after, limit=limit
             )
 
+    async def gauges(self) -> dict[str, Any]:
+        """What the metrics report of the whole store: live calls, queue depth, pause."""
+        async with self.connector.transaction() as tx:
+            live = await tx.fetchone("count_live")
+            queued = await tx.fetchone("count_queued")
+        state = await self.dialing_state()
+        return {
+            "live": int(live["n"]) if live else 0,
+            "queued": int(queued["n"]) if queued else 0,
+            "paused": state["reason"],
+            "factor": state["factor"],
+        }
+
     async def live_count(self) -> int:
         """How many attempts hold a concurrency slot right now."""
         async with self.connector.transaction() as tx:

@@ -4,6 +4,7 @@ bad request with a 4xx and a JSON reason, never a 5xx, and keep serving afterwar
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -564,3 +565,29 @@ def test_idempotency_key(setup: Setup) -> None:
         assert time.monotonic() < deadline, setup.daemon.log_tail()
         time.sleep(0.05)
     assert [c["to"] for c in setup.sim.calls()].count(number) == 1
+
+
+def test_metrics_need_the_token_and_describe_the_daemon(setup: Setup) -> None:
+    """``/metrics`` is Prometheus text behind the API token, with the fleet's gauges."""
+    [number] = destinations(1, start=480)
+    setup.live_call(number)
+    anonymous = httpx.get(setup.daemon.api_url + "/metrics", timeout=10)
+    assert anonymous.status_code == 401
+    deadline = time.monotonic() + 10
+    with setup.daemon.api() as api:
+        while True:  # the placing POST's answer is recorded just after the simulator saw it
+            text = api.get("/metrics").text
+            if 'orchestrator_events_total{type="call.initiated"}' in text:
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        assert found, name
+        return float(found.group(1))
+
+    assert value("orchestrator_live_calls") >= 1  # the module's other tests may hold some
+    placed = value('orchestrator_placements_total{outcome="placed"}')
+    assert placed >= 1
+    assert value('orchestrator_provider_request_seconds_count{outcome="placed"}') == placed
