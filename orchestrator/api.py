@@ -13,8 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import config, exceptions, phone
-from orchestrator.model import RESERVED_PREFIX, NewCall, finite, iso, load_json, unstorable
 from orchestrator.metrics import CONTENT_TYPE_LATEST, Metrics
+from orchestrator.model import RESERVED_PREFIX, NewCall, finite, iso, load_json, unstorable
 from orchestrator.store import Store
 
 log = structlog.get_logger(__name__)

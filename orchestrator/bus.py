@@ -243,7 +243,7 @@ class EventBus:
                 wake=self._wake[sub.name],
                 bus=self,
                 metrics=metrics,
-            )  # fmt: skip
+            )
             for sub in self._subs.values()
         ]
 

@@ -20,8 +20,8 @@ import structlog
 from orchestrator import bus, client, dnc, exceptions, windows
 from orchestrator.connector import Row
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
-from orchestrator.model import CORRELATION_KEY, Event
 from orchestrator.metrics import Metrics
+from orchestrator.model import CORRELATION_KEY, Event
 from orchestrator.store import Claim, Pacing, Store
 
 log = structlog.get_logger(__name__)

@@ -30,8 +30,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions
-from orchestrator.model import CORRELATION_KEY, CallStatus, Event, load_json, unstorable
 from orchestrator.metrics import Metrics
+from orchestrator.model import CORRELATION_KEY, CallStatus, Event, load_json, unstorable
 from orchestrator.store import Ingest, Store, Webhook
 
 log = structlog.get_logger(__name__)
