@@ -129,3 +129,143 @@ def test_yaml_1_1_booleans_are_strings(tmp_path: Path) -> None:
     assert cfg.rules[1] == {"name": "yes", "on": ["call.busy"], "do": "off"}
     cfg2 = config.load(write(tmp_path, "magpipe: {token: abcd, send_aliases: false}\n"), environ={})
     assert cfg2.magpipe.send_aliases is False
+
+
+# -- the whole file: sections, plugins and rules, each problem at its line and column ---------
+
+FULL = """\
+magpipe: {token: abcd}
+plugins:
+  audit: {use: http, url: https://example.com/hooks/calls}
+  ops: {use: log, level: warning}
+rules:
+  - name: audit everything
+    on: call.*
+    do: audit
+  - name: tell ops
+    on: [call.failed, call.rejected]
+    if: {call.metadata.tier: {in: [gold, platinum]}, call.attempt: {gte: 2}}
+    do: ops
+    with: {level: "{{ 'error' if call.attempt > 3 else 'warning' }}"}
+"""
+
+
+def load_all(text: str) -> list[str]:
+    from orchestrator import rules
+    from plugins.http import HttpHandler
+    from plugins.log import LogHandler
+
+    loaded = rules.load(
+        "orchestrator.yaml", text=text, environ={}, types={"http": HttpHandler, "log": LogHandler}
+    )
+    return [str(p) for p in loaded.problems]
+
+
+def test_the_full_example_loads() -> None:
+    assert load_all(FULL) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (
+            ("on: call.*", "on: [call.*"),
+            "orchestrator.yaml:8:7 invalid YAML: expected ',' or ']', but got ':' "
+            "(while parsing a flow sequence at line 7)",
+        ),
+        (
+            ("    do: audit\n", "    do: audit\n    when: always\n"),
+            "orchestrator.yaml:9:5 rules[0].when: unknown key",
+        ),
+        (
+            ("do: ops", "do: [ops]"),
+            "orchestrator.yaml:12:5 rules[1].do: Input should be a valid string",
+        ),
+        (
+            ("use: http", "use: htpp"),
+            "orchestrator.yaml:3:11 plugins.audit.use: unknown plugin type 'htpp' "
+            "(did you mean 'http'?); installed: http, log",
+        ),
+        (
+            ("do: ops", "do: opps"),
+            "orchestrator.yaml:12:5 rules[1].do: no plugin instance or type 'opps' "
+            "(did you mean 'ops'?)",
+        ),
+        (
+            ("{in: [gold, platinum]}", "{matches: '[gold'}"),
+            "orchestrator.yaml:11:31 rules[1].if['call.metadata.tier'].matches: invalid regular "
+            "expression '[gold': unterminated character set at position 0",
+        ),
+        (
+            ("else 'warning' }}", "else 'warning' }"),
+            "orchestrator.yaml:13:12 rules[1].with.level: template syntax error: unexpected '}' "
+            "(line 1)",
+        ),
+        (
+            ("call.rejected]", "call.rejectd]"),
+            "orchestrator.yaml:10:23 rules[1].on[1]: unknown event type 'call.rejectd' "
+            "(did you mean 'call.rejected'?)",
+        ),
+        (
+            ("level: warning}", "level: loud}"),
+            "orchestrator.yaml:4:19 plugins.ops.level: Input should be 'debug', 'info', 'warning' "
+            "or 'error'",
+        ),
+        (
+            ("magpipe: {token: abcd}", "magpipe: {token: abcd, timeout: soon}"),
+            "orchestrator.yaml:1:24 magpipe.timeout: not a duration: 'soon' (use e.g. 500ms, "
+            "10s, 30m, 1h)",
+        ),
+    ],
+    ids=[
+        "yaml-syntax",
+        "unknown-key",
+        "wrong-type",
+        "unknown-plugin-type",
+        "unknown-do",
+        "bad-regex",
+        "bad-template",
+        "unknown-event-type",
+        "plugin-option",
+        "section",
+    ],
+)
+def test_each_broken_config_points_at_its_line_and_column(
+    change: tuple[str, str], problem: str
+) -> None:
+    old, new = change
+    assert old in FULL
+    assert load_all(FULL.replace(old, new, 1)) == [problem]
+
+
+def test_all_problems_are_reported_at_once_in_file_order() -> None:
+    text = (
+        FULL.replace("use: http", "use: htpp")
+        .replace("call.rejected]", "call.rejectd]")
+        .replace("do: ops", "do: opps")
+        .replace("magpipe: {token: abcd}", "magpipe: {token: abcd}\ncolour: blue")
+    )
+    assert load_all(text) == [
+        "orchestrator.yaml:2:1 colour: unknown key",
+        "orchestrator.yaml:4:11 plugins.audit.use: unknown plugin type 'htpp' (did you mean "
+        "'http'?); installed: http, log",
+        "orchestrator.yaml:11:23 rules[1].on[1]: unknown event type 'call.rejectd' (did you "
+        "mean 'call.rejected'?)",
+        "orchestrator.yaml:13:5 rules[1].do: no plugin instance or type 'opps' (did you mean "
+        "'ops'?)",
+    ]
+
+
+def test_problem_helpers() -> None:
+    problem = config.Problem(("rules", 1, "if", "call.attempt", "gte"), "bad", "f.yaml:3:4")
+    assert str(problem) == "f.yaml:3:4 rules[1].if['call.attempt'].gte: bad"
+    assert problem.position == (3, 4)
+    assert (
+        str(config.Problem(None, "invalid YAML: x", "f.yaml:1:2")) == "f.yaml:1:2 invalid YAML: x"
+    )
+    assert config.dotted(()) == "(top level)"
+    error = config.Invalid([problem, config.Problem(("a",), "b")], name="f.yaml")
+    assert error.message == (
+        "2 problem(s) in f.yaml:\n  f.yaml:3:4 rules[1].if['call.attempt'].gte: bad\n  a: b"
+    )
+    assert isinstance(error, exceptions.ConfigError) and error.problems[1].path == ("a",)
