@@ -27,6 +27,7 @@ from orchestrator import (
     config,
     connector,
     dialer,
+    dnc,
     exceptions,
     intake,
     metrics,
@@ -69,6 +70,7 @@ class Daemon:
         subscriptions: Sequence[bus.Subscription] | None = None,
         shutdown_grace: float = 10.0,
         lease: float = 30.0,
+        config_path: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
@@ -80,7 +82,12 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.urls: dict[str, str] = {}
         self.metrics = metrics.Metrics()
+        self.config_path = config_path  # re-read on SIGHUP
         self._dialer: dialer.Dialer | None = None
+        self._reload = asyncio.Event()
+        self._workers: list[bus.DeliveryWorker] = []
+        self._worker_tasks: list[asyncio.Task[None]] = []
+        self._do_not_call: dnc.DoNotCall | None = None
 
     def publish(self, events: Iterable[Event]) -> None:
         """Wake whoever the durable ``events`` concern."""
@@ -135,6 +142,9 @@ class Daemon:
         runners: list[web.AppRunner] = []
         tasks: list[asyncio.Task[None]] = []
         status = 0
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        if cfg.dialer.do_not_call:
+            self._do_not_call = await asyncio.to_thread(dnc.DoNotCall.load, cfg.dialer.do_not_call)
         try:
             webhook_host, webhook_port = _address(cfg.webhooks.listen)
             secret = cfg.magpipe.webhook_secret
@@ -159,6 +169,11 @@ class Daemon:
                     webhook_base=public + intake.PATH,
                     agent_id=cfg.defaults.agent_id,
                     lease=self.lease,
+                    max_live_per_caller_id=cfg.dialer.max_live_per_caller_id,
+                    max_attempts_per_person_per_day=cfg.dialer.max_attempts_per_person_per_day,
+                    window=cfg.dialer.window,
+                    default_time_zone=cfg.dialer.default_time_zone,
+                    do_not_call=self._do_not_call,
                 ),
                 owner=self.owner,
                 publish=self.publish,
@@ -175,7 +190,8 @@ class Daemon:
             )
             api_host, api_port = _address(cfg.api.listen)
             self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
-            workers = self.bus.workers(self.store, self.owner, http, self.metrics)
+            await self.bus.start_handlers()
+            self._workers = self.bus.workers(self.store, self.owner, http, self.metrics)
             keeper = timers.Timekeeper(self.store, publish=self.publish)
             heartbeat = timers.Heartbeat(
                 self.store,
@@ -183,7 +199,7 @@ class Daemon:
                 lease=self.lease,
                 inflight=lambda: (
                     list(self._dialer.placing) if self._dialer else [],
-                    [d for w in workers for d in w.delivering],
+                    [d for w in self._workers for d in w.delivering],
                 ),
             )
             tasks.append(self._task("dialer", self._dialer.run()))
@@ -191,7 +207,11 @@ class Daemon:
             tasks.append(self._task("heartbeat", heartbeat.run()))
             if isinstance(self.store.connector, connector.Notifier):
                 tasks.append(self._task("listener", self.store.connector.listen(self._notified)))
-            tasks.extend(self._task(f"deliveries:{w.sub.name}", w.run()) for w in workers)
+            if self._do_not_call is not None:
+                tasks.append(self._task("do-not-call", self._refresh_do_not_call()))
+            self._worker_tasks = [
+                self._task(f"deliveries:{w.sub.name}", w.run()) for w in self._workers
+            ]
             log.info(
                 "daemon.started",
                 owner=self.owner,
@@ -199,27 +219,21 @@ class Daemon:
                 handlers=[s.name for s in self.bus.subscriptions],
                 **self.urls,
             )
-            stop = asyncio.ensure_future(self.stopping.wait())
-            done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            for task in done:
-                if task is stop:
-                    continue
-                # A background task must never end on its own: that is a crash.
-                error = task.exception() if not task.cancelled() else None
-                log.critical("daemon.task_crashed", task=task.get_name(), error=repr(error))
-                status = 1
+            status = await self._watch(tasks, http)
             log.info("daemon.stopping", grace=self.shutdown_grace)
             deadline = time.monotonic() + self.shutdown_grace
             keeper.stop()
             await asyncio.gather(
                 self._dialer.stop(deadline),
-                *(w.stop(deadline) for w in workers),
+                *(w.stop(deadline) for w in self._workers),
                 return_exceptions=True,
             )
             heartbeat.stop()
-            await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
+            everything = [*tasks, *self._worker_tasks]
+            await asyncio.wait(everything, timeout=max(0.1, deadline - time.monotonic()))
+            await self.bus.stop_handlers()
         finally:
+            tasks = [*tasks, *self._worker_tasks]
             for task in tasks:
                 task.cancel()
             if tasks:
@@ -233,10 +247,75 @@ class Daemon:
             await magpipe.aclose()
             await http.aclose()
             await self.store.close()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         log.info("daemon.stopped", status=status)
         return status
+
+    async def _watch(self, tasks: list[asyncio.Task[None]], http: httpx.AsyncClient) -> int:
+        """Wait for SIGTERM/SIGINT (0), a crashed task (1), or SIGHUP (reload, go on)."""
+        while True:
+            stop = asyncio.ensure_future(self.stopping.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            watched = [stop, reload, *tasks, *self._worker_tasks]
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            crashed = [t for t in done if t is not stop and t is not reload]
+            for task in crashed:
+                # A background task must never end on its own: that is a crash.
+                error = task.exception() if not task.cancelled() else None
+                log.critical("daemon.task_crashed", task=task.get_name(), error=repr(error))
+            if crashed:
+                return 1
+            if self.stopping.is_set():
+                return 0
+            self._reload.clear()
+            await self.reload(http)
+
+    async def reload(self, http: httpx.AsyncClient) -> bool:
+        """SIGHUP: read the config file again and swap in its plugins and rules. An invalid
+        file changes nothing and says why; deliveries in flight finish first."""
+        if self.config_path is None:
+            log.warning("daemon.reload_skipped", reason="the daemon was not started from a file")
+            return False
+        loaded = await asyncio.to_thread(rules.load, self.config_path)
+        if not loaded.ok or loaded.config is None:
+            log.error(
+                "daemon.reload_refused",
+                problems=[str(p) for p in loaded.problems],
+                keeping="the running config",
+            )
+            return False
+        deadline = time.monotonic() + self.shutdown_grace
+        await asyncio.gather(*(w.stop(deadline) for w in self._workers), return_exceptions=True)
+        if self._worker_tasks:
+            await asyncio.wait(self._worker_tasks, timeout=max(0.1, deadline - time.monotonic()))
+        for task in self._worker_tasks:
+            task.cancel()
+        await self.bus.stop_handlers()
+        self.bus = bus.EventBus(loaded.subscriptions)
+        self.store.router = self.bus.route
+        await self.bus.start_handlers()
+        self._workers = self.bus.workers(self.store, self.owner, http, self.metrics)
+        self._worker_tasks = [
+            self._task(f"deliveries:{w.sub.name}", w.run()) for w in self._workers
+        ]
+        self.bus.wake_all()
+        if loaded.config.dialer != self.cfg.dialer or loaded.config.magpipe != self.cfg.magpipe:
+            log.warning("daemon.reload_partial", restart_for="magpipe and dialer settings")
+        log.info("daemon.reloaded", routes=[s.name for s in self.bus.subscriptions])
+        return True
+
+    async def _refresh_do_not_call(self) -> None:
+        """Re-read the do-not-call file when it changes (a broken file keeps the old list)."""
+        while self._do_not_call is not None:
+            await asyncio.sleep(10.0)
+            try:
+                if await asyncio.to_thread(self._do_not_call.refresh):
+                    log.info("daemon.do_not_call_reloaded", numbers=len(self._do_not_call))
+            except exceptions.OrchestratorError as exc:
+                log.error("daemon.do_not_call_invalid", error=str(exc))
 
     def _task(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.create_task(coro, name=name)

@@ -289,7 +289,10 @@ def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
         raise loaded.error()
     redactor.add(*loaded.config.secrets())
     daemon = app.Daemon(
-        loaded.config, subscriptions=loaded.subscriptions, shutdown_grace=args.shutdown_grace
+        loaded.config,
+        subscriptions=loaded.subscriptions,
+        shutdown_grace=args.shutdown_grace,
+        config_path=args.config,
     )
     return asyncio.run(daemon.run())
 

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from orchestrator import client, exceptions, phone
+from orchestrator.windows import CallingWindow
 
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -126,11 +127,26 @@ class ApiSettings(_Model):
 
 
 class DialerSettings(_Model):
-    """Pacing of outbound calls."""
+    """Pacing of outbound calls, for the whole fleet of daemons on one store."""
 
     max_live_calls: int = Field(default=20, gt=0)
     calls_per_second: float = Field(default=5.0, gt=0)
     max_call_duration: Duration = 1800.0
+    max_live_per_caller_id: int | None = Field(
+        default=None, gt=0, description="live calls at once from one caller id"
+    )
+    max_attempts_per_person_per_day: int | None = Field(
+        default=None, gt=0, description="attempts to one number over 24 hours, all campaigns"
+    )
+    window: CallingWindow | None = Field(
+        default=None, description="when people may be called (their local time), by default"
+    )
+    default_time_zone: str | None = Field(
+        default=None, description="for numbers whose time zone cannot be told from the number"
+    )
+    do_not_call: str | None = Field(
+        default=None, description="a file of numbers never to call (re-read when it changes)"
+    )
 
 
 class Config(_Model):
@@ -146,9 +162,18 @@ class Config(_Model):
     rules: list[dict[str, Any]] = []
 
     def secrets(self) -> list[str]:
-        """Every secret value in the config, for the log redactor."""
+        """Every secret value in the config, for the log redactor (plugin options named like
+        credentials included: their models are the plugins', not ours)."""
         values = [self.magpipe.token, self.magpipe.webhook_secret, self.api.token]
-        return [v.get_secret_value() for v in values if v is not None]
+        found = [v.get_secret_value() for v in values if v is not None]
+        for options in self.plugins.values():
+            for key, value in options.items():
+                if isinstance(value, str) and value and _SECRET_KEY.search(key):
+                    found.append(value)
+        return found
+
+
+_SECRET_KEY = re.compile(r"token|secret|password|api_key|webhook_url|authorization", re.I)
 
 
 class _MarkedLoader(yaml.SafeLoader):
