@@ -712,6 +712,15 @@ class _Database:
         )
         return self._select(_limit(_order(rows, "event_seq", "handler"), p["limit"]))
 
+    def replay_delivery(self, p: Params) -> Result:
+        rows = self._where(
+            "deliveries", lambda r: _eq(r["id"], p["id"]) and _eq(r["state"], "dead")
+        )
+        changes = {"state": "pending", "tries": 0, "not_before": p["now"], "last_error": None}
+        changes |= {"lease_owner": None, "lease_until": None, "updated_at": p["now"]}
+        updated = self._update("deliveries", rows, lambda r: changes)
+        return updated, len(updated)
+
     def release_deliveries(self, p: Params) -> Result:
         rows = self._where(
             "deliveries",

@@ -4,7 +4,7 @@ do through their context (custom events, retries, cancels, a key-value store).""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +113,20 @@ class Outbox(Ledger):
         """Outbox rows, e.g. the dead letters (``state='dead'``)."""
         async with self.connector.transaction() as tx:
             return await tx.fetch("list_deliveries", state=state, handler=handler, limit=limit)
+
+    async def replay_deliveries(self, ids: Sequence[str]) -> list[Row]:
+        """Put dead letters back in the queue (tries start again); the rows replayed (ids
+        that were not dead are skipped)."""
+        now = self.clock()
+        replayed = []
+        async with self.connector.transaction() as tx:
+            for delivery_id in ids:
+                row = await tx.fetchone("replay_delivery", id=delivery_id, now=now)
+                if row is not None:
+                    replayed.append(row)
+            if replayed:
+                await self._notify(tx, "deliver")
+        return replayed
 
     # -- what handlers do (plugin actions) ---------------------------------------------------
 

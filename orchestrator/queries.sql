@@ -342,6 +342,14 @@ WHERE (CAST(:state AS TEXT) IS NULL OR state = :state)
 ORDER BY event_seq, handler
 LIMIT :limit;
 
+-- name: replay_delivery
+-- A dead letter goes back to the queue with a fresh count of tries.
+UPDATE deliveries
+SET state = 'pending', tries = 0, not_before = :now, last_error = NULL, lease_owner = NULL,
+    lease_until = NULL, updated_at = :now
+WHERE id = :id AND state = 'dead'
+RETURNING *;
+
 -- name: release_deliveries
 UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, tries = tries - 1
 WHERE lease_owner = :owner AND state = 'pending';

@@ -1000,6 +1000,7 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await run("count_recent_attempts", to_number="+10", since=29)
     await run("count_recent_attempts", to_number="+10", since=31)
     await run("count_live_by_from")
+    await run("count_queued")
     await run("count_live")
     await run("get_attempt", id="a2")
     await run("get_attempt_by_token", webhook_token="t1")
@@ -1041,6 +1042,8 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
                  last_error="e", now=26)  # fmt: skip
     await change("finish_delivery", id="d0", owner="o2", state="dead", not_before=50,
                  last_error="e", now=26)  # fmt: skip
+    await run("replay_delivery", id="d0", now=30)
+    await run("replay_delivery", id="d0", now=31)
     await change("release_deliveries", owner="o1")
     await run("list_deliveries", state=None, handler=None, limit=10)
     await run("list_deliveries", state="pending", handler="h", limit=1)
@@ -1139,3 +1142,17 @@ async def test_a_refused_body_does_not_preempt_the_real_delivery(store: Store) -
     assert applied.outcome is Ingest.APPLIED and applied.call_id == call_id
     again = await store.ingest(body, token=got.attempt["webhook_token"])
     assert again.outcome is Ingest.DUPLICATE and again.events == ()
+
+
+async def test_dead_letters_can_be_replayed(store: Store, clock: FakeClock) -> None:
+    await store.create_call(new_call())
+    [delivery, _] = await store.claim_deliveries("audit", "w1", limit=10, lease=10)
+    await store.finish_delivery(delivery, "w1", error="boom")
+    [dead] = await store.list_deliveries(state="dead")
+    assert await store.replay_deliveries([dead["id"], "no-such-id"]) == [
+        {**dead, "state": "pending", "tries": 0, "not_before": clock.now, "last_error": None,
+         "updated_at": clock.now}
+    ]  # fmt: skip
+    assert await store.replay_deliveries([dead["id"]]) == []  # not dead any more
+    [again] = await store.claim_deliveries("audit", "w2", limit=1, lease=10)
+    assert again.id == dead["id"] and again.tries == 1
