@@ -1146,7 +1146,7 @@ async def test_a_refused_body_does_not_preempt_the_real_delivery(store: Store) -
 
 async def test_dead_letters_can_be_replayed(store: Store, clock: FakeClock) -> None:
     await store.create_call(new_call())
-    [delivery, _] = await store.claim_deliveries("audit", "w1", limit=10, lease=10)
+    [delivery] = await store.claim_deliveries("audit", "w1", limit=10, lease=10)
     await store.finish_delivery(delivery, "w1", error="boom")
     [dead] = await store.list_deliveries(state="dead")
     assert await store.replay_deliveries([dead["id"], "no-such-id"]) == [
