@@ -174,6 +174,8 @@ class Daemon:
                     window=cfg.dialer.window,
                     default_time_zone=cfg.dialer.default_time_zone,
                     do_not_call=self._do_not_call,
+                    balance_probe=cfg.dialer.balance_probe,
+                    unauthorized_probe=cfg.dialer.unauthorized_probe,
                 ),
                 owner=self.owner,
                 publish=self.publish,

@@ -147,6 +147,12 @@ class DialerSettings(_Model):
     do_not_call: str | None = Field(
         default=None, description="a file of numbers never to call (re-read when it changes)"
     )
+    balance_probe: Duration = Field(
+        default=60.0, description="after INSUFFICIENT_BALANCE: wait, then try one call (doubles)"
+    )
+    unauthorized_probe: Duration = Field(
+        default=300.0, description="after UNAUTHORIZED: wait, then try one call"
+    )
 
 
 class Config(_Model):

@@ -150,6 +150,7 @@ class Simulator:
         self.calls: list[CallRecord] = []
         self._dials: dict[str, int] = {}  # how often each number was dialled (scripts)
         self.balance = config.balance
+        self.token = config.token  # rotated through /_simulator/account to test a revoked key
         self._rng = random.Random(config.seed)
         self._slots = _Slots(config.max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -304,7 +305,7 @@ class Simulator:
     def _check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
-        expected = self.config.token.encode()
+        expected = self.token.encode()
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected):
             return
         deployed = self.config.dialect is Dialect.DEPLOYED
@@ -582,12 +583,22 @@ class Simulator:
         return web.json_response(self.stats())
 
     async def handle_account(self, request: web.Request) -> web.Response:
-        """`POST /_simulator/account` `{"balance": n}`: change the balance at runtime."""
+        """`POST /_simulator/account` `{"balance": n, "token": "..."}`: change the balance or
+        the accepted API token at runtime (either or both)."""
         body = _json_object(await request.read())
         balance = body.get("balance") if body is not None else None
-        if isinstance(balance, bool) or not isinstance(balance, int | float):
-            return web.json_response({"error": 'expected {"balance": number}'}, status=400)
-        self.balance = float(balance)
+        token = body.get("token") if body is not None else None
+        bad_balance = balance is not None and (
+            isinstance(balance, bool) or not isinstance(balance, int | float)
+        )
+        if body is None or bad_balance or (token is not None and not isinstance(token, str)):
+            return web.json_response(
+                {"error": 'expected {"balance": number} and/or {"token": string}'}, status=400
+            )
+        if balance is not None:
+            self.balance = float(balance)
+        if token is not None:
+            self.token = token
         return web.json_response({"balance": self.balance})
 
 
