@@ -40,11 +40,24 @@ from orchestrator.simulation import Faults, Outcome, Script, SimulatorConfig
 from orchestrator.simulator import Simulator
 from orchestrator.store import Store
 
+__all__ = [
+    "SCRIPTS",
+    "DemoError",
+    "Imported",
+    "Interrupted",
+    "SlackStandIn",
+    "Tracker",
+    "demo_config",
+    "import_campaign",
+    "read_rows",
+    "run",
+]
+
 AGENT = "c72ea2b8-1234-5678-9abc-def012345678"
 #: The campaign's caller-id pool (provisioned in the simulator); the least busy one dials.
 CALLER_IDS = ("+16045551234", "+16045551235", "+16045551236")
 PRICE_PER_MINUTE = 0.09
-#: Simulated seconds per real second: a two-minute call takes 1.2 s.
+#: Real seconds per simulated second (the simulator's delays): a two-minute call takes 1.2 s.
 TIME_SCALE = 0.01
 MAX_ATTEMPTS = 3
 #: The retry handler's first wait, real seconds (two simulated minutes), then x1.5.
@@ -81,6 +94,10 @@ TERMINAL_TYPES = tuple(s.event_type for s in CallStatus if s.terminal)
 
 class DemoError(Exception):
     """The demo could not run to its end (the message says why)."""
+
+
+class Interrupted(DemoError):
+    """SIGINT or SIGTERM stopped the daemon before the campaign ended."""
 
 
 # -- the campaign file -----------------------------------------------------------------------
@@ -175,7 +192,7 @@ def _open_sample(path: Path | None) -> Iterator[TextIO]:
     """The campaign file: ``path``, or the sample shipped in the package."""
     with ExitStack() as stack:
         if path is None:
-            sample = resources.files("orchestrator").joinpath("data", SAMPLE)
+            sample = resources.files("orchestrator") / "data" / SAMPLE
             path = stack.enter_context(resources.as_file(sample))
         yield stack.enter_context(path.open(newline="", encoding="utf-8-sig"))
 
@@ -349,6 +366,7 @@ class _Run:
     state: _State | None = None
 
     def snapshot(self) -> Snapshot:
+        """The numbers the progress display shows now."""
         state, tracker = self.state, self.tracker
         return Snapshot(
             elapsed=time.monotonic() - self.started,
@@ -378,21 +396,21 @@ async def run(
     ``calls`` reads only the first rows of the sample, ``sample`` reads another CSV, ``live``
     forces the live display on or off (default: on when ``out`` is a terminal).
     """
-    out = out or sys.stdout
-    view = make_view(out, live=live)
+    view = make_view(out or sys.stdout, live=live)
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="orchestrator-demo-") as tmp:
-            return await _run(Path(tmp), out, view, started, calls=calls, sample=sample)
+            return await _run(Path(tmp), view, started, calls=calls, sample=sample)
     except (DemoError, exceptions.OrchestratorError) as exc:
         view.stop()
         print(f"orchestrator demo: {exc}", file=sys.stderr)
-        return 1
+        return 130 if isinstance(exc, Interrupted) else 1
 
 
 async def _run(
-    tmp: Path, out: TextIO, view: View, started: float, *, calls: int | None, sample: Path | None
+    tmp: Path, view: View, started: float, *, calls: int | None, sample: Path | None
 ) -> int:
+    """Import the campaign, then run the stand-ins and the daemon until it has ended."""
     store_url = f"sqlite://{tmp / 'demo.db'}"
     settings = CampaignSettings(
         from_numbers=CALLER_IDS,
@@ -424,7 +442,7 @@ async def _run(
     )
     slack = SlackStandIn()
     tracker = Tracker(MAX_ATTEMPTS)
-    state = _Run(
+    current = _Run(
         imported=imported, sim=sim, slack=slack, tracker=tracker, view=view, started=started
     )
     magpipe_url = await sim.start()
@@ -446,7 +464,7 @@ async def _run(
         )  # fmt: skip
         daemon = app.Daemon(cfg, subscriptions=[*app.subscriptions_from(cfg), watcher])
         _introduce(view, imported, magpipe_url, slack_url)
-        summary = await _drive(daemon, state)
+        summary = await _drive(daemon, current)
     finally:
         view.stop()
         await slack.stop()
@@ -462,11 +480,14 @@ async def _run(
 
 
 def _introduce(view: View, imported: Imported, magpipe: str, slack: str) -> None:
+    """What is about to run, before the progress display starts."""
+    refused = f"{imported.invalid} invalid rows refused"
+    if imported.examples:
+        more = ", ..." if imported.invalid > len(imported.examples) else ""
+        refused += f" (lines {', '.join(str(e.line) for e in imported.examples)}{more})"
     lines = [
         f"campaign {imported.name!r}: {imported.rows} rows read, {imported.calls} calls queued, "
-        f"{imported.invalid} invalid rows refused"
-        + (" (lines " + ", ".join(str(e.line) for e in imported.examples) + "...)")
-        * bool(imported.examples),
+        + refused,
         f"simulator {magpipe} (simulated time x{1 / TIME_SCALE:g}), Slack stand-in {slack}",
         f"rules: busy and no-answer retried (up to {MAX_ATTEMPTS} attempts); failed, timed-out "
         "and given-up calls to Slack; timed-out and given-up calls to the log",
@@ -500,18 +521,19 @@ async def _drive(daemon: app.Daemon, run: _Run) -> Summary:
 
 
 async def _watch(daemon: app.Daemon, runner: asyncio.Task[int], run: _Run) -> None:
+    """Poll the store and redraw the progress until the campaign has ended; DemoError if
+    the daemon stops first or the deadline passes."""
     deadline = run.started + DEADLINE
     while True:
-        run.state = await _state(daemon.store, run.imported.campaign_id)
+        _alive(daemon, runner)
+        try:
+            run.state = await _state(daemon.store, run.imported.campaign_id)
+        except exceptions.StoreError:
+            _alive(daemon, runner)  # a signal closed the store under the query
+            raise
         run.view.update(run.snapshot())
         if run.state.finished(run.imported.calls):
             return
-        if runner.done():
-            # SIGINT and SIGTERM stop the daemon gracefully: the campaign is left unfinished.
-            raise DemoError(
-                f"the daemon stopped before the campaign ended (status {runner.result()}; "
-                "interrupted?)"
-            )
         if time.monotonic() > deadline:
             waiting = {k: v for k, v in run.state.by_status.items() if not CallStatus(k).terminal}
             raise DemoError(
@@ -519,6 +541,15 @@ async def _watch(daemon: app.Daemon, runner: asyncio.Task[int], run: _Run) -> No
                 f"(deliveries pending: {run.state.pending})"
             )
         await asyncio.sleep(POLL)
+
+
+def _alive(daemon: app.Daemon, runner: asyncio.Task[int]) -> None:
+    """Raise unless the daemon is still running (and not stopping)."""
+    if daemon.stopping.is_set():
+        # SIGINT or SIGTERM: the daemon stops gracefully, the campaign is left unfinished.
+        raise Interrupted("interrupted: the campaign did not end")
+    if runner.done():
+        raise DemoError(f"the daemon stopped on its own (status {runner.result()})")
 
 
 async def _summarise(store: Store, run: _Run) -> Summary:
@@ -616,16 +647,3 @@ async def _summarise(store: Store, run: _Run) -> Summary:
         checks=checks,
         problems=problems,
     )
-
-
-__all__ = [
-    "SCRIPTS",
-    "DemoError",
-    "Imported",
-    "SlackStandIn",
-    "Tracker",
-    "demo_config",
-    "import_campaign",
-    "read_rows",
-    "run",
-]
