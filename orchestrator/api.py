@@ -144,6 +144,10 @@ class ControlApi:
         app.router.add_get("/v1/calls", self.list)
         app.router.add_get("/v1/calls/{id}", self.get)
         app.router.add_get("/metrics", self.metrics_text)
+        # Imported here: the routes module uses this module's helpers.
+        from orchestrator.api_campaigns import CampaignRoutes
+
+        CampaignRoutes(self).register(app)
         return app
 
     async def metrics_text(self, request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from orchestrator import client, config, exceptions, log, rules
+from orchestrator import client, config, exceptions, log, remote, rules
 from orchestrator.model import CallStatus
 
 CALL_EXAMPLE = """\
@@ -128,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
         "happens to each, from the provider's answer to the final status webhook.",
     )
     _config_commands(commands)
+    remote.add_commands(commands)
     return parser
 
 
@@ -201,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(demo.run())
         if args.command in ("config", "plugins", "rules"):
             return _config_command(args)
+        if args.command in remote.COMMANDS:
+            return remote.run(args)
     except KeyboardInterrupt:
         return 130
     except exceptions.ConfigError as exc:

@@ -296,3 +296,205 @@ def test_run_refuses_a_config_with_broken_rules(tmp_path: Path) -> None:
         f"{cfg}:4:15 rules[0].on: unknown event type 'call.complete' "
         "(did you mean 'call.completed'?)" in done.stderr
     )
+
+
+# -- commands that talk to a running daemon: campaign, status, deliveries, dnc ------------------
+
+
+@pytest.fixture(scope="module")
+def daemon_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A daemon (and its simulator) whose only route delivers to a port nobody listens on, once:
+    every routed event becomes a dead letter. Yields the daemon's config file."""
+    from tests.daemons import DaemonConfig, free_port, start_daemon, start_simulator
+
+    tmp_path = tmp_path_factory.mktemp("cli-daemon")
+    sim = start_simulator(tmp_path, seed=4, time_scale=0.002)
+    cfg = DaemonConfig(
+        simulator_url=sim.url,
+        store_path=tmp_path / "state.db",
+        plugins={
+            "nowhere": {
+                "use": "http",
+                "url": f"http://127.0.0.1:{free_port()}/events",
+                "delivery": {"max_attempts": 1, "timeout": "1s"},
+            }
+        },
+        rules=[{"name": "tell nowhere", "on": "call.queued", "do": "nowhere"}],
+    )
+    daemon = start_daemon(tmp_path, cfg)
+    try:
+        yield daemon.config_path
+    finally:
+        daemon.kill()
+        sim.kill()
+
+
+@pytest.mark.slow
+def test_campaign_commands(daemon_config: Path, tmp_path: Path) -> None:
+    cfg = str(daemon_config)
+    leads = tmp_path / "leads.csv"
+    leads.write_text(
+        "Phone,First Name,metadata.tier\n"
+        "+14155554000,Ann,gold\n"
+        "+1415555,Bob,silver\n"
+        '+14155554001,"Cy\nJr",gold\n'
+        "+14155554002,Dee,\n"
+    )
+    done = run(
+        "campaign", "import", str(leads), "--name", "cli spring", "--config", cfg,
+        "--map", "to=Phone", "--map", "metadata.first=First Name", "--purpose", "Reminder",
+        "--settings", '{"priority": 3}', "--budget", "100", "--price-per-minute", "0.5",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, *rest = done.stdout.splitlines()
+    assert first.endswith("(cli spring): 3 row(s) queued, 1 refused"), done.stdout
+    assert rest[0].startswith("  line 3: INVALID_PHONE_NUMBER: ")
+    campaign_id = first.split()[1]
+
+    shown = run("campaign", "show", campaign_id, "--config", cfg, "--json")
+    assert shown.returncode == 0, shown.stderr
+    campaign = json.loads(shown.stdout)
+    assert campaign["settings"]["priority"] == 3 and campaign["settings"]["purpose"] == "Reminder"
+    assert campaign["budget"] == 100 and campaign["rows"] == {"total": 4, "invalid": 1}
+    text = run("campaign", "show", campaign_id, "--config", cfg).stdout
+    assert "status    active" in text and "rows      4 (1 refused)" in text
+    assert " of 100.00 (" in text and "\nspent     " in text
+    listing = run("campaign", "list", "--config", cfg).stdout
+    assert listing.splitlines()[0].split() == [
+        "ID", "NAME", "STATUS", "ROWS", "INVALID", "DIALED", "SPENT", "BUDGET",
+    ]  # fmt: skip
+    assert campaign_id in listing and "cli spring" in listing
+    errors = run("campaign", "errors", campaign_id, "--config", cfg).stdout
+    assert errors.startswith("line 3: INVALID_PHONE_NUMBER")
+
+    paused = run("campaign", "pause", campaign_id, "--reason", "lunch", "--config", cfg)
+    assert paused.returncode == 0 and paused.stdout.strip().endswith(": paused"), paused.stderr
+    again = run("campaign", "pause", campaign_id, "--config", cfg)
+    assert again.returncode == 1 and "INVALID_TRANSITION" in again.stderr
+    resumed = run("campaign", "resume", campaign_id, "--config", cfg)
+    assert resumed.returncode == 0 and resumed.stdout.strip().endswith(": active")
+    canceled = run("campaign", "cancel", campaign_id, "--config", cfg)
+    assert canceled.returncode == 0 and canceled.stdout.strip().endswith(": canceled")
+    more = run("campaign", "import", str(leads), "--into", campaign_id, "--config", cfg)
+    assert more.returncode == 1 and "CAMPAIGN_CANCELED" in more.stderr
+    missing = run("campaign", "show", "nope", "--config", cfg)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+@pytest.mark.slow
+def test_campaign_import_jsonl_from_stdin(daemon_config: Path) -> None:
+    rows = '{"to": "+14155554100", "metadata": {"n": 1}}\n{"to": "+14155554101"}\n'
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "campaign", "import", "-", "--format", "jsonl",
+         "--name", "stdin", "--config", str(daemon_config), "--json"],
+        input=rows, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["import"]["queued"] == 2 and answer["import"]["format"] == "jsonl"
+
+
+def test_campaign_import_usage_errors(daemon_config: Path, tmp_path: Path) -> None:
+    cfg = str(daemon_config)
+    missing = run("campaign", "import", str(tmp_path / "no.csv"), "--name", "x", "--config", cfg)
+    assert missing.returncode == 2 and "cannot read" in missing.stderr
+    odd = tmp_path / "leads.xlsx"
+    odd.write_text("x")
+    unknown = run("campaign", "import", str(odd), "--name", "x", "--config", cfg)
+    assert unknown.returncode == 2 and "--format" in unknown.stderr
+    window = run("campaign", "import", str(odd), "--name", "x", "--window", "9", "--config", cfg)
+    assert window.returncode == 2 and "HH:MM-HH:MM" in window.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name\nAnn\n")
+    into = run("campaign", "import", str(bad), "--into", "x", "--budget", "3", "--config", cfg)
+    assert into.returncode == 2 and "--name" in into.stderr
+    refused = run("campaign", "import", str(bad), "--name", "x", "--config", cfg)
+    assert refused.returncode == 1 and "INVALID_IMPORT: no column for 'to'" in refused.stderr
+    settings = run(
+        "campaign", "import", str(bad), "--name", "x", "--from", "+1604", "--config", cfg
+    )
+    assert settings.returncode == 1 and "INVALID_PHONE_NUMBER" in settings.stderr
+
+
+@pytest.mark.slow
+def test_status_command(daemon_config: Path) -> None:
+    done = run("status", "--config", str(daemon_config))
+    assert done.returncode == 0, done.stderr
+    labels = [line.split("  ")[0] for line in done.stdout.splitlines()[:9]]
+    assert labels == [
+        "ready", "provider", "store", "dialing", "live calls", "queued", "rates", "placements",
+        "dead letters",
+    ]  # fmt: skip
+    assert "dialing       running" in done.stdout
+    status = json.loads(run("status", "--config", str(daemon_config), "--json").stdout)
+    assert status["ready"] is True and "per_minute" in status["rates"]
+
+
+@pytest.mark.slow
+def test_deliveries_commands(daemon_config: Path) -> None:
+    import yaml
+
+    cfg = str(daemon_config)
+    api = yaml.safe_load(daemon_config.read_text())["api"]
+    headers = {"Authorization": f"Bearer {api['token']}"}
+    answer = httpx.post(
+        f"http://{api['listen']}/v1/calls", json={"to": "+14155554200"}, headers=headers
+    )
+    assert answer.status_code == 202, answer.text
+    call_id = answer.json()["id"]
+    deadline = time.monotonic() + 20
+    while True:
+        listed = run("deliveries", "list", "--config", cfg, "--json")
+        dead = [d for d in json.loads(listed.stdout)["deliveries"] if d["call_id"] == call_id]
+        if dead:
+            break
+        assert time.monotonic() < deadline, "no dead letter"
+        time.sleep(0.3)
+    [letter] = dead
+    text = run("deliveries", "list", "--route", "tell nowhere", "--config", cfg).stdout
+    assert text.splitlines()[0].split() == [
+        "ID",
+        "ROUTE",
+        "STATE",
+        "TRIES",
+        "CALL",
+        "LAST",
+        "ERROR",
+    ]
+    assert letter["id"] in text and "tell nowhere" in text
+    replayed = run("deliveries", "replay", letter["id"], "--config", cfg)
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.strip() == "replayed 1 delivery"
+    everything = run("deliveries", "replay", "--all-dead", "--config", cfg)
+    assert everything.returncode == 0 and everything.stdout.startswith("replayed ")
+    usage = run("deliveries", "replay", "--config", cfg)
+    assert usage.returncode == 2 and "--all-dead" in usage.stderr
+
+
+@pytest.mark.slow
+def test_dnc_commands(daemon_config: Path) -> None:
+    cfg = str(daemon_config)
+    added = run("dnc", "add", "+14155554300", "--reason", "asked", "--config", cfg)
+    assert (added.returncode, added.stdout) == (0, "+14155554300: added on the list\n")
+    again = run("dnc", "add", "+14155554300", "--config", cfg)
+    assert again.stdout == "+14155554300: already on the list\n"
+    removed = run("dnc", "remove", "+14155554300", "--config", cfg)
+    assert (removed.returncode, removed.stdout) == (0, "+14155554300: removed from the list\n")
+    gone = run("dnc", "remove", "+14155554300", "--config", cfg)
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+    bad = run("dnc", "add", "415-555-4300", "--config", cfg)
+    assert bad.returncode == 1 and "INVALID_PHONE_NUMBER" in bad.stderr
+
+
+def test_daemon_commands_without_a_daemon(tmp_path: Path) -> None:
+    cfg = tmp_path / "orchestrator.yaml"
+    cfg.write_text(
+        f"magpipe: {{token: x}}\napi: {{listen: '127.0.0.1:{free_port()}', token: secret}}\n"
+    )
+    done = run("status", "--config", str(cfg))
+    assert done.returncode == 4 and "cannot reach the daemon" in done.stderr
+    cfg.write_text("magpipe: {token: x}\n")
+    done = run("campaign", "list", "--config", str(cfg))
+    assert done.returncode == 2 and "api.token" in done.stderr
+    done = run("campaign", "list")
+    assert done.returncode == 2 and "--config" in done.stderr
