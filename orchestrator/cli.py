@@ -123,9 +123,11 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "demo",
-        help="place a few calls on the built-in simulator and show their lifecycle",
-        description="Start the simulator in this process, place a few calls and show what "
-        "happens to each, from the provider's answer to the final status webhook.",
+        help="dial a bundled sample campaign on the built-in simulator: live progress, then a "
+        "summary",
+        description="Run the simulator, a Slack stand-in and the daemon in this process on a "
+        "temporary SQLite file; dial a sample campaign of 300 rows with retries and alerts; "
+        "show progress and a checked summary.",
     )
     _config_commands(commands)
     remote.add_commands(commands)
