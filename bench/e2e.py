@@ -15,7 +15,9 @@ to the handler being called, for the events only a webhook can cause (``ringing`
 The baseline, in this same process and against the same simulator, is the bare traffic of the
 same calls: an httpx client places them (the same ``--max-live`` calls live at once, a slot
 freed by the call's ``completed`` webhook) and a bare aiohttp handler answers the webhooks 200.
-A run stops when every call has completed or after ``--seconds``; rates count completed calls.
+A run stops when every call has completed or after ``--seconds``. ``calls_per_s`` and the CPU
+per call count calls ended in the store; ``handled_calls_per_s`` those whose ``call.completed``
+reached the handler (the outbox can lag behind the store).
 Prints one JSON line.
 
     .venv/bin/python bench/e2e.py                # --calls 10000 --seconds 60
@@ -156,13 +158,15 @@ async def daemon(
         raise RuntimeError(f"the daemon exited with status {status}")
     done = timed.completed
     return {
-        "completed": done,
+        "completed": ended,
         "seconds": round(elapsed, 2),
-        "calls_per_s": round(done / elapsed, 1),
-        "completed_in_store": ended,
-        "store_calls_per_s": round(ended / elapsed, 1),
-        "cpu_ms_per_call": round(used / max(done, 1) * 1000, 3),
-        "simulator_cpu_ms_per_call": round((sim1["cpu"] - sim0["cpu"]) / max(done, 1) * 1000, 3),
+        # Calls ended in the store (dialled, all four webhooks taken): the headline rate.
+        "calls_per_s": round(ended / elapsed, 1),
+        # Calls whose call.completed reached the handler (the outbox may lag behind).
+        "handled": done,
+        "handled_calls_per_s": round(done / elapsed, 1),
+        "cpu_ms_per_call": round(used / max(ended, 1) * 1000, 3),
+        "simulator_cpu_ms_per_call": round((sim1["cpu"] - sim0["cpu"]) / max(ended, 1) * 1000, 3),
         "events_handled": timed.events,
         "latency_samples": len(timed.latencies),
         "latency_p50_ms": round(percentile(timed.latencies, 0.5) * 1000, 2),
@@ -281,7 +285,7 @@ async def measure(calls: int, max_live: int, seconds: float) -> dict[str, Any]:
         "latency_p99_ms": real["latency_p99_ms"],
         "baseline_calls_per_s": base["calls_per_s"],
         "baseline_cpu_ms_per_call": base["cpu_ms_per_call"],
-        "store_calls_per_s": real["store_calls_per_s"],
+        "handled_calls_per_s": real["handled_calls_per_s"],
         "ratio_calls_per_s": round(real["calls_per_s"] / max(base["calls_per_s"], 1e-9), 3),
         "ratio_cpu_per_call": round(
             real["cpu_ms_per_call"] / max(base["cpu_ms_per_call"], 1e-9), 2
