@@ -8,6 +8,7 @@ implements them in Python for fast unit tests.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -168,9 +169,13 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+@functools.lru_cache(maxsize=1024)
+def _parameters(sql: str) -> frozenset[str]:
+    return frozenset(re.findall(r"(?<!:):([a-z_]+)", sql))
+
+
 def check_params(sql: str, params: Mapping[str, Any], name: str) -> None:
     """Raise StoreError naming the query when a ``:param`` it uses was not given."""
-    needed = set(re.findall(r"(?<!:):([a-z_]+)", sql))
-    missing = needed - params.keys()
+    missing = _parameters(sql) - params.keys()
     if missing:
         raise exceptions.StoreError(f"query {name} is missing parameters {sorted(missing)}")

@@ -46,6 +46,9 @@ class DialerSettings:
     window: windows.CallingWindow | None = None  # for calls whose campaign sets none
     default_time_zone: str | None = None  # for numbers whose zone phonenumbers cannot tell
     do_not_call: dnc.DoNotCall | None = None
+    # Placements in flight at once: more would only queue on the HTTP client's connection
+    # pool (and stall the event loop scanning it); the rest wait in the store, unclaimed.
+    max_placing: int = 20
     balance_probe: float = 60.0  # first wait after INSUFFICIENT_BALANCE (doubles, to 10 min)
     unauthorized_probe: float = 300.0  # wait after UNAUTHORIZED before trying once more
 
@@ -102,9 +105,13 @@ class Dialer:
         try:
             while not self._stopping.is_set():
                 self.wake.clear()
+                room = self.settings.max_placing - len(self._inflight)
+                if room <= 0:
+                    await self._idle()  # a finished placement wakes us
+                    continue
                 try:
                     batch = await self.store.claim_batch(
-                        self.owner, self.rules, limit=max(1, int(self.pacing.burst))
+                        self.owner, self.rules, limit=max(1, min(int(self.pacing.burst), room))
                     )
                 except exceptions.StoreError as exc:
                     # A database hiccup is not a crash: the claim rolled back; try again.
@@ -167,6 +174,7 @@ class Dialer:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self.wake.set()  # room for another placement
         if not task.cancelled() and task.exception() is not None:
             log.error("dialer.placement_crashed", error=repr(task.exception()))
 
