@@ -379,29 +379,20 @@ class _Database(Storage):
     def notify(self, p: Params) -> Result:
         return self._select([{"topic": p["topic"]}])
 
-    def rescue_attempts(self, p: Params) -> Result:
+    def _abandon(self, test: Callable[[Row], bool]) -> Result:
+        """Mark placements in flight (dialing, not yet ambiguous) that pass ``test`` abandoned."""
         rows = self._where(
             "attempts",
-            lambda r: (
-                _eq(r["status"], "dialing")
-                and _eq(r["ambiguous"], 0)
-                and _lt(r["lease_until"], p["now"])
-            ),
+            lambda r: _eq(r["status"], "dialing") and _eq(r["ambiguous"], 0) and test(r),
         )
         rows = self._update("attempts", rows, lambda r: _ABANDONED)
         return rows, len(rows)
 
+    def rescue_attempts(self, p: Params) -> Result:
+        return self._abandon(lambda r: _lt(r["lease_until"], p["now"]))
+
     def release_attempts(self, p: Params) -> Result:
-        rows = self._where(
-            "attempts",
-            lambda r: (
-                _eq(r["status"], "dialing")
-                and _eq(r["ambiguous"], 0)
-                and _eq(r["lease_owner"], p["owner"])
-            ),
-        )
-        rows = self._update("attempts", rows, lambda r: _ABANDONED)
-        return rows, len(rows)
+        return self._abandon(lambda r: _eq(r["lease_owner"], p["owner"]))
 
     # -- events and deliveries -----------------------------------------------------------
 
