@@ -9,6 +9,7 @@ ordinary lifecycle.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from collections.abc import Sequence
@@ -61,6 +62,13 @@ class CampaignSettings(BaseModel):
         return value
 
 
+@functools.lru_cache(maxsize=256)
+def settings_of(stored: str) -> CampaignSettings:
+    """A campaign row's ``settings`` column, parsed once per distinct value: the claim reads
+    it for every candidate, and a frozen model is safe to share."""
+    return CampaignSettings.model_validate_json(stored)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RowError:
     """A row of an import that could not become a call: its line and why."""
@@ -104,7 +112,7 @@ class Campaigns(Ledger):
                 raise exceptions.InputError(f"no campaign {campaign_id}")
             if campaign["status"] == CampaignStatus.CANCELED:
                 raise exceptions.InputError(f"campaign {campaign_id} is canceled")
-            settings = CampaignSettings.model_validate_json(campaign["settings"])
+            settings = settings_of(campaign["settings"])
             call_rows: list[dict[str, Any]] = []
             attempt_rows: list[dict[str, Any]] = []
             for new in calls:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from orchestrator import bus, client, dnc, exceptions, windows
+from orchestrator import bus, campaigns, client, dnc, exceptions, windows
 from orchestrator.connector import Row
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.metrics import Metrics
@@ -149,9 +149,7 @@ class Dialer:
             return Refuse(code="DO_NOT_CALL", message=f"{to} is on the do-not-call list")
         window = self.settings.window
         if campaign is not None:
-            settings = json.loads(campaign["settings"])
-            if settings.get("window"):
-                window = windows.CallingWindow.model_validate(settings["window"])
+            window = campaigns.settings_of(campaign["settings"]).window or window
         if window is None:
             return Admit()
         try:

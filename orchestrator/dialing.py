@@ -10,12 +10,12 @@ admitted, deferred to a later time, or refused.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import exceptions
+from orchestrator.campaigns import settings_of
 from orchestrator.connector import Row, Transaction
 from orchestrator.ledger import WATCHDOG, Ledger
 from orchestrator.model import CallStatus, Event, new_id
@@ -278,8 +278,7 @@ class Dialing(Ledger):
         that is under ``per_from``; None if all are at the limit."""
         pool = [attempt["from_number"]]
         if campaign is not None:
-            settings = json.loads(campaign["settings"])
-            pool = list(settings.get("from_numbers") or pool)
+            pool = list(settings_of(campaign["settings"]).from_numbers or pool)
         allowed = [
             n for n in pool if rules.per_from is None or live_from.get(n, 0) < rules.per_from
         ]

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.connector import Row
+from orchestrator.campaigns import settings_of
+from orchestrator.connector import Row, Transaction
 from orchestrator.ledger import Ledger
 from orchestrator.model import CallStatus, Event, iso
 
@@ -211,14 +212,11 @@ class Outbox(Ledger):
             await self._notify(tx, "dial")
         return event
 
-    async def _campaign_cap(self, tx: Any, attempt: Row) -> int | None:
+    async def _campaign_cap(self, tx: Transaction, attempt: Row) -> int | None:
         if not attempt.get("campaign"):
             return None
         campaign = await tx.fetchone("get_campaign", id=attempt["campaign"])
-        if campaign is None:
-            return None
-        cap = json.loads(campaign["settings"]).get("max_attempts")
-        return int(cap) if cap else None
+        return settings_of(campaign["settings"]).max_attempts if campaign else None
 
     async def give_up(self, source: Event, *, reason: str) -> Event | None:
         """``call.retries_exhausted`` for ``source``'s call, once per attempt."""
