@@ -1,8 +1,21 @@
-"""The embedded SQLite connector (aiosqlite, WAL mode): the default store.
+"""The embedded SQLite connector (stdlib ``sqlite3``, WAL mode): the default store.
 
 Writes go through one connection, one transaction at a time (SQLite has one writer anyway);
 ``BEGIN IMMEDIATE`` takes the write lock up front, so two daemons on one file serialise their
 claims instead of failing half-way through a transaction.
+
+Where each statement runs is chosen for the event loop's sake. A small statement on a held
+write transaction takes microseconds and cannot wait on a lock, so it runs on the loop itself:
+handing it to a worker thread (as aiosqlite does) costs ten times the statement, and under load
+each hand-off also waits for the GIL (``bench/README.md`` has the figures). What could stall the
+loop goes to the connector's one worker thread instead:
+
+* ``BEGIN IMMEDIATE`` when another process holds the write lock (it is tried on the loop with no
+  busy wait first, and waits up to ``busy_timeout`` in the thread only if that fails);
+* bulk writes (``executemany``) and the named queries in :data:`OFF_LOOP`, which scan or change
+  many rows (counts over a whole campaign, cancelling a campaign, listings);
+* migrations, and WAL checkpoints (on a connection of their own, so writers carry on), whose
+  fsyncs are the only disk waits: commits themselves do not fsync (``synchronous = NORMAL``).
 """
 
 from __future__ import annotations
@@ -10,23 +23,67 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
-import aiosqlite
+import structlog
 
 from orchestrator import connector, exceptions
 from orchestrator.connector import Row
 
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+#: Named queries that may touch many rows: they run in the worker thread, off the event loop.
+OFF_LOOP = frozenset(
+    {
+        "active_campaigns",
+        "campaign_progress",
+        "cancel_campaign_calls",
+        "cancel_campaign_queue",
+        "count_campaign_rows",
+        "count_queued",
+        "list_calls",
+        "list_campaign_errors",
+        "list_campaigns",
+        "list_deliveries",
+        "list_events",
+        "release_attempts",
+        "release_deliveries",
+        "rescue_attempts",
+    }
+)
+
+#: Rows changed between WAL checkpoints (SQLite's own auto-checkpoint would run, and fsync,
+#: inside a commit on the event loop; it is turned off and done here in the worker thread).
+CHECKPOINT_CHANGES = 5000
+
+
+class _Offload(Protocol):
+    def __call__(self, fn: Callable[[], T], /) -> asyncio.Future[T]: ...
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
+
 
 class _SQLiteTransaction:
-    def __init__(self, conn: aiosqlite.Connection, queries: dict[str, str]) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        queries: dict[str, str],
+        offload: _Offload,
+    ) -> None:
         self._conn = conn
         self._queries = queries
+        self._offload = offload
+        self.offloaded = False  # a statement was handed to the thread and not awaited to its end
 
-    def _sql(self, name: str, params: dict[str, Any]) -> str:
+    def _sql(self, name: str, params: Mapping[str, Any]) -> str:
         try:
             sql = self._queries[name]
         except KeyError:
@@ -34,35 +91,53 @@ class _SQLiteTransaction:
         connector.check_params(sql, params, name)
         return sql
 
-    async def fetch(self, query: str, **params: Any) -> list[Row]:
-        sql = self._sql(query, params)
+    def _run(self, query: str, sql: str, params: Mapping[str, Any]) -> tuple[list[Row], int]:
         try:
-            # One trip to aiosqlite's thread instead of three (execute, fetchall, close).
-            rows = await self._conn.execute_fetchall(sql, params)
+            cursor = self._conn.execute(sql, params)
+            try:
+                rows = [dict(row) for row in cursor.fetchall()]
+                return rows, cursor.rowcount
+            finally:
+                cursor.close()
         except sqlite3.Error as exc:
             raise exceptions.StoreError(f"{query}: {exc}") from exc
-        return [dict(row) for row in rows]
+
+    async def _statement(self, query: str, params: dict[str, Any]) -> tuple[list[Row], int]:
+        sql = self._sql(query, params)
+        if query in OFF_LOOP:
+            return await self._off_loop(lambda: self._run(query, sql, params))
+        return self._run(query, sql, params)
+
+    async def _off_loop(self, fn: Callable[[], T]) -> T:
+        self.offloaded = True
+        result = await self._offload(fn)
+        self.offloaded = False
+        return result
+
+    async def fetch(self, query: str, **params: Any) -> list[Row]:
+        rows, _ = await self._statement(query, params)
+        return rows
 
     async def fetchone(self, query: str, **params: Any) -> Row | None:
-        rows = await self.fetch(query, **params)
+        rows, _ = await self._statement(query, params)
         return rows[0] if rows else None
 
     async def execute(self, query: str, **params: Any) -> int:
-        sql = self._sql(query, params)
-        try:
-            async with self._conn.execute(sql, params) as cursor:
-                return cursor.rowcount
-        except sqlite3.Error as exc:
-            raise exceptions.StoreError(f"{query}: {exc}") from exc
+        _, count = await self._statement(query, params)
+        return count
 
     async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
-        sql = self._sql(query, dict(rows[0]))
-        try:
-            await self._conn.executemany(sql, [dict(r) for r in rows])
-        except sqlite3.Error as exc:
-            raise exceptions.StoreError(f"{query}: {exc}") from exc
+        sql = self._sql(query, rows[0])
+
+        def run() -> None:
+            try:
+                self._conn.executemany(sql, [dict(r) for r in rows])
+            except sqlite3.Error as exc:
+                raise exceptions.StoreError(f"{query}: {exc}") from exc
+
+        await self._off_loop(run)
 
 
 class SQLiteConnector:
@@ -77,80 +152,149 @@ class SQLiteConnector:
         if not self.path:
             raise exceptions.ConfigError("the sqlite store URL names no file: sqlite://PATH")
         self.busy_timeout = busy_timeout
-        self._conn: aiosqlite.Connection | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._lock = asyncio.Lock()
         self._queries = connector.queries(self.dialect)
+        self._checkpointed_at = 0
+        # A rollback left running in the thread by a cancellation: the next BEGIN waits for it.
+        self._settling: asyncio.Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteConnector(path={self.path!r})"
 
+    def _offload(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        if self._thread is None:
+            raise exceptions.StoreError("the SQLite store is not open")
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    def _connect(self) -> sqlite3.Connection:
+        # check_same_thread=False: the connection is used from the loop and from the worker
+        # thread, never both at once (the transaction lock, and awaiting every hand-off).
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power loss
+        # can take back the last transactions.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
     async def open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         try:
-            conn = await aiosqlite.connect(self.path, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a commit survives a process crash (kill -9); only a power
-            # loss can take back the last transactions.
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.execute("PRAGMA foreign_keys = ON")
+            self._conn = await self._offload(self._connect)
+            await self._offload(self._migrate)
+            if self.path != ":memory:":
+                self._checkpointer = await self._offload(self._connect)
+                self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # Statements on the loop never wait for a lock: BEGIN falls back to the thread.
+            self._conn.execute("PRAGMA busy_timeout = 0")
         except sqlite3.Error as exc:
+            await self.close()
             raise exceptions.StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
-        self._conn = conn
-        await self._migrate()
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        thread, self._thread = self._thread, None
+        for conn in (self._conn, self._checkpointer):
+            if conn is not None:
+                conn.close()
+        self._conn = self._checkpointer = None
+        if thread is not None:
+            thread.shutdown(wait=True)
 
-    async def _migrate(self) -> None:
+    def _migrate(self) -> None:
         conn = self._require()
-        async with self._lock:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations "
-                    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in connector.migrations():
+                if migration.version in done:
+                    continue
+                sql = migration.sql.replace("{serial}", "INTEGER")
+                for statement in connector.statements(sql):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
                 )
-                async with conn.execute("SELECT version FROM schema_migrations") as cursor:
-                    done = {row[0] for row in await cursor.fetchall()}
-                for migration in connector.migrations():
-                    if migration.version in done:
-                        continue
-                    sql = migration.sql.replace("{serial}", "INTEGER")
-                    for statement in connector.statements(sql):
-                        await conn.execute(statement)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                        (migration.version, migration.name, time.time()),
-                    )
-                await conn.execute("COMMIT")
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
-    def _require(self) -> aiosqlite.Connection:
+    def _require(self) -> sqlite3.Connection:
         if self._conn is None:
             raise exceptions.StoreError("the SQLite store is not open")
         return self._conn
+
+    def _begin_waiting(self) -> None:
+        """BEGIN IMMEDIATE, waiting up to busy_timeout for another process's writer."""
+        conn = self._require()
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    async def _begin(self, conn: sqlite3.Connection) -> None:
+        if self._settling is not None:
+            settling, self._settling = self._settling, None
+            await asyncio.wait({settling})
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            if not _busy(exc):
+                raise exceptions.StoreError(f"cannot begin a transaction: {exc}") from exc
+            try:
+                await asyncio.shield(self._offload(self._begin_waiting))
+            except sqlite3.Error as exc2:
+                raise exceptions.StoreError(f"cannot begin a transaction: {exc2}") from exc2
+
+    def _rollback(self, conn: sqlite3.Connection, tx: _SQLiteTransaction) -> None:
+        def rollback() -> None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+        if not tx.offloaded:
+            rollback()  # nothing runs in the thread: at once, where no cancellation can reach
+        else:
+            # A cancelled statement may still be running in the thread: roll back after it.
+            self._settling = self._offload(rollback)
+
+    def _checkpoint(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteTransaction]:
         conn = self._require()
         async with self._lock:
+            await self._begin(conn)
+            tx = _SQLiteTransaction(conn, self._queries, self._offload)
             try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise exceptions.StoreError(f"cannot begin a transaction: {exc}") from exc
-            try:
-                yield _SQLiteTransaction(conn, self._queries)
+                yield tx
             except BaseException:
-                await asyncio.shield(conn.execute("ROLLBACK"))
+                self._rollback(conn, tx)
                 raise
             try:
-                await asyncio.shield(conn.execute("COMMIT"))
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollback(conn, tx)
                 raise exceptions.StoreError(f"commit failed: {exc}") from exc
+            changes = conn.total_changes
+        if changes - self._checkpointed_at >= CHECKPOINT_CHANGES:
+            self._checkpointed_at = changes
+            try:
+                await self._offload(self._checkpoint)
+            except sqlite3.Error as exc:  # committed all the same; the next one catches up
+                log.warning("sqlite.checkpoint_failed", error=str(exc))

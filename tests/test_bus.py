@@ -272,8 +272,9 @@ async def test_gone_disables_the_handler_and_says_so(store: Store) -> None:
     ]
     event_bus, tasks, workers, http = await run_bus(store, subs)
     await store.create_call(NewCall(to="+14155551234", from_="+16045551234"))
-    await store.create_call(NewCall(to="+14155551235", from_="+16045551234"))
     await wait_for(lambda: len(watcher.seen) == 1)
+    # Queued after the 410: it must wait, not go out.
+    await store.create_call(NewCall(to="+14155551235", from_="+16045551234"))
     await asyncio.sleep(0.3)
     await stop(tasks, workers, http)
     assert "hook" in event_bus.disabled
@@ -287,7 +288,11 @@ async def test_gone_disables_the_handler_and_says_so(store: Store) -> None:
 async def test_circuit_opens_after_failures_and_recovers_by_itself(store: Store) -> None:
     flaky = Scripted(*[RuntimeError("503")] * 3)
     policy = bus.DeliveryPolicy(
-        schedule=(0.01,), max_attempts=50, breaker_threshold=3, breaker_cooldown=0.5
+        schedule=(0.01,),
+        max_attempts=50,
+        breaker_threshold=3,
+        breaker_cooldown=0.5,
+        concurrency=1,  # one at a time, so the third failure is the one that opens it
     )
     subs = [bus.Subscription(name="crm", handler=flaky, patterns=("call.queued",), policy=policy)]
     event_bus, tasks, workers, http = await run_bus(store, subs)

@@ -1,0 +1,113 @@
+"""The SQLite connector's own behaviour: statements on the event loop, what may wait (another
+process's writer, bulk writes) in its thread, and a transaction cancelled half-way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import exceptions
+from orchestrator.sqlite import SQLiteConnector
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[SQLiteConnector, SQLiteConnector]]:
+    """Two connectors on one file: two daemons sharing a SQLite store."""
+    url = f"sqlite://{tmp_path / 'shared.db'}"
+    first, second = SQLiteConnector(url), SQLiteConnector(url, busy_timeout=5)
+    await first.open()
+    await second.open()
+    yield first, second
+    await first.close()
+    await second.close()
+
+
+async def kv(conn: SQLiteConnector, key: str) -> str | None:
+    async with conn.transaction() as tx:
+        row = await tx.fetchone("kv_get", scope="t", key=key)
+    return None if row is None else str(row["value"])
+
+
+async def test_waiting_for_another_writer_does_not_block_the_loop(
+    pair: tuple[SQLiteConnector, SQLiteConnector],
+) -> None:
+    first, second = pair
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with first.transaction() as tx:
+            await tx.execute("kv_set", scope="t", key="a", value="1", now=0.0)
+            held.set()
+            await release.wait()
+
+    async def writer() -> None:
+        async with second.transaction() as tx:
+            await tx.execute("kv_set", scope="t", key="b", value="2", now=0.0)
+
+    holding = asyncio.create_task(holder())
+    await held.wait()
+    writing = asyncio.create_task(writer())
+    ticks = 0
+    for _ in range(10):  # the loop keeps running while the second daemon waits for the lock
+        await asyncio.sleep(0.02)
+        ticks += 1
+    assert ticks == 10 and not writing.done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(holding, writing), timeout=10)
+    assert await kv(second, "a") == "1" and await kv(first, "b") == "2"
+
+
+async def test_a_writer_held_past_the_busy_timeout_is_a_store_error(tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path / 'shared.db'}"
+    first, second = SQLiteConnector(url), SQLiteConnector(url, busy_timeout=0.2)
+    await first.open()
+    await second.open()
+    try:
+        async with first.transaction():
+            with pytest.raises(exceptions.StoreError, match="cannot begin a transaction"):
+                async with second.transaction():
+                    pass
+        async with second.transaction() as tx:  # usable once the writer is gone
+            await tx.execute("kv_set", scope="t", key="c", value="3", now=0.0)
+    finally:
+        await first.close()
+        await second.close()
+    assert not (tmp_path / "shared.db-journal").exists()
+
+
+async def test_cancelled_bulk_write_rolls_back_and_the_connection_goes_on(
+    pair: tuple[SQLiteConnector, SQLiteConnector],
+) -> None:
+    conn, _ = pair
+    rows = [{"scope": "bulk", "key": str(i), "value": "v", "now": 0.0} for i in range(200_000)]
+
+    async def bulk() -> None:
+        async with conn.transaction() as tx:
+            await tx.executemany("kv_set", rows)
+            await asyncio.sleep(10)  # never reached in time: cancelled in the thread's work
+
+    task = asyncio.create_task(bulk())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with conn.transaction() as tx:
+        await tx.execute("kv_set", scope="t", key="after", value="ok", now=0.0)
+        written = await tx.fetchone("kv_get", scope="bulk", key="0")
+    assert written is None  # the cancelled transaction left nothing behind
+    assert await kv(conn, "after") == "ok"
+
+
+async def test_a_failing_statement_rolls_back_its_transaction(
+    pair: tuple[SQLiteConnector, SQLiteConnector],
+) -> None:
+    conn, _ = pair
+    with pytest.raises(exceptions.StoreError, match="missing parameters"):
+        async with conn.transaction() as tx:
+            await tx.execute("kv_set", scope="t", key="x", value="1", now=0.0)
+            await tx.execute("kv_set", scope="t", key="y")
+    assert await kv(conn, "x") is None
