@@ -37,7 +37,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def cpu() -> float:
-    """CPU seconds used by this process so far (every thread: aiosqlite's too)."""
+    """CPU seconds used by this process so far (every thread: the SQLite connector's too)."""
     return time.process_time()
 
 
