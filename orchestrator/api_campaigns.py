@@ -118,8 +118,14 @@ def delivery_json(row: Row) -> dict[str, Any]:
     }
 
 
-def _errors_json(errors: list[RowError]) -> list[dict[str, Any]]:
-    return [{"line": e.line, "reason": e.reason} for e in errors]
+def _errors_json(errors: list[RowError], import_no: int | None) -> list[dict[str, Any]]:
+    return [{"import": import_no, "line": e.line, "reason": e.reason} for e in errors]
+
+
+def _cursor(text: str) -> tuple[int, int]:
+    """An errors cursor: ``IMPORT:LINE`` as ``next`` gives it (a bare ``LINE``: import 1)."""
+    first, sep, second = text.partition(":")
+    return (int(first), int(second)) if sep else (1, int(first))
 
 
 def _limit(query: Mapping[str, str], default: int, top: int = 1000) -> int | web.Response:
@@ -172,6 +178,7 @@ class CampaignRoutes:
         router.add_post("/v1/campaigns/{id}/rows", self.rows)
         router.add_get("/v1/campaigns/{id}/errors", self.errors)
         router.add_post("/v1/campaigns/{id}/{action:pause|resume|cancel}", self.transition)
+        router.add_get("/v1/do-not-call", self.dnc_list)
         router.add_post("/v1/do-not-call", self.dnc_add)
         router.add_delete("/v1/do-not-call/{number}", self.dnc_remove)
         router.add_get("/v1/deliveries", self.deliveries)
@@ -265,16 +272,18 @@ class CampaignRoutes:
 
         def summary() -> dict[str, Any]:
             return {
+                "number": import_no,  # which import of the campaign this was
                 "format": fmt.value,
                 "rows": written.rows,
                 "queued": written.queued,
                 "invalid": written.invalid,
-                "errors": _errors_json(shown),
+                "errors": _errors_json(shown, import_no),
                 "more_errors": written.invalid > len(shown),
                 "ignored_columns": parser.stats.ignored_columns,
             }
 
         campaign_id = campaign["id"] if campaign is not None else None
+        import_no: int | None = None
         try:
             batch: imports.Batch | None = await anext(batches)
             if campaign_id is None:
@@ -282,8 +291,11 @@ class CampaignRoutes:
                 created = await self.store.create_campaign(body.name, body.settings)
                 campaign_id = created["id"]
                 log.info("api.campaign_created", campaign=campaign_id, name=body.name)
+            import_no = await self.store.begin_import(campaign_id)
             while batch is not None:
-                await self.store.import_rows(campaign_id, batch.calls, batch.errors)
+                await self.store.import_rows(
+                    campaign_id, batch.calls, batch.errors, import_no=import_no
+                )
                 written.rows += len(batch)
                 written.queued += len(batch.calls)
                 written.invalid += len(batch.errors)
@@ -346,16 +358,23 @@ class CampaignRoutes:
         if isinstance(limit, web.Response):
             return limit
         try:
-            after = int(request.query.get("after", "0"))
+            after = _cursor(request.query.get("after", "0:0"))
         except ValueError:
-            return _error(400, "INVALID_REQUEST", "after must be a line number", fields=["after"])
+            return _error(
+                400, "INVALID_REQUEST", "after must be IMPORT:LINE (from next)", fields=["after"]
+            )
         if await self.store.campaign(campaign_id) is None:
             return _error(404, "NOT_FOUND", "no such campaign")
         rows = await self.store.campaign_errors(campaign_id, after=after, limit=limit)
         return web.json_response(
             {
-                "errors": [{"line": int(r["line"]), "reason": r["reason"]} for r in rows],
-                "next": int(rows[-1]["line"]) if len(rows) == limit else None,
+                "errors": [
+                    {"import": int(r["import_no"]), "line": int(r["line"]), "reason": r["reason"]}
+                    for r in rows
+                ],
+                "next": f"{rows[-1]['import_no']}:{rows[-1]['line']}"
+                if len(rows) == limit
+                else None,
             }
         )
 
@@ -421,6 +440,23 @@ class CampaignRoutes:
         added = await self.store.add_do_not_call(number, reason=body.reason)
         log.info("api.do_not_call_added", number=number, added=added)
         return web.json_response({"number": number, "added": added}, status=201 if added else 200)
+
+    async def dnc_list(self, request: web.Request) -> web.Response:
+        """The numbers on the API's list (not a do-not-call file's), by number; ``next`` is
+        the cursor for ``after``."""
+        limit = _limit(request.query, 100)
+        if isinstance(limit, web.Response):
+            return limit
+        rows = await self.store.do_not_call(after=request.query.get("after", ""), limit=limit)
+        return web.json_response(
+            {
+                "numbers": [
+                    {"number": r["number"], "reason": r["reason"], "added_at": iso(r["added_at"])}
+                    for r in rows
+                ],
+                "next": rows[-1]["number"] if len(rows) == limit else None,
+            }
+        )
 
     async def dnc_remove(self, request: web.Request) -> web.Response:
         """Take a number off the API's list (a do-not-call file is the file's business)."""

@@ -276,6 +276,8 @@ class DeliveryWorker:
         self._inflight: set[asyncio.Task[None]] = set()
         #: The deliveries running right now (their leases are kept alive by the heartbeat).
         self.delivering: set[str] = set()
+        #: Deliveries handled and not yet recorded as done (at the worker's next turn).
+        self._handled: list[Delivery] = []
         self._stopping = asyncio.Event()
         self._log = log.bind(handler=sub.target, rule=sub.name)
 
@@ -292,13 +294,15 @@ class DeliveryWorker:
                 continue
             free = self.breaker.limit(policy.concurrency - len(self._inflight))
             claimed: list[Delivery] = []
-            if free > 0:
+            # One turn at the store records every delivery handled since the last and claims
+            # the next ones: under load a worker needs far fewer turns than deliveries.
+            handled, self._handled = self._handled, []
+            if free > 0 or handled:
                 try:
-                    claimed = await self.store.claim_deliveries(
-                        self.sub.name, self.owner, limit=free, lease=lease
-                    )
+                    claimed = await self._settle(handled, limit=max(free, 0), lease=lease)
                 except exceptions.StoreError as exc:
-                    # A database hiccup is not a crash: the claim rolled back; try again.
+                    # A database hiccup is not a crash: the turn rolled back; try again.
+                    self._handled[:0] = handled
                     self._log.error("delivery.store_failed", error=str(exc))
                     await wait_any(self._stopping, within=self.poll)
                     continue
@@ -317,6 +321,30 @@ class DeliveryWorker:
                 await wait_any(self.wake, self._stopping, within=max(0.05, self.breaker.wait()))
                 continue
             await self._idle()
+
+    async def run_due(self, *, limit: int = 100) -> int:
+        """One turn, start to end: claim up to ``limit`` deliveries due now, run them one after
+        another and record every outcome; how many ran. For tests and one-shot tools (the
+        daemon uses :meth:`run`)."""
+        lease = self.sub.policy.timeout + 30.0
+        handled, self._handled = self._handled, []
+        claimed = await self._settle(handled, limit=limit, lease=lease)
+        for delivery in claimed:
+            self.delivering.add(delivery.id)
+            await self._deliver(delivery)
+        handled, self._handled = self._handled, []
+        await self._settle(handled, limit=0, lease=lease)
+        return len(claimed)
+
+    async def _settle(self, handled: list[Delivery], *, limit: int, lease: float) -> list[Delivery]:
+        claimed, lost = await self.store.settle_and_claim(
+            self.sub.name, self.owner, done=handled, limit=limit, lease=lease
+        )
+        for delivery in handled:
+            self.delivering.discard(delivery.id)
+        for delivery_id in lost:
+            self._log.warning("delivery.lease_lost", delivery_id=delivery_id)
+        return claimed
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -346,12 +374,18 @@ class DeliveryWorker:
         )
 
     async def _deliver(self, delivery: Delivery) -> None:
+        handled = False
         try:
-            await self._deliver_once(delivery)
+            handled = await self._deliver_once(delivery)
         finally:
-            self.delivering.discard(delivery.id)
+            if handled:  # recorded at the worker's next turn; its lease is kept until then
+                self._handled.append(delivery)
+            else:
+                self.delivering.discard(delivery.id)
 
-    async def _deliver_once(self, delivery: Delivery) -> None:
+    async def _deliver_once(self, delivery: Delivery) -> bool:
+        """Run the handler; True when it handled the event (recorded by the worker's next
+        turn), False when the outcome (a failure) was recorded here."""
         event = delivery.event
         bound = self._log.bind(call_id=event.call.id, event_id=event.id, event_type=event.type)
         policy = self.sub.policy
@@ -360,7 +394,7 @@ class DeliveryWorker:
             options = self.sub.options(event)
         except Exception as exc:  # a rule's `with` that cannot render: retrying won't help
             await self._fail(delivery, bound, f"options: {exc}", permanent=True)
-            return
+            return False
         async with self.limit:
             try:
                 async with asyncio.timeout(policy.timeout):
@@ -369,7 +403,7 @@ class DeliveryWorker:
                 raise
             except plugin.HandlerGone as exc:
                 await self._gone(delivery, bound, exc)
-                return
+                return False
             except Exception as exc:  # the handler's failure is the delivery's, not the daemon's
                 error = (
                     f"{type(exc).__name__}: {exc}"
@@ -383,15 +417,15 @@ class DeliveryWorker:
                     retry_after=getattr(exc, "retry_after", None),
                     permanent=bool(getattr(exc, "permanent", False)),
                 )
-                return
+                return False
         self.breaker.success()
         if self.metrics is not None:
             self.metrics.handler_latency.labels(self.sub.target).observe(
                 time.perf_counter() - started
             )
-        if not await self.store.finish_delivery(delivery, self.owner):
-            bound.warning("delivery.lease_lost")
+        self.wake.set()  # the worker's next turn records it
         bound.debug("delivery.done", seconds=round(time.perf_counter() - started, 4))
+        return True
 
     async def _fail(
         self,
@@ -458,6 +492,12 @@ class DeliveryWorker:
             task.cancel()
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=1.0)
+        handled, self._handled = self._handled, []
+        if handled:
+            try:
+                await self._settle(handled, limit=0, lease=0.0)
+            except exceptions.StoreError as exc:  # their leases lapse: they run again later
+                self._log.error("delivery.store_failed", error=str(exc))
 
 
 async def wait_any(*flags: asyncio.Event, within: float) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
-import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from orchestrator import exceptions, phone
 from orchestrator.connector import Row
 from orchestrator.ledger import Ledger
-from orchestrator.model import NewCall, new_id
+from orchestrator.model import NewCall, new_id, new_token
 from orchestrator.windows import CallingWindow
 
 
@@ -100,11 +99,26 @@ class Campaigns(Ledger):
         assert row is not None
         return row
 
+    async def begin_import(self, campaign_id: str) -> int:
+        """Number a new import into the campaign (1, 2, ...): its refused rows are kept
+        under it, since every file starts again at line 1."""
+        async with self.connector.transaction() as tx:
+            row = await tx.fetchone("begin_import", id=campaign_id, now=self.clock())
+        if row is None:
+            raise exceptions.InputError(f"no campaign {campaign_id}")
+        return int(row["imports"])
+
     async def import_rows(
-        self, campaign_id: str, calls: Sequence[NewCall], errors: Sequence[RowError] = ()
+        self,
+        campaign_id: str,
+        calls: Sequence[NewCall],
+        errors: Sequence[RowError] = (),
+        *,
+        import_no: int = 1,
     ) -> None:
         """Queue one chunk of an import (its valid calls and its refused rows) in one
-        transaction; the campaign's settings fill what a row leaves out."""
+        transaction; the campaign's settings fill what a row leaves out. ``import_no`` (from
+        :meth:`begin_import`) says which import the refused rows' lines belong to."""
         now = self.clock()
         async with self.connector.transaction() as tx:
             campaign = await tx.fetchone("get_campaign", id=campaign_id)
@@ -138,7 +152,7 @@ class Campaigns(Ledger):
                         "call_id": call_id,
                         "to_number": new.to,
                         "from_number": from_number,
-                        "webhook_token": secrets.token_urlsafe(24),
+                        "webhook_token": new_token(),
                         "priority": settings.priority,
                         "not_before": now,
                         "now": now,
@@ -149,7 +163,7 @@ class Campaigns(Ledger):
             await tx.executemany("bulk_insert_attempt", attempt_rows)
             await tx.executemany(
                 "insert_campaign_error",
-                [{"campaign_id": campaign_id, "line": e.line, "reason": e.reason} for e in errors],
+                [{"campaign_id": campaign_id, "import_no": import_no, **asdict(e)} for e in errors],
             )
             await tx.execute(
                 "count_campaign_rows",
@@ -183,12 +197,17 @@ class Campaigns(Ledger):
         }
 
     async def campaign_errors(
-        self, campaign_id: str, *, after: int = 0, limit: int = 100
+        self, campaign_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 100
     ) -> list[Row]:
-        """The rows an import refused, by line."""
+        """The rows the campaign's imports refused, by import and line, after the cursor
+        ``after`` (an (import, line) pair)."""
         async with self.connector.transaction() as tx:
             return await tx.fetch(
-                "list_campaign_errors", campaign_id=campaign_id, after=after, limit=limit
+                "list_campaign_errors",
+                campaign_id=campaign_id,
+                after_import=after[0],
+                after_line=after[1],
+                limit=limit,
             )
 
     async def pause_campaign(self, campaign_id: str, *, reason: str) -> Row | None:
@@ -240,6 +259,11 @@ class Campaigns(Ledger):
                 "add_do_not_call", number=number, reason=reason, now=self.clock()
             )
         return added > 0
+
+    async def do_not_call(self, *, after: str = "", limit: int = 100) -> list[Row]:
+        """The API's do-not-call list, by number after the cursor ``after``."""
+        async with self.connector.transaction() as tx:
+            return await tx.fetch("list_do_not_call", after=after, limit=limit)
 
     async def remove_do_not_call(self, number: str) -> bool:
         """Take ``number`` off the list; False if it was not there."""

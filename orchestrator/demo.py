@@ -168,6 +168,7 @@ async def import_campaign(
     """Create the campaign and queue its rows, :data:`CHUNK` per transaction."""
     campaign = await store.create_campaign(name, settings)
     done = Imported(campaign_id=str(campaign["id"]), name=name)
+    import_no = await store.begin_import(done.campaign_id)
     calls: list[NewCall] = []
     errors: list[RowError] = []
     for item in rows:
@@ -178,10 +179,10 @@ async def import_campaign(
         else:
             calls.append(item)
         if len(calls) + len(errors) >= CHUNK:
-            await store.import_rows(done.campaign_id, calls, errors)
+            await store.import_rows(done.campaign_id, calls, errors, import_no=import_no)
             done.calls, done.invalid = done.calls + len(calls), done.invalid + len(errors)
             calls, errors = [], []
-    await store.import_rows(done.campaign_id, calls, errors)
+    await store.import_rows(done.campaign_id, calls, errors, import_no=import_no)
     done.calls, done.invalid = done.calls + len(calls), done.invalid + len(errors)
     done.rows = done.calls + done.invalid
     return done

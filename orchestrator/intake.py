@@ -20,6 +20,7 @@ Signatures are compared in constant time.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from orchestrator import exceptions
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, CallStatus, Event, load_json, unstorable
-from orchestrator.store import Ingest, Store, Webhook
+from orchestrator.store import Ingest, IngestResult, Store, Webhook
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +148,71 @@ def parse(raw: bytes) -> Webhook | web.Response:
     return _reject(400, "UNKNOWN_EVENT", f"unsupported event type {kind!r}")
 
 
+class GroupCommit:
+    """Writes the webhooks that arrive while a transaction is being written together, in the
+    next one (group commit): a lone webhook is written at once, a burst in a few commits.
+
+    Each request still waits for its own webhook to be committed before it is answered. The
+    writer is a task that lives only while webhooks wait; whatever ends it early (cancelled,
+    or a bug) is handed to every waiting request (a 503: the provider sends it again), so
+    none is left hanging.
+    """
+
+    def __init__(self, store: Store, *, max_batch: int = 64) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self._waiting: list[tuple[Webhook, str | None, asyncio.Future[IngestResult]]] = []
+        self._batch: list[tuple[Webhook, str | None, asyncio.Future[IngestResult]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        #: Transactions written and webhooks in them (the mean batch is their ratio).
+        self.commits = 0
+        self.written = 0
+
+    async def ingest(self, hook: Webhook, *, token: str | None = None) -> IngestResult:
+        """What :meth:`Store.ingest` does, sharing the transaction with concurrent callers."""
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((hook, token, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="intake:group-commit")
+            self._writer.add_done_callback(self._ended)
+        return await future
+
+    async def _write(self) -> None:
+        while self._waiting:
+            self._batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+            results = await self.store.ingest_many([(h, t) for h, t, _ in self._batch])
+            batch, self._batch = self._batch, []
+            self.commits += 1
+            self.written += len(batch)
+            for (_, _, future), result in zip(batch, results, strict=True):
+                if future.done():  # its request went away; the webhook is written anyway
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        # Here, not in a callback: a webhook arriving from now on must start a new writer.
+        self._writer = None
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """Whatever ended the writer early (cancelled, even before it ran, or a bug) is told
+        to every request still waiting, so none is left hanging."""
+        if self._writer is task:
+            self._writer = None
+        error: BaseException | None = (
+            exceptions.StoreError("the webhook writer was stopped")
+            if task.cancelled()
+            else task.exception()
+        )
+        if error is None:
+            return
+        for _, _, future in self._batch + self._waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._batch, self._waiting = [], []
+
+
 class Intake:
     """The aiohttp app behind ``webhooks.listen``."""
 
@@ -165,6 +231,7 @@ class Intake:
         self.max_body = max_body
         self.stats: dict[str, int] = {}
         self.metrics = metrics
+        self.commit = GroupCommit(store)
 
     def app(self) -> web.Application:
         """The intake application (no access log: URLs carry webhook tokens)."""
@@ -221,7 +288,7 @@ class Intake:
             log.warning("intake.invalid", reason=parsed.text, remote=request.remote)
             return parsed
         try:
-            result = await self.store.ingest(parsed, token=token)
+            result = await self.commit.ingest(parsed, token=token)
         except exceptions.StoreError as exc:
             log.error("intake.store_failed", error=str(exc))
             return _reject(503, "STORE_UNAVAILABLE", "try again later")

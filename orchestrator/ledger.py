@@ -10,14 +10,13 @@ and "one lock order" (attempt, then call and timers) are kept here for every ope
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.connector import Connector, Row, Transaction
-from orchestrator.model import CallRef, CallStatus, Event, new_id
+from orchestrator.model import CallRef, CallStatus, Event, new_id, new_token
 
 Router = Callable[[Event], Sequence[str]]
 Clock = Callable[[], float]
@@ -61,7 +60,7 @@ class Ledger:
             from_number=call["from_number"],
             # The per-attempt secret in the webhook URL: it authenticates the provider's
             # deliveries and names the attempt even before the placing POST has returned.
-            webhook_token=secrets.token_urlsafe(24),
+            webhook_token=new_token(),
             priority=priority,
             not_before=not_before,
             campaign=campaign,

@@ -269,18 +269,35 @@ class _Database(Storage):
         )
         return updated, len(updated)
 
+    def begin_import(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        updated = self._update(
+            "campaigns", rows, lambda r: {"imports": r["imports"] + 1, "updated_at": p["now"]}
+        )
+        return [{"imports": r["imports"]} for r in updated], len(updated)
+
     def insert_campaign_error(self, p: Params) -> Result:
-        values = {"pk": f"{p['campaign_id']}\0{p['line']}", **_pick(p, "campaign_id line reason")}
+        values = {
+            "pk": f"{p['campaign_id']}\0{p['import_no']}\0{p['line']}",
+            **_pick(p, "campaign_id import_no line reason"),
+        }
         row = self._insert("campaign_errors", values, on_conflict=("pk",))
         return [], 0 if row is None else 1
 
     def list_campaign_errors(self, p: Params) -> Result:
-        rows = self._where(
-            "campaign_errors",
-            lambda r: _eq(r["campaign_id"], p["campaign_id"]) and _lt(p["after"], r["line"]),
-        )
-        out = [{k: r[k] for k in ("campaign_id", "line", "reason")} for r in rows]
-        return self._select(_limit(_order(out, "line"), p["limit"]))
+        after = (p["after_import"], p["after_line"])
+
+        def wanted(r: Row) -> bool:
+            return _eq(r["campaign_id"], p["campaign_id"]) and (
+                _lt(after[0], r["import_no"])
+                or (_eq(after[0], r["import_no"]) and _lt(after[1], r["line"]))
+            )
+
+        out = [
+            {k: r[k] for k in ("campaign_id", "import_no", "line", "reason")}
+            for r in self._where("campaign_errors", wanted)
+        ]
+        return self._select(_limit(_order(out, "import_no", "line"), p["limit"]))
 
     def campaign_progress(self, p: Params) -> Result:
         groups: dict[Any, list[int]] = {}
@@ -316,6 +333,11 @@ class _Database(Storage):
         values = {"number": p["number"], "reason": p["reason"], "added_at": p["now"]}
         row = self._insert("do_not_call", values, on_conflict=("number",))
         return [], 0 if row is None else 1
+
+    def list_do_not_call(self, p: Params) -> Result:
+        rows = self._where("do_not_call", lambda r: _lt(p["after"], r["number"]))
+        out = [{k: r[k] for k in ("number", "reason", "added_at")} for r in rows]
+        return self._select(_limit(_order(out, "number"), p["limit"]))
 
     def remove_do_not_call(self, p: Params) -> Result:
         rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))

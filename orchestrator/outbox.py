@@ -35,15 +35,50 @@ class Outbox(Ledger):
         self, handler: str, owner: str, *, limit: int, lease: float
     ) -> list[Delivery]:
         """Up to ``limit`` due deliveries for ``handler``, at most one per call (in order)."""
+        claimed, _ = await self.settle_and_claim(handler, owner, done=(), limit=limit, lease=lease)
+        return claimed
+
+    async def settle_and_claim(
+        self,
+        handler: str,
+        owner: str,
+        *,
+        done: Sequence[Delivery],
+        limit: int,
+        lease: float,
+    ) -> tuple[list[Delivery], list[str]]:
+        """Mark the deliveries ``done`` as handled and claim up to ``limit`` more, in one
+        transaction: a worker's turn at the store, however many finished since its last.
+
+        Returns (claimed, the ids of ``done`` whose lease was lost to another worker). The
+        next delivery of a call just finished can be among those claimed.
+        """
         now = self.clock()
+        lost = []
         async with self.connector.transaction() as tx:
-            rows = await tx.fetch(
-                "claim_deliveries",
-                handler=handler,
-                owner=owner,
-                lease_until=now + lease,
-                now=now,
-                limit=limit,
+            for delivery in done:
+                changed = await tx.execute(
+                    "finish_delivery",
+                    id=delivery.id,
+                    owner=owner,
+                    state="done",
+                    not_before=now,
+                    last_error=None,
+                    now=now,
+                )
+                if not changed:
+                    lost.append(delivery.id)
+            rows = (
+                await tx.fetch(
+                    "claim_deliveries",
+                    handler=handler,
+                    owner=owner,
+                    lease_until=now + lease,
+                    now=now,
+                    limit=limit,
+                )
+                if limit > 0
+                else []
             )
             out = []
             for row in sorted(rows, key=lambda r: r["event_seq"]):
@@ -57,7 +92,7 @@ class Outbox(Ledger):
                         event=Event.from_json(json.loads(event["body"]), seq=event["seq"]),
                     )
                 )
-        return out
+        return out, lost
 
     async def finish_delivery(
         self,

@@ -173,13 +173,21 @@ UPDATE campaigns SET dialed = dialed + 1 WHERE id = :id;
 UPDATE campaigns SET spent = spent + :cost, updated_at = :now WHERE id = :id
 RETURNING *;
 
+-- name: begin_import
+-- The number of a new import into the campaign (its refused rows are kept under it).
+UPDATE campaigns SET imports = imports + 1, updated_at = :now WHERE id = :id
+RETURNING imports;
+
 -- name: insert_campaign_error
-INSERT INTO campaign_errors (campaign_id, line, reason) VALUES (:campaign_id, :line, :reason)
-ON CONFLICT (campaign_id, line) DO NOTHING;
+INSERT INTO campaign_errors (campaign_id, import_no, line, reason)
+VALUES (:campaign_id, :import_no, :line, :reason)
+ON CONFLICT (campaign_id, import_no, line) DO NOTHING;
 
 -- name: list_campaign_errors
-SELECT * FROM campaign_errors WHERE campaign_id = :campaign_id AND line > :after
-ORDER BY line LIMIT :limit;
+SELECT * FROM campaign_errors
+WHERE campaign_id = :campaign_id
+  AND (import_no > :after_import OR (import_no = :after_import AND line > :after_line))
+ORDER BY import_no, line LIMIT :limit;
 
 -- name: campaign_progress
 SELECT status, COUNT(*) AS calls, SUM(attempts) AS attempts FROM calls
@@ -206,6 +214,10 @@ ON CONFLICT (number) DO NOTHING;
 
 -- name: remove_do_not_call
 DELETE FROM do_not_call WHERE number = :number;
+
+-- name: list_do_not_call
+SELECT number, reason, added_at FROM do_not_call WHERE number > :after
+ORDER BY number LIMIT :limit;
 
 -- name: count_queued
 SELECT COUNT(*) AS n FROM attempts WHERE status = 'queued';

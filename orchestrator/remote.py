@@ -179,7 +179,9 @@ def add_commands(commands: Any) -> None:
         if name in ("pause", "cancel"):
             sub.add_argument("--reason", help="why (shown with the campaign)")
         if name == "errors":
-            sub.add_argument("--after", type=int, default=0, help="lines after this one")
+            sub.add_argument(
+                "--after", default="0:0", help="rows after this IMPORT:LINE (a page's next)"
+            )
             sub.add_argument("--limit", type=int, default=100)
 
     commands.add_parser(
@@ -218,6 +220,9 @@ def add_commands(commands: Any) -> None:
     add.add_argument("--reason", help="why")
     remove = nactions.add_parser("remove", parents=[daemon], help="take NUMBER off the list")
     remove.add_argument("number", help="E.164, e.g. +14155551234")
+    listing = nactions.add_parser("list", parents=[daemon], help="the numbers on the list")
+    listing.add_argument("--after", default="", help="numbers after this one (a page's next)")
+    listing.add_argument("--limit", type=int, default=100)
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -286,7 +291,17 @@ def _deliveries(api: DaemonApi, args: argparse.Namespace) -> int:
     return _print(args, answer, text)
 
 
+def _dnc_text(answer: dict[str, Any]) -> str:
+    lines = [f"{n['number']}  {n['added_at']}  {n['reason'] or ''}" for n in answer["numbers"]]
+    if answer["next"] is not None:
+        lines.append(f"... more (--after {answer['next']})")
+    return "\n".join(lines) if lines else "the list is empty"
+
+
 def _dnc(api: DaemonApi, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        params = {"after": args.after, "limit": args.limit}
+        return _print(args, api.request("GET", "/v1/do-not-call", params=params), _dnc_text)
     if args.action == "add":
         body = {"number": args.number, "reason": args.reason}
         answer = api.request("POST", "/v1/do-not-call", json=body)
@@ -477,9 +492,9 @@ def _campaign_text(c: dict[str, Any]) -> str:
 
 
 def _errors_text(answer: dict[str, Any]) -> str:
-    lines = [f"line {e['line']}: {e['reason']}" for e in answer["errors"]]
+    lines = [f"import {e['import']} line {e['line']}: {e['reason']}" for e in answer["errors"]]
     if answer["next"] is not None:
-        lines.append(f"... more after line {answer['next']} (--after {answer['next']})")
+        lines.append(f"... more (--after {answer['next']})")
     return "\n".join(lines) if lines else "no refused rows"
 
 

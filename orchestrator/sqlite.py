@@ -51,6 +51,7 @@ OFF_LOOP = frozenset(
         "list_campaign_errors",
         "list_campaigns",
         "list_deliveries",
+        "list_do_not_call",
         "list_events",
         "release_attempts",
         "release_deliveries",

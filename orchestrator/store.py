@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -220,20 +220,50 @@ class Store(Dialing, Campaigns, Outbox):
         """
         now = self.clock()
         async with self.connector.transaction() as tx:
-            matched = await self._match(tx, hook, token)
-            if matched is None:
-                return IngestResult(outcome=Ingest.UNMATCHED)
-            attempt = await self._attempt(tx, matched["id"])
-            receipt = hashlib.sha256(attempt["id"].encode() + b"\0" + hook.raw).hexdigest()
-            inserted = await tx.fetchone(
-                "insert_receipt", id=receipt, now=now, body=hook.raw.decode("utf-8", "replace")
-            )
-            if inserted is None:
-                return IngestResult(outcome=Ingest.DUPLICATE, call_id=attempt["call_id"])
-            result = await self._apply(tx, attempt, hook, now=now)
-            await tx.execute(
-                "update_receipt", id=receipt, attempt_id=attempt["id"], outcome=result.outcome.value
-            )
+            return await self._ingest(tx, hook, token, now=now)
+
+    async def ingest_many(
+        self, hooks: Sequence[tuple[Webhook, str | None]]
+    ) -> list[IngestResult | exceptions.StoreError]:
+        """Record several webhook deliveries (each with its URL token) in one transaction:
+        group commit, one commit for webhooks that arrived together.
+
+        Each gets the result :meth:`ingest` would have given it, in order. Should the shared
+        transaction fail, it is rolled back and each webhook is taken again in a transaction
+        of its own, so one bad delivery fails alone (its StoreError is in its place).
+        """
+        if len(hooks) > 1:
+            now = self.clock()
+            try:
+                async with self.connector.transaction() as tx:
+                    return [await self._ingest(tx, hook, token, now=now) for hook, token in hooks]
+            except exceptions.StoreError:
+                pass  # one by one below
+        results: list[IngestResult | exceptions.StoreError] = []
+        for hook, token in hooks:
+            try:
+                results.append(await self.ingest(hook, token=token))
+            except exceptions.StoreError as exc:
+                results.append(exc)
+        return results
+
+    async def _ingest(
+        self, tx: Transaction, hook: Webhook, token: str | None, *, now: float
+    ) -> IngestResult:
+        matched = await self._match(tx, hook, token)
+        if matched is None:
+            return IngestResult(outcome=Ingest.UNMATCHED)
+        attempt = await self._attempt(tx, matched["id"])
+        receipt = hashlib.sha256(attempt["id"].encode() + b"\0" + hook.raw).hexdigest()
+        inserted = await tx.fetchone(
+            "insert_receipt", id=receipt, now=now, body=hook.raw.decode("utf-8", "replace")
+        )
+        if inserted is None:
+            return IngestResult(outcome=Ingest.DUPLICATE, call_id=attempt["call_id"])
+        result = await self._apply(tx, attempt, hook, now=now)
+        await tx.execute(
+            "update_receipt", id=receipt, attempt_id=attempt["id"], outcome=result.outcome.value
+        )
         return result
 
     async def _match(self, tx: Transaction, hook: Webhook, token: str | None) -> Row | None:

@@ -35,8 +35,8 @@ _SPEC = {
     "plugin_kv": "pk T!, scope T!, key T!, value T!, updated_at R!",
     "campaigns": "id T!, name T!, status T!, reason T, settings T!, priority I!, share R!, "
     "budget R, price_per_minute R!, spent R!, dialed I!, rows_total I!, rows_invalid I!, "
-    "created_at R!, updated_at R!",
-    "campaign_errors": "pk T!, campaign_id T!, line I!, reason T!",
+    "created_at R!, updated_at R!, imports I!",
+    "campaign_errors": "pk T!, campaign_id T!, import_no I!, line I!, reason T!",
     "do_not_call": "number T!, reason T, added_at R!",
 }
 _COLUMNS: dict[str, dict[str, tuple[str, bool]]] = {
@@ -56,6 +56,7 @@ _PRIMARY = {
 _DEFAULTS: dict[str, Row] = {
     "attempts": {"live": 0, "ambiguous": 0, "priority": 0},
     "deliveries": {"tries": 0},
+    "campaigns": {"imports": 0},
 }
 
 
@@ -84,7 +85,7 @@ _UNIQUE: dict[str, list[tuple[tuple[str, ...], Callable[[Row], bool]]]] = {
     "pacing": [(("name",), _always)],
     "plugin_kv": [(("scope", "key"), _always)],
     "campaigns": [(("id",), _always)],
-    "campaign_errors": [(("campaign_id", "line"), _always)],
+    "campaign_errors": [(("campaign_id", "import_no", "line"), _always)],
     "do_not_call": [(("number",), _always)],
 }
 

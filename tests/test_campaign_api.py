@@ -203,9 +203,24 @@ async def test_errors_are_listed_by_line_with_a_cursor(api: Api) -> None:
     assert status == 201
     path = f"/v1/campaigns/{answer['campaign']['id']}/errors"
     status, page = await api.call("GET", path, params={"limit": 3})
-    assert [e["line"] for e in page["errors"]] == [3, 5, 7] and page["next"] == 7
-    status, page = await api.call("GET", path, params={"after": 7})
+    assert [e["line"] for e in page["errors"]] == [3, 5, 7] and page["next"] == "1:7"
+    status, page = await api.call("GET", path, params={"after": "1:7"})
     assert [e["line"] for e in page["errors"]] == [9, 11] and page["next"] is None
+    # A second file into the same campaign starts again at line 1: both are kept.
+    status, again = await api.call(
+        "POST",
+        f"/v1/campaigns/{answer['campaign']['id']}/rows",
+        data=b"to\nbad\n+14155550101\nworse\n",
+        headers={"Content-Type": "text/csv"},
+    )
+    assert status == 200, again
+    assert again["import"]["number"] == 2
+    assert [(e["import"], e["line"]) for e in again["import"]["errors"]] == [(2, 2), (2, 4)]
+    status, page = await api.call("GET", path, params={"after": "1:9"})
+    assert [(e["import"], e["line"]) for e in page["errors"]] == [(1, 11), (2, 2), (2, 4)]
+    assert all("'bad'" in e["reason"] or "'worse'" in e["reason"] for e in page["errors"])
+    status, page = await api.call("GET", path, params={"after": "5"})  # a bare line: import 1
+    assert [(e["import"], e["line"]) for e in page["errors"]][:2] == [(1, 7), (1, 9)]
     await api.error("GET", path, 400, "INVALID_REQUEST", params={"after": "x"})
     await api.error("GET", path, 400, "INVALID_REQUEST", params={"limit": 0})
     await api.error("GET", "/v1/campaigns/nope/errors", 404, "NOT_FOUND")
@@ -391,8 +406,16 @@ async def test_do_not_call_add_and_remove(api: Api) -> None:
     assert (status, added) == (201, {"number": "+14155550100", "added": True})
     status, again = await api.call("POST", "/v1/do-not-call", json={"number": "+14155550100"})
     assert (status, again["added"]) == (200, False)
+    await api.call("POST", "/v1/do-not-call", json={"number": "+14155550101"})
+    status, page = await api.call("GET", "/v1/do-not-call", params={"limit": 1})
+    assert status == 200 and page["next"] == "+14155550100"
+    assert [(n["number"], n["reason"]) for n in page["numbers"]] == [("+14155550100", "asked")]
+    status, page = await api.call("GET", "/v1/do-not-call", params={"after": page["next"]})
+    assert [n["number"] for n in page["numbers"]] == ["+14155550101"] and page["next"] is None
     status, removed = await api.call("DELETE", "/v1/do-not-call/%2B14155550100")
     assert (status, removed) == (200, {"number": "+14155550100", "removed": True})
+    status, page = await api.call("GET", "/v1/do-not-call")
+    assert [n["number"] for n in page["numbers"]] == ["+14155550101"]
 
 
 async def test_status_in_process(api: Api) -> None:

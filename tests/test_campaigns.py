@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
+
+from orchestrator import exceptions
 from orchestrator.campaigns import CampaignSettings, RowError
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.model import CallStatus, NewCall
@@ -53,6 +56,32 @@ async def test_import_queues_rows_in_bulk_and_records_bad_rows(store: Store) -> 
     claim = batch.claims[0]
     assert claim.call["purpose"] == "reminder" and claim.call["agent_id"] == "agent-1"
     assert claim.call["campaign"] == campaign["id"] and claim.attempt["from_number"] in POOL
+
+
+async def test_each_import_keeps_its_own_refused_lines(store: Store) -> None:
+    campaign = await store.create_campaign("twice", CampaignSettings(from_numbers=POOL))
+    first = await store.begin_import(campaign["id"])
+    await store.import_rows(
+        campaign["id"], calls(1), [RowError(line=3, reason="first file")], import_no=first
+    )
+    second = await store.begin_import(campaign["id"])
+    await store.import_rows(
+        campaign["id"],
+        calls(1, start=10),
+        [RowError(line=3, reason="second file"), RowError(line=5, reason="second file")],
+        import_no=second,
+    )
+    assert (first, second) == (1, 2)
+    errors = await store.campaign_errors(campaign["id"])
+    assert [(e["import_no"], e["line"], e["reason"]) for e in errors] == [
+        (1, 3, "first file"),
+        (2, 3, "second file"),
+        (2, 5, "second file"),
+    ]
+    page = await store.campaign_errors(campaign["id"], after=(2, 3))
+    assert [(e["import_no"], e["line"]) for e in page] == [(2, 5)]
+    with pytest.raises(exceptions.InputError):
+        await store.begin_import("no-such-campaign")
 
 
 async def test_campaigns_share_the_dialer_by_weight(store: Store) -> None:

@@ -365,7 +365,7 @@ def test_campaign_commands(daemon_config: Path, tmp_path: Path) -> None:
     ]  # fmt: skip
     assert campaign_id in listing and "cli spring" in listing
     errors = run("campaign", "errors", campaign_id, "--config", cfg).stdout
-    assert errors.startswith("line 3: INVALID_PHONE_NUMBER")
+    assert errors.startswith("import 1 line 3: INVALID_PHONE_NUMBER")
 
     paused = run("campaign", "pause", campaign_id, "--reason", "lunch", "--config", cfg)
     assert paused.returncode == 0 and paused.stdout.strip().endswith(": paused"), paused.stderr

@@ -106,8 +106,12 @@ async def test_a_failing_statement_rolls_back_its_transaction(
     pair: tuple[SQLiteConnector, SQLiteConnector],
 ) -> None:
     conn, _ = pair
-    with pytest.raises(exceptions.StoreError, match="missing parameters"):
+
+    async def half_written() -> None:
         async with conn.transaction() as tx:
             await tx.execute("kv_set", scope="t", key="x", value="1", now=0.0)
             await tx.execute("kv_set", scope="t", key="y")
+
+    with pytest.raises(exceptions.StoreError, match="missing parameters"):
+        await half_written()
     assert await kv(conn, "x") is None

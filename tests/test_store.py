@@ -1105,10 +1105,18 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await change("count_campaign_rows", id="k1", total=10, invalid=2, now=6)
     await change("campaign_dialed", id="k1")
     await run("campaign_spent", id="k1", cost=0.25, now=7)
-    for line in (3, 1, 3):
-        await change("insert_campaign_error", campaign_id="k1", line=line, reason=f"bad {line}")
-    await run("list_campaign_errors", campaign_id="k1", after=0, limit=10)
-    await run("list_campaign_errors", campaign_id="k1", after=1, limit=10)
+    for number in ("+15550000002", "+15550000001"):
+        await change("add_do_not_call", number=number, reason=None, now=1)
+    await run("list_do_not_call", after="", limit=10)
+    await run("list_do_not_call", after="+15550000001", limit=1)
+    await run("begin_import", id="k1", now=6)
+    await run("begin_import", id="nope", now=6)
+    for import_no, line in ((1, 3), (1, 1), (1, 3), (2, 1), (2, 3)):
+        await change("insert_campaign_error", campaign_id="k1", import_no=import_no, line=line,
+                     reason=f"bad {line}")  # fmt: skip
+    await run("list_campaign_errors", campaign_id="k1", after_import=0, after_line=0, limit=10)
+    await run("list_campaign_errors", campaign_id="k1", after_import=1, after_line=1, limit=10)
+    await run("list_campaign_errors", campaign_id="k1", after_import=1, after_line=3, limit=1)
     await run("campaign_progress", campaign="x")
     await change("cancel_campaign_calls", campaign="k1", now=8)
     await change("cancel_campaign_queue", campaign="k1", reason="stop", now=8)
@@ -1156,3 +1164,80 @@ async def test_dead_letters_can_be_replayed(store: Store, clock: FakeClock) -> N
     assert await store.replay_deliveries([dead["id"]]) == []  # not dead any more
     [again] = await store.claim_deliveries("audit", "w2", limit=1, lease=10)
     assert again.id == dead["id"] and again.tries == 1
+
+
+# -- group commit ----------------------------------------------------------------------------
+
+
+async def test_ingest_many_is_ingest_for_each_in_one_transaction(store: Store) -> None:
+    first_id, first = await dialing(store, "+15550000001")
+    second_id, second = await dialing(store, "+15550000002")
+    ringing = hook(CallStatus.RINGING, provider_call_id="P1")
+    results = await store.ingest_many(
+        [
+            (ringing, first.attempt["webhook_token"]),
+            (hook(CallStatus.RINGING, provider_call_id="P2"), second.attempt["webhook_token"]),
+            (ringing, first.attempt["webhook_token"]),  # the same delivery twice in one batch
+            (hook(CallStatus.COMPLETED, provider_call_id="P1"), first.attempt["webhook_token"]),
+            (hook(CallStatus.RINGING), "no-such-token"),
+        ]
+    )
+    outcomes = [r.outcome for r in results if not isinstance(r, Exception)]
+    assert outcomes == [
+        Ingest.APPLIED,
+        Ingest.APPLIED,
+        Ingest.DUPLICATE,
+        Ingest.APPLIED,
+        Ingest.UNMATCHED,
+    ]
+    events = await events_of(store, first_id)
+    assert events[-2:] == ["call.ringing", "call.completed"] and len(set(events)) == len(events)
+    assert (await call_row(store, first_id))["status"] == "completed"
+    assert (await call_row(store, second_id))["status"] == "ringing"
+
+
+class FailingOn(Store):
+    """A store whose webhook processing fails for one body (a fault in one delivery)."""
+
+    poison = b'"poison"'
+
+    async def _ingest(self, tx: Any, hook: Webhook, token: str | None, *, now: float) -> Any:
+        if self.poison in hook.raw:
+            raise exceptions.StoreError("this one cannot be written")
+        return await super()._ingest(tx, hook, token, now=now)
+
+
+async def test_one_failing_webhook_fails_alone(env: Env) -> None:
+    store = FailingOn(env.store.connector, router=env.store.router, clock=env.store.clock)
+    call_id, got = await dialing(store)
+    token = got.attempt["webhook_token"]
+    results = await store.ingest_many(
+        [
+            (hook(CallStatus.RINGING), token),
+            (hook(CallStatus.IN_PROGRESS, raw=b'{"poison": "poison"}'), token),
+            (hook(CallStatus.COMPLETED), token),
+        ]
+    )
+    assert [type(r).__name__ for r in results] == ["IngestResult", "StoreError", "IngestResult"]
+    assert (await call_row(store, call_id))["status"] == "completed"
+    assert "call.in_progress" not in await events_of(store, call_id)
+
+
+async def test_settle_and_claim_records_done_and_claims_the_next_of_the_call(
+    store: Store,
+) -> None:
+    await store.create_call(new_call())
+    got = await claim(store)
+    await store.ingest(hook(CallStatus.RINGING), token=got.attempt["webhook_token"])
+    [first] = await store.claim_deliveries("audit", "w1", limit=10, lease=30)
+    assert first.event.type == "call.queued"
+    # In one turn: the first is recorded done, so the call's next delivery can be claimed.
+    [second], lost = await store.settle_and_claim("audit", "w1", done=[first], limit=10, lease=30)
+    assert second.event.type == "call.ringing" and lost == []
+    assert [d["state"] for d in await store.list_deliveries(handler="audit")] == [
+        "done",
+        "pending",
+    ]
+    # Recording a delivery whose lease another worker holds is refused and reported.
+    none, lost = await store.settle_and_claim("audit", "w2", done=[second], limit=0, lease=30)
+    assert none == [] and lost == [second.id]
