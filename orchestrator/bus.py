@@ -26,6 +26,9 @@ from orchestrator.store import Delivery, Store
 log = structlog.get_logger(__name__)
 
 
+#: A worker claims up to this many times its handler's concurrency per turn at the store.
+CLAIM_AHEAD = 4
+
 #: The default retry schedule, webhook style: seconds, then minutes, then hours.
 SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 
@@ -278,6 +281,9 @@ class DeliveryWorker:
         self.delivering: set[str] = set()
         #: Deliveries handled and not yet recorded as done (at the worker's next turn).
         self._handled: list[Delivery] = []
+        #: Deliveries claimed ahead and not tried (circuit open, handler disabled), with when
+        #: they are due again: put back at the worker's next turn.
+        self._returned: list[tuple[Delivery, float]] = []
         self._stopping = asyncio.Event()
         self._log = log.bind(handler=sub.target, rule=sub.name)
 
@@ -292,21 +298,26 @@ class DeliveryWorker:
             if self.sub.target in self.bus.disabled:
                 await self._idle()
                 continue
-            free = self.breaker.limit(policy.concurrency - len(self._inflight))
+            # Claimed ahead of the handler's concurrency (which the instance's semaphore
+            # keeps): under load a turn at the store fetches several rounds of work.
+            free = self.breaker.limit(policy.concurrency * CLAIM_AHEAD - len(self._inflight))
             claimed: list[Delivery] = []
             # One turn at the store records every delivery handled since the last and claims
             # the next ones: under load a worker needs far fewer turns than deliveries.
             handled, self._handled = self._handled, []
-            if free > 0 or handled:
+            returned, self._returned = self._returned, []
+            if free > 0 or handled or returned:
                 try:
-                    claimed = await self._settle(handled, limit=max(free, 0), lease=lease)
+                    claimed = await self._settle(
+                        handled, limit=max(free, 0), lease=lease, returned=returned
+                    )
                 except exceptions.StoreError as exc:
                     # A database hiccup is not a crash: the turn rolled back; try again.
                     self._handled[:0] = handled
+                    self._returned[:0] = returned
                     self._log.error("delivery.store_failed", error=str(exc))
                     await wait_any(self._stopping, within=self.poll)
                     continue
-                self.breaker.claimed(len(claimed))
                 for delivery in claimed:
                     self.delivering.add(delivery.id)
                     task = asyncio.create_task(
@@ -327,20 +338,36 @@ class DeliveryWorker:
         another and record every outcome; how many ran. For tests and one-shot tools (the
         daemon uses :meth:`run`)."""
         lease = self.sub.policy.timeout + 30.0
-        handled, self._handled = self._handled, []
-        claimed = await self._settle(handled, limit=limit, lease=lease)
+        claimed = await self._settle(self._take_handled(), limit=limit, lease=lease)
         for delivery in claimed:
             self.delivering.add(delivery.id)
             await self._deliver(delivery)
-        handled, self._handled = self._handled, []
-        await self._settle(handled, limit=0, lease=lease)
+        await self._settle(
+            self._take_handled(), limit=0, lease=lease, returned=self._take_returned()
+        )
         return len(claimed)
 
-    async def _settle(self, handled: list[Delivery], *, limit: int, lease: float) -> list[Delivery]:
+    def _take_handled(self) -> list[Delivery]:
+        handled, self._handled = self._handled, []
+        return handled
+
+    def _take_returned(self) -> list[tuple[Delivery, float]]:
+        returned, self._returned = self._returned, []
+        return returned
+
+    async def _settle(
+        self,
+        handled: list[Delivery],
+        *,
+        limit: int,
+        lease: float,
+        returned: list[tuple[Delivery, float]] | None = None,
+    ) -> list[Delivery]:
         claimed, lost = await self.store.settle_and_claim(
-            self.sub.name, self.owner, done=handled, limit=limit, lease=lease
-        )
-        for delivery in handled:
+            self.sub.name, self.owner, done=handled, limit=limit, lease=lease,
+            returned=returned or (),
+        )  # fmt: skip
+        for delivery in handled + [d for d, _ in returned or ()]:
             self.delivering.discard(delivery.id)
         for delivery_id in lost:
             self._log.warning("delivery.lease_lost", delivery_id=delivery_id)
@@ -374,18 +401,31 @@ class DeliveryWorker:
         )
 
     async def _deliver(self, delivery: Delivery) -> None:
-        handled = False
+        pending = False
         try:
-            handled = await self._deliver_once(delivery)
+            pending = await self._deliver_once(delivery)
         finally:
-            if handled:  # recorded at the worker's next turn; its lease is kept until then
-                self._handled.append(delivery)
-            else:
+            if not pending:  # else recorded at the worker's next turn, its lease kept till then
                 self.delivering.discard(delivery.id)
 
+    def _blocked(self) -> float | None:
+        """When a delivery claimed ahead may go out instead of now (its handler was disabled
+        or its circuit opened since the claim), or None: it goes now. In the half-open state
+        the first to ask is the trial."""
+        now = self.store.clock()
+        if self.sub.target in self.bus.disabled:
+            return now + 60.0
+        state = self.breaker.state
+        if state == "closed":
+            return None
+        if state == "half_open" and self.breaker.wait() == 0.0:
+            self.breaker.claimed(1)
+            return None
+        return now + max(self.breaker.wait(), 0.05)
+
     async def _deliver_once(self, delivery: Delivery) -> bool:
-        """Run the handler; True when it handled the event (recorded by the worker's next
-        turn), False when the outcome (a failure) was recorded here."""
+        """Run the handler; True when the outcome is left for the worker's next turn (handled,
+        or returned untried), False when it was recorded here (a failure)."""
         event = delivery.event
         bound = self._log.bind(call_id=event.call.id, event_id=event.id, event_type=event.type)
         policy = self.sub.policy
@@ -396,6 +436,11 @@ class DeliveryWorker:
             await self._fail(delivery, bound, f"options: {exc}", permanent=True)
             return False
         async with self.limit:
+            due = self._blocked()
+            if due is not None:
+                self._returned.append((delivery, due))
+                self.wake.set()
+                return True
             try:
                 async with asyncio.timeout(policy.timeout):
                     await self.sub.handler.handle(event, self._context(delivery, options))
@@ -423,6 +468,7 @@ class DeliveryWorker:
             self.metrics.handler_latency.labels(self.sub.target).observe(
                 time.perf_counter() - started
             )
+        self._handled.append(delivery)
         self.wake.set()  # the worker's next turn records it
         bound.debug("delivery.done", seconds=round(time.perf_counter() - started, 4))
         return True
@@ -492,10 +538,10 @@ class DeliveryWorker:
             task.cancel()
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=1.0)
-        handled, self._handled = self._handled, []
-        if handled:
+        handled, returned = self._take_handled(), self._take_returned()
+        if handled or returned:
             try:
-                await self._settle(handled, limit=0, lease=0.0)
+                await self._settle(handled, limit=0, lease=0.0, returned=returned)
             except exceptions.StoreError as exc:  # their leases lapse: they run again later
                 self._log.error("delivery.store_failed", error=str(exc))
 

@@ -484,6 +484,27 @@ class _Database(Storage):
         }
         return [], len(self._update("deliveries", rows, lambda r: changes))
 
+    def return_delivery(self, p: Params) -> Result:
+        rows = self._where(
+            "deliveries",
+            lambda r: (
+                _eq(r["id"], p["id"])
+                and _eq(r["lease_owner"], p["owner"])
+                and _eq(r["state"], "pending")
+            ),
+        )
+
+        def changes(row: Row) -> Params:
+            return {
+                "lease_owner": None,
+                "lease_until": None,
+                "tries": row["tries"] - 1,
+                "not_before": p["not_before"],
+                "updated_at": p["now"],
+            }
+
+        return [], len(self._update("deliveries", rows, changes))
+
     def list_deliveries(self, p: Params) -> Result:
         state, handler = p["state"], p["handler"]
         rows = self._where(

@@ -46,9 +46,11 @@ class Outbox(Ledger):
         done: Sequence[Delivery],
         limit: int,
         lease: float,
+        returned: Sequence[tuple[Delivery, float]] = (),
     ) -> tuple[list[Delivery], list[str]]:
-        """Mark the deliveries ``done`` as handled and claim up to ``limit`` more, in one
-        transaction: a worker's turn at the store, however many finished since its last.
+        """Mark the deliveries ``done`` as handled, put the ``returned`` ones back untried
+        (each due at its time), and claim up to ``limit`` more, in one transaction: a worker's
+        turn at the store, however many finished since its last.
 
         Returns (claimed, the ids of ``done`` whose lease was lost to another worker). The
         next delivery of a call just finished can be among those claimed.
@@ -56,6 +58,10 @@ class Outbox(Ledger):
         now = self.clock()
         lost = []
         async with self.connector.transaction() as tx:
+            for delivery, due in returned:
+                await tx.execute(
+                    "return_delivery", id=delivery.id, owner=owner, not_before=due, now=now
+                )
             for delivery in done:
                 changed = await tx.execute(
                     "finish_delivery",

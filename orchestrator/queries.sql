@@ -362,6 +362,14 @@ SET state = 'pending', tries = 0, not_before = :now, last_error = NULL, lease_ow
 WHERE id = :id AND state = 'dead'
 RETURNING *;
 
+-- name: return_delivery
+-- A delivery claimed ahead and never tried (its handler's circuit opened, or the handler was
+-- disabled, meanwhile) goes back untried, due at :not_before.
+UPDATE deliveries
+SET lease_owner = NULL, lease_until = NULL, tries = tries - 1, not_before = :not_before,
+    updated_at = :now
+WHERE id = :id AND lease_owner = :owner AND state = 'pending';
+
 -- name: release_deliveries
 UPDATE deliveries SET lease_owner = NULL, lease_until = NULL, tries = tries - 1
 WHERE lease_owner = :owner AND state = 'pending';

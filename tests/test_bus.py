@@ -306,6 +306,10 @@ async def test_circuit_opens_after_failures_and_recovers_by_itself(store: Store)
     await stop(tasks, workers, http)
     assert event_bus.breakers["crm"].state == "closed"
     assert {e.call.to for e in flaky.seen[3:]} == {f"+141555512{n:02}" for n in range(5)}
+    # Those claimed ahead and put back while the circuit was open were not counted as tries.
+    rows = await store.list_deliveries(handler="crm")
+    assert sorted(int(r["tries"]) for r in rows) == [1, 1, 2, 2, 2]
+    assert {r["state"] for r in rows} == {"done"}
 
 
 def test_breaker_trial_failure_doubles_the_cooldown() -> None:

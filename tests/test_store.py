@@ -1044,6 +1044,10 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
                  last_error="e", now=26)  # fmt: skip
     await run("replay_delivery", id="d0", now=30)
     await run("replay_delivery", id="d0", now=31)
+    await run("claim_deliveries", handler="h", owner="o3", lease_until=90, now=60, limit=10)
+    await change("return_delivery", id="d0", owner="o3", not_before=70, now=61)
+    await change("return_delivery", id="d0", owner="o3", not_before=70, now=61)  # not o3's now
+    await run("list_deliveries", state=None, handler="h", limit=10)
     await change("release_deliveries", owner="o1")
     await run("list_deliveries", state=None, handler=None, limit=10)
     await run("list_deliveries", state="pending", handler="h", limit=1)
