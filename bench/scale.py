@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import secrets
 import sqlite3
 import statistics
 import sys
@@ -46,7 +45,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 from orchestrator import connector
 from orchestrator.campaigns import CampaignSettings
-from orchestrator.model import NewCall, new_id
+from orchestrator.model import NewCall, new_id, new_token
 from orchestrator.store import ClaimRules, Store
 
 TARGETS = {"import_seconds": 30.0, "peak_rss_mb": 200.0, "claim_flat_ratio": 2.0}
@@ -174,7 +173,7 @@ def bare_import(path: Path, campaign: str, total: int, chunk: int) -> float:
                 attempts.append(
                     {
                         "id": new_id(), "call_id": call_id, "to_number": new.to,
-                        "from_number": CALLER, "webhook_token": secrets.token_urlsafe(24),
+                        "from_number": CALLER, "webhook_token": new_token(),
                         "priority": 0, "not_before": now, "now": now, "campaign": campaign,
                     }
                 )  # fmt: skip

@@ -292,6 +292,10 @@ class Intake:
         except exceptions.StoreError as exc:
             log.error("intake.store_failed", error=str(exc))
             return _reject(503, "STORE_UNAVAILABLE", "try again later")
+        if result.outcome is Ingest.APPLIED or result.outcome is Ingest.DUPLICATE:
+            self.publish(result.events)
+            return web.json_response({"ok": True, "outcome": result.outcome.value})
+        # The rarer outcomes, each logged with its call.
         bound = log.bind(call_id=result.call_id, status=parsed.status.value)
         if result.outcome is Ingest.UNMATCHED:
             if token is not None:

@@ -148,7 +148,8 @@ class Ledger:
     async def _sync_call(self, tx: Transaction, attempt: Row, *, now: float) -> Row:
         status = CallStatus(attempt["status"])
         reason = attempt.get("error_code") if status.terminal else None
-        await tx.execute(
+        # Only the call's latest attempt changes it; an older one reads it as it is.
+        call = await tx.fetchone(
             "update_call",
             id=attempt["call_id"],
             attempt=attempt["number"],
@@ -156,8 +157,7 @@ class Ledger:
             reason=reason,
             ended_at=now if status.terminal else None,
             now=now,
-        )
-        call = await tx.fetchone("get_call", id=attempt["call_id"])
+        ) or await tx.fetchone("get_call", id=attempt["call_id"])
         assert call is not None
         return call
 
@@ -205,7 +205,7 @@ class Ledger:
             type=event.type,
             occurred_at=now,
             dedupe_key=dedupe_key or f"{attempt['id']}:{event.type}",
-            body=json.dumps(event.to_json()),
+            body=json.dumps(body := event.to_json()),
         )
         if inserted is None:
             return None
@@ -225,7 +225,8 @@ class Ledger:
             await self._notify(tx, "deliver")
         if status is CallStatus.QUEUED or (status is not None and status.terminal):
             await self._notify(tx, "dial")  # new work, or a slot freed
-        return Event.from_json(event.to_json(), seq=seq)
+        # As a handler will read it back from the log (times at the log's precision).
+        return Event.from_json(body, seq=seq)
 
     async def _notify(self, tx: Transaction, topic: str) -> None:
         """Wake the fleet's other daemons when this transaction commits."""

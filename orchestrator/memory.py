@@ -82,7 +82,8 @@ class _Database(Storage):
             "ended_at": p["ended_at"],
             "updated_at": p["now"],
         }
-        return [], len(self._update("calls", rows, lambda r: changes))
+        updated = self._update("calls", rows, lambda r: changes)
+        return updated, len(updated)
 
     # -- attempts ------------------------------------------------------------------------
 

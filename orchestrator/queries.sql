@@ -33,7 +33,8 @@ LIMIT :limit;
 -- name: update_call
 -- Only the call's latest attempt speaks for the call.
 UPDATE calls SET status = :status, reason = :reason, ended_at = :ended_at, updated_at = :now
-WHERE id = :id AND attempts = :attempt;
+WHERE id = :id AND attempts = :attempt
+RETURNING *;
 
 -- name: next_call_attempt
 -- A retry: the call's next attempt becomes the one that speaks for it (only from the attempt
@@ -79,7 +80,8 @@ SELECT * FROM attempts WHERE id = :id {for_update};
 SELECT * FROM attempts WHERE id = :id {skip_locked};
 
 -- name: get_attempt_by_token
-SELECT * FROM attempts WHERE webhook_token = :webhook_token;
+-- Locked as lock_attempt locks: the webhook that names its attempt by token changes it next.
+SELECT * FROM attempts WHERE webhook_token = :webhook_token {for_update};
 
 -- name: get_attempt_by_provider_id
 SELECT * FROM attempts WHERE provider_call_id = :provider_call_id;

@@ -253,7 +253,8 @@ class Store(Dialing, Campaigns, Outbox):
         matched = await self._match(tx, hook, token)
         if matched is None:
             return IngestResult(outcome=Ingest.UNMATCHED)
-        attempt = await self._attempt(tx, matched["id"])
+        # By token the attempt was read locked already (get_attempt_by_token).
+        attempt = matched if token is not None else await self._attempt(tx, matched["id"])
         receipt = hashlib.sha256(attempt["id"].encode() + b"\0" + hook.raw).hexdigest()
         inserted = await tx.fetchone(
             "insert_receipt", id=receipt, now=now, body=hook.raw.decode("utf-8", "replace")
