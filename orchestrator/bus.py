@@ -284,6 +284,8 @@ class DeliveryWorker:
         #: Deliveries claimed ahead and not tried (circuit open, handler disabled), with when
         #: they are due again: put back at the worker's next turn.
         self._returned: list[tuple[Delivery, float]] = []
+        #: The delivery claimed as the half-open circuit's one trial.
+        self._trial: str | None = None
         self._stopping = asyncio.Event()
         self._log = log.bind(handler=sub.target, rule=sub.name)
 
@@ -295,12 +297,15 @@ class DeliveryWorker:
         lease = policy.timeout + 30.0
         while not self._stopping.is_set():
             self.wake.clear()
-            if self.sub.target in self.bus.disabled:
-                await self._idle()
-                continue
+            disabled = self.sub.target in self.bus.disabled
             # Claimed ahead of the handler's concurrency (which the instance's semaphore
-            # keeps): under load a turn at the store fetches several rounds of work.
-            free = self.breaker.limit(policy.concurrency * CLAIM_AHEAD - len(self._inflight))
+            # keeps): under load a turn at the store fetches several rounds of work. A disabled
+            # handler claims nothing, but what was handled or put back is still recorded.
+            free = (
+                0
+                if disabled
+                else self.breaker.limit(policy.concurrency * CLAIM_AHEAD - len(self._inflight))
+            )
             claimed: list[Delivery] = []
             # One turn at the store records every delivery handled since the last and claims
             # the next ones: under load a worker needs far fewer turns than deliveries.
@@ -318,6 +323,9 @@ class DeliveryWorker:
                     self._log.error("delivery.store_failed", error=str(exc))
                     await wait_any(self._stopping, within=self.poll)
                     continue
+                if claimed and self.breaker.state == "half_open":
+                    self._trial = claimed[0].id  # the one trial (limit() let one through)
+                    self.breaker.claimed(1)
                 for delivery in claimed:
                     self.delivering.add(delivery.id)
                     task = asyncio.create_task(
@@ -325,6 +333,9 @@ class DeliveryWorker:
                     )
                     self._inflight.add(task)
                     task.add_done_callback(self._done)
+            if disabled:
+                await self._idle()
+                continue
             if claimed and len(claimed) == free:
                 continue
             if free == 0 and self.breaker.state != "closed":
@@ -408,18 +419,15 @@ class DeliveryWorker:
             if not pending:  # else recorded at the worker's next turn, its lease kept till then
                 self.delivering.discard(delivery.id)
 
-    def _blocked(self) -> float | None:
+    def _blocked(self, delivery: Delivery) -> float | None:
         """When a delivery claimed ahead may go out instead of now (its handler was disabled
         or its circuit opened since the claim), or None: it goes now. In the half-open state
-        the first to ask is the trial."""
+        only the trial claimed for it goes."""
         now = self.store.clock()
         if self.sub.target in self.bus.disabled:
             return now + 60.0
         state = self.breaker.state
-        if state == "closed":
-            return None
-        if state == "half_open" and self.breaker.wait() == 0.0:
-            self.breaker.claimed(1)
+        if state == "closed" or (state == "half_open" and delivery.id == self._trial):
             return None
         return now + max(self.breaker.wait(), 0.05)
 
@@ -436,7 +444,7 @@ class DeliveryWorker:
             await self._fail(delivery, bound, f"options: {exc}", permanent=True)
             return False
         async with self.limit:
-            due = self._blocked()
+            due = self._blocked(delivery)
             if due is not None:
                 self._returned.append((delivery, due))
                 self.wake.set()

@@ -9,6 +9,7 @@ ever catch these::
     │   ├── InvalidNumber             not a valid, dialable E.164 number   INVALID_PHONE_NUMBER
     │   └── InvalidMetadata           metadata is not a flat JSON object   INVALID_METADATA
     ├── StoreError                    the store (SQLite, PostgreSQL) failed
+    │   └── StoreBusy                 no transaction could begin in time (database held)
     ├── IdempotencyConflict           an Idempotency-Key reused for another request
     └── MagpipeError                  the provider's side; status, retry
         ├── ProviderRefused           a definite refusal        retry: POINTLESS
@@ -107,6 +108,13 @@ class StoreError(OrchestratorError):
     """The store failed; the driver's error is the ``__cause__``."""
 
     code = "STORE_ERROR"
+
+
+class StoreBusy(StoreError):
+    """No transaction could begin in time (another process held the database): nothing was
+    written, and trying again at once would wait as long."""
+
+    code = "STORE_BUSY"
 
 
 class MagpipeError(OrchestratorError):

@@ -45,8 +45,12 @@ OFF_LOOP = frozenset(
         "campaign_progress",
         "cancel_campaign_calls",
         "cancel_campaign_queue",
-        "count_campaign_rows",
+        # Each claim's search may pass over many rows not yet due (retries backing off, a
+        # calling window shut on a million queued calls): one hop is cheap next to a stall.
+        "claim_deliveries",
         "count_queued",
+        "due_attempts_of_campaign",
+        "due_attempts_without_campaign",
         "list_calls",
         "list_campaign_errors",
         "list_campaigns",
@@ -201,13 +205,24 @@ class SQLiteConnector:
             raise exceptions.StoreError(f"cannot open SQLite store {self.path}: {exc}") from exc
 
     async def close(self) -> None:
-        thread, self._thread = self._thread, None
-        for conn in (self._conn, self._checkpointer):
-            if conn is not None:
-                conn.close()
+        """Close the connections in the thread, after whatever still runs there (a statement
+        a cancellation left running, a rollback, a checkpoint): never under its feet."""
+        conns = [c for c in (self._conn, self._checkpointer) if c is not None]
         self._conn = self._checkpointer = None
-        if thread is not None:
-            thread.shutdown(wait=True)
+
+        def close_all() -> None:
+            for conn in conns:
+                conn.close()
+
+        thread = self._thread
+        if thread is None:
+            close_all()
+            return
+        try:
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(thread, close_all))
+        finally:
+            self._thread = None
+            thread.shutdown(wait=False)
 
     def _migrate(self) -> None:
         conn = self._require()
@@ -248,29 +263,39 @@ class SQLiteConnector:
             conn.execute("PRAGMA busy_timeout = 0")
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
-        if self._settling is not None:
-            settling, self._settling = self._settling, None
+        settling = self._settling
+        if settling is not None:
+            # Cleared only once done: a waiter cancelled here leaves it for the next one.
             await asyncio.wait({settling})
+            if self._settling is settling:
+                self._settling = None
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             if not _busy(exc):
                 raise exceptions.StoreError(f"cannot begin a transaction: {exc}") from exc
+            waiting = self._offload(self._begin_waiting)
             try:
-                await asyncio.shield(self._offload(self._begin_waiting))
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:
+                # The thread will still begin (or give up): what it began is rolled back
+                # there, after it, and the next BEGIN waits for that.
+                self._settling = self._offload(lambda: self._roll_back(conn))
+                raise
             except sqlite3.Error as exc2:
-                raise exceptions.StoreError(f"cannot begin a transaction: {exc2}") from exc2
+                raise exceptions.StoreBusy(f"cannot begin a transaction: {exc2}") from exc2
+
+    @staticmethod
+    def _roll_back(conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     def _rollback(self, conn: sqlite3.Connection, tx: _SQLiteTransaction) -> None:
-        def rollback() -> None:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-
         if not tx.offloaded:
-            rollback()  # nothing runs in the thread: at once, where no cancellation can reach
+            self._roll_back(conn)  # nothing runs in the thread: now, where no cancel can reach
         else:
             # A cancelled statement may still be running in the thread: roll back after it.
-            self._settling = self._offload(rollback)
+            self._settling = self._offload(lambda: self._roll_back(conn))
 
     def _checkpoint(self) -> None:
         if self._checkpointer is not None:

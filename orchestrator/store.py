@@ -230,13 +230,16 @@ class Store(Dialing, Campaigns, Outbox):
 
         Each gets the result :meth:`ingest` would have given it, in order. Should the shared
         transaction fail, it is rolled back and each webhook is taken again in a transaction
-        of its own, so one bad delivery fails alone (its StoreError is in its place).
+        of its own, so one bad delivery fails alone (its StoreError is in its place); if no
+        transaction could even begin (StoreBusy), every one gets that error at once.
         """
         if len(hooks) > 1:
             now = self.clock()
             try:
                 async with self.connector.transaction() as tx:
                     return [await self._ingest(tx, hook, token, now=now) for hook, token in hooks]
+            except exceptions.StoreBusy as exc:
+                return [exc] * len(hooks)
             except exceptions.StoreError:
                 pass  # one by one below
         results: list[IngestResult | exceptions.StoreError] = []

@@ -4,6 +4,7 @@ dead letters, timeouts, and isolation between handlers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -381,3 +382,36 @@ async def test_context_actions_are_durable_and_routable(store: Store) -> None:
     [follow_up] = actor.queued
     found = await store.get_call(follow_up)
     assert found is not None and found[0]["status"] == "queued"
+
+
+async def test_a_disabled_handlers_worker_still_records_what_was_handled_and_put_back(
+    store: Store,
+) -> None:
+    gone = Scripted(None, plugin.HandlerGone("HTTP 410 from the endpoint"))
+    one_at_a_time = dataclasses.replace(FAST, concurrency=1)
+    subs = [
+        bus.Subscription(name="hook", handler=gone, patterns=("call.queued",), policy=one_at_a_time)
+    ]
+    _, tasks, workers, http = await run_bus(store, subs)
+    for n in range(4):  # claimed together (ahead of the concurrency), run one at a time
+        await store.create_call(NewCall(to=f"+141555530{n:02}", from_="+16045551234"))
+
+    async def settled() -> bool:
+        rows = await store.list_deliveries(handler="hook")
+        leased = [r for r in rows if r["lease_owner"] is not None]
+        return len(gone.seen) == 2 and not leased and any(r["state"] == "done" for r in rows)
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not await settled():  # recorded while the handler stays disabled, not at stop
+        assert loop.time() < deadline, "the disabled handler's deliveries were never settled"
+        await asyncio.sleep(0.02)
+    rows = await store.list_deliveries(handler="hook")
+    await stop(tasks, workers, http)
+    assert len(gone.seen) == 2
+    assert [(r["state"], int(r["tries"])) for r in rows] == [
+        ("done", 1),  # handled before the 410
+        ("pending", 1),  # the 410 itself, due again later
+        ("pending", 0),  # claimed ahead, put back untried
+        ("pending", 0),
+    ]

