@@ -156,6 +156,8 @@ class Dialing(Ledger):
     async def _claim(
         self, tx: Transaction, owner: str, rules: ClaimRules, room: int, now: float
     ) -> ClaimBatch:
+        if await tx.fetchone("any_due_attempt", now=now) is None:
+            return ClaimBatch()  # nothing is due: no queue need be read
         campaigns = {row["id"]: row for row in await tx.fetch("active_campaigns")}
         heads: dict[str | None, list[Row]] = {
             None: await tx.fetch("due_attempts_without_campaign", now=now, limit=room + 4)

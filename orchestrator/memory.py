@@ -344,6 +344,12 @@ class _Database(Storage):
         rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))
         return [], self._delete("do_not_call", rows)
 
+    def any_due_attempt(self, p: Params) -> Result:
+        due = self._where(
+            "attempts", lambda r: _eq(r["status"], "queued") and _le(r["not_before"], p["now"])
+        )
+        return self._select([{"due": 1}] if due else [])
+
     def count_queued(self, p: Params) -> Result:
         return self._select(
             [{"n": len(self._where("attempts", lambda r: _eq(r["status"], "queued")))}]

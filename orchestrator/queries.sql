@@ -105,6 +105,10 @@ SELECT * FROM attempts WHERE call_id = :call_id ORDER BY number;
 -- name: count_live
 SELECT COUNT(*) AS n FROM attempts WHERE live = 1;
 
+-- name: any_due_attempt
+-- Whether any queued attempt is due (index attempts_queue): a claim with nothing due ends here.
+SELECT 1 AS due FROM attempts WHERE status = 'queued' AND not_before <= :now LIMIT 1;
+
 -- name: due_attempts_of_campaign
 -- The head of one campaign's queue (index attempts_campaign_queue), numbers not live.
 SELECT a.* FROM attempts a

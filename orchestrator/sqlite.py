@@ -45,7 +45,6 @@ T = TypeVar("T")
 #: saves, and the write lock is held for the scan wherever it runs.
 OFF_LOOP = frozenset(
     {
-        "active_campaigns",
         "campaign_progress",
         "cancel_campaign_calls",
         "cancel_campaign_queue",

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from orchestrator import exceptions
-from orchestrator.connector import Connector, migrations, queries
+from orchestrator.connector import Connector, migrations, queries, statements
 from orchestrator.memory import MemoryConnector
 from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.sqlite import SQLiteConnector
@@ -989,6 +989,8 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     )
     await run("due_attempts_without_campaign", now=30, limit=10)
     await run("due_attempts_of_campaign", campaign="k1", now=30, limit=10)
+    await run("any_due_attempt", now=30)
+    await run("any_due_attempt", now=-1)
     await run("due_attempts_of_campaign", campaign="k1", now=4, limit=1)
     for owner, attempt in (("o1", "a0"), ("o2", "a1"), ("o3", "a0"), ("o3", "a2")):
         await run("claim_attempt_by_id", id=attempt, owner=owner, from_number="+3",
@@ -1245,3 +1247,22 @@ async def test_settle_and_claim_records_done_and_claims_the_next_of_the_call(
     # Recording a delivery whose lease another worker holds is refused and reported.
     none, lost = await store.settle_and_claim("audit", "w2", done=[second], limit=0, lease=30)
     assert none == [] and lost == [second.id]
+
+
+def test_the_claims_hot_queries_are_index_lookups_on_sqlite() -> None:
+    """The plans that keep a claim cheap however long the queue (a scan here would read every
+    queued call on each claim)."""
+    conn = sqlite3.connect(":memory:")
+    for migration in migrations():
+        for statement in statements(migration.sql.replace("{serial}", "INTEGER")):
+            conn.execute(statement)
+    sql = queries("sqlite")
+
+    def plan(name: str, **params: Any) -> str:
+        return " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql[name], params))
+
+    assert "INDEX attempts_queue (not_before<?)" in plan("any_due_attempt", now=1.0)
+    campaign = plan("due_attempts_of_campaign", campaign="c", now=1.0, limit=5)
+    assert "USING INDEX attempts_campaign_queue" in campaign and "TEMP B-TREE" not in campaign
+    recent = plan("count_recent_attempts", to_number="+1", since=1.0)
+    assert "attempts_by_number_recent" in recent
