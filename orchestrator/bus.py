@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 #: A worker claims up to this many times its handler's concurrency per turn at the store.
 CLAIM_AHEAD = 4
 
+#: Seconds before a disabled (410 Gone) handler's deliveries are due again (they wait, kept).
+GONE_RETRY = 60.0
+
 #: The default retry schedule, webhook style: seconds, then minutes, then hours.
 SCHEDULE = (5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0)
 
@@ -309,8 +312,7 @@ class DeliveryWorker:
             claimed: list[Delivery] = []
             # One turn at the store records every delivery handled since the last and claims
             # the next ones: under load a worker needs far fewer turns than deliveries.
-            handled, self._handled = self._handled, []
-            returned, self._returned = self._returned, []
+            handled, returned = self._take_handled(), self._take_returned()
             if free > 0 or handled or returned:
                 try:
                     claimed = await self._settle(
@@ -372,13 +374,12 @@ class DeliveryWorker:
         *,
         limit: int,
         lease: float,
-        returned: list[tuple[Delivery, float]] | None = None,
+        returned: Sequence[tuple[Delivery, float]] = (),
     ) -> list[Delivery]:
         claimed, lost = await self.store.settle_and_claim(
-            self.sub.name, self.owner, done=handled, limit=limit, lease=lease,
-            returned=returned or (),
-        )  # fmt: skip
-        for delivery in handled + [d for d, _ in returned or ()]:
+            self.sub.name, self.owner, done=handled, limit=limit, lease=lease, returned=returned
+        )
+        for delivery in handled + [d for d, _ in returned]:
             self.delivering.discard(delivery.id)
         for delivery_id in lost:
             self._log.warning("delivery.lease_lost", delivery_id=delivery_id)
@@ -425,7 +426,7 @@ class DeliveryWorker:
         only the trial claimed for it goes."""
         now = self.store.clock()
         if self.sub.target in self.bus.disabled:
-            return now + 60.0
+            return now + GONE_RETRY
         state = self.breaker.state
         if state == "closed" or (state == "half_open" and delivery.id == self._trial):
             return None
@@ -525,7 +526,7 @@ class DeliveryWorker:
         self.bus.disabled[target] = reason
         bound.error("handler.disabled", reason=reason)
         await self.store.finish_delivery(
-            delivery, self.owner, error=reason, retry_at=self.store.clock() + 60.0
+            delivery, self.owner, error=reason, retry_at=self.store.clock() + GONE_RETRY
         )
         if first:
             await self.store.emit(

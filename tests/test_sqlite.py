@@ -26,6 +26,26 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[SQLiteConnector, SQLiteCon
     await second.close()
 
 
+async def put(conn: SQLiteConnector, key: str, value: str) -> None:
+    async with conn.transaction() as tx:
+        await tx.execute("kv_set", scope="t", key=key, value=value, now=0.0)
+
+
+async def holding(conn: SQLiteConnector, release: asyncio.Event) -> asyncio.Task[None]:
+    """A task holding ``conn``'s write transaction (it wrote a=1) until ``release`` is set."""
+    held = asyncio.Event()
+
+    async def hold() -> None:
+        async with conn.transaction() as tx:
+            await tx.execute("kv_set", scope="t", key="a", value="1", now=0.0)
+            held.set()
+            await release.wait()
+
+    task = asyncio.create_task(hold())
+    await held.wait()
+    return task
+
+
 async def kv(conn: SQLiteConnector, key: str) -> str | None:
     async with conn.transaction() as tx:
         row = await tx.fetchone("kv_get", scope="t", key=key)
@@ -36,29 +56,16 @@ async def test_waiting_for_another_writer_does_not_block_the_loop(
     pair: tuple[SQLiteConnector, SQLiteConnector],
 ) -> None:
     first, second = pair
-    held = asyncio.Event()
     release = asyncio.Event()
-
-    async def holder() -> None:
-        async with first.transaction() as tx:
-            await tx.execute("kv_set", scope="t", key="a", value="1", now=0.0)
-            held.set()
-            await release.wait()
-
-    async def writer() -> None:
-        async with second.transaction() as tx:
-            await tx.execute("kv_set", scope="t", key="b", value="2", now=0.0)
-
-    holding = asyncio.create_task(holder())
-    await held.wait()
-    writing = asyncio.create_task(writer())
+    holder = await holding(first, release)
+    writing = asyncio.create_task(put(second, "b", "2"))
     ticks = 0
     for _ in range(10):  # the loop keeps running while the second daemon waits for the lock
         await asyncio.sleep(0.02)
         ticks += 1
     assert ticks == 10 and not writing.done()
     release.set()
-    await asyncio.wait_for(asyncio.gather(holding, writing), timeout=10)
+    await asyncio.wait_for(asyncio.gather(holder, writing), timeout=10)
     assert await kv(second, "a") == "1" and await kv(first, "b") == "2"
 
 
@@ -72,8 +79,7 @@ async def test_a_writer_held_past_the_busy_timeout_is_a_store_error(tmp_path: Pa
             with pytest.raises(exceptions.StoreError, match="cannot begin a transaction"):
                 async with second.transaction():
                     pass
-        async with second.transaction() as tx:  # usable once the writer is gone
-            await tx.execute("kv_set", scope="t", key="c", value="3", now=0.0)
+        await put(second, "c", "3")  # usable once the writer is gone
     finally:
         await first.close()
         await second.close()
@@ -122,32 +128,18 @@ async def test_a_caller_cancelled_while_waiting_for_the_lock_leaves_nothing_open
     pair: tuple[SQLiteConnector, SQLiteConnector],
 ) -> None:
     first, second = pair
-    held, release = asyncio.Event(), asyncio.Event()
-
-    async def holder() -> None:
-        async with first.transaction() as tx:
-            await tx.execute("kv_set", scope="t", key="a", value="1", now=0.0)
-            held.set()
-            await release.wait()
-
-    async def waiter() -> None:
-        async with second.transaction() as tx:
-            await tx.execute("kv_set", scope="t", key="never", value="x", now=0.0)
-
-    holding = asyncio.create_task(holder())
-    await held.wait()
-    waiting = asyncio.create_task(waiter())
+    release = asyncio.Event()
+    holder = await holding(first, release)
+    waiting = asyncio.create_task(put(second, "never", "x"))
     await asyncio.sleep(0.1)  # the second daemon's BEGIN now waits in its thread
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     release.set()
-    await holding
+    await holder
     # What the thread began after the cancellation was rolled back: both go on writing.
-    async with second.transaction() as tx:
-        await tx.execute("kv_set", scope="t", key="b", value="2", now=0.0)
-    async with first.transaction() as tx:
-        await tx.execute("kv_set", scope="t", key="c", value="3", now=0.0)
+    await put(second, "b", "2")
+    await put(first, "c", "3")
     assert [await kv(first, k) for k in ("a", "b", "c", "never")] == ["1", "2", "3", None]
 
 
@@ -171,8 +163,7 @@ async def test_a_waiter_cancelled_behind_a_rollback_does_not_let_the_next_one_ju
     behind.cancel()  # cancelled while waiting for that rollback
     with pytest.raises(asyncio.CancelledError):
         await behind
-    async with conn.transaction() as tx:  # still waits for the rollback, then begins
-        await tx.execute("kv_set", scope="t", key="after", value="ok", now=0.0)
+    await put(conn, "after", "ok")  # still waits for the rollback, then begins
     assert await kv(conn, "after") == "ok" and await kv(conn, "0") is None
 
 
