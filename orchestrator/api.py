@@ -103,6 +103,14 @@ def call_json(
                 "placed_at": iso(a["placed_at"]),
                 "ended_at": iso(a["ended_at"]),
                 "next_attempt_at": iso(a["not_before"]) if a["status"] == "queued" else None,
+                "agent_call_sid": a["agent_call_sid"],
+                "settled_by": a["settled_by"],
+                "last_lookup": (
+                    {"at": iso(a["checked_at"]), "result": a["check_result"], "count": a["checks"]}
+                    if a["checked_at"] is not None
+                    else None
+                ),
+                "next_lookup_at": iso(a["check_at"]) if a["live"] and a["check_at"] else None,
             }
             for a in attempts
         ]

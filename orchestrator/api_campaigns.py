@@ -51,11 +51,13 @@ class CampaignBody(BaseModel):
 
 
 class ReasonBody(BaseModel):
-    """The optional body of pause and cancel."""
+    """The optional body of pause and cancel (``hangup``: cancel only, its live calls are hung
+    up at the provider too)."""
 
     model_config = ConfigDict(extra="forbid")
 
     reason: str | None = Field(default=None, max_length=500)
+    hangup: bool = False
 
 
 class DoNotCallBody(BaseModel):
@@ -382,15 +384,18 @@ class CampaignRoutes:
         """Pause, resume or cancel; 409 when the campaign's status does not allow it."""
         campaign_id = request.match_info["id"]
         action = request.match_info["action"]
-        reason = None
+        reason, hangup = None, False
         if request.can_read_body:
             payload = await self._json(request)
             if isinstance(payload, web.Response):
                 return payload
             try:
-                reason = ReasonBody.model_validate(payload).reason
+                body = ReasonBody.model_validate(payload)
             except ValidationError as exc:
                 return _invalid(exc)
+            reason, hangup = body.reason, body.hangup
+        if hangup and action != "cancel":
+            return _error(400, "INVALID_REQUEST", "hangup: only a cancel hangs calls up")
         if await self.store.campaign(campaign_id) is None:
             return _error(404, "NOT_FOUND", "no such campaign")
         if action == "pause":
@@ -401,7 +406,7 @@ class CampaignRoutes:
             row = await self.store.resume_campaign(campaign_id)
         else:
             row = await self.store.cancel_campaign(
-                campaign_id, reason=reason or "canceled through the API"
+                campaign_id, reason=reason or "canceled through the API", hangup=hangup
             )
         if row is None:
             current = await self.store.campaign(campaign_id)
@@ -414,7 +419,7 @@ class CampaignRoutes:
             )
         if action == "resume":
             self.api.on_queued()
-        log.info("api.campaign_" + action, campaign=campaign_id, reason=reason)
+        log.info("api.campaign_" + action, campaign=campaign_id, reason=reason, hangup=hangup)
         progress = await self.store.campaign_progress(campaign_id)
         return web.json_response(campaign_json(row, progress))
 

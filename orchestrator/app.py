@@ -32,11 +32,12 @@ from orchestrator import (
     intake,
     metrics,
     plugin,
+    reconciler,
     rules,
     timers,
 )
 from orchestrator.model import CallStatus, Event, new_id
-from orchestrator.store import Store
+from orchestrator.store import CheckTiming, Store
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,21 @@ def _address(listen: str) -> tuple[str, int]:
         return host.strip("[]") or "127.0.0.1", int(port)
     except ValueError:
         raise exceptions.ConfigError(f"listen address {listen!r} is not HOST:PORT") from None
+
+
+def _source(event: Event) -> str:
+    """What told us a call's terminal status, for the settled-calls metric."""
+    source = event.data.get("source")
+    if isinstance(source, str):
+        return source
+    error = event.error or {}
+    if event.type == "call.timed_out":
+        return "watchdog"
+    if event.type == "call.rejected":
+        return "dialer"
+    if error.get("code") == "CAMPAIGN_CANCELED":
+        return "cancel"
+    return "webhook"
 
 
 def subscriptions_from(cfg: config.Config) -> list[bus.Subscription]:
@@ -75,7 +91,19 @@ class Daemon:
         self.cfg = cfg
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.bus = bus.EventBus(subscriptions_from(cfg) if subscriptions is None else subscriptions)
-        self.store = Store(connector.connect(cfg.store), router=self.bus.route)
+        lookups = cfg.magpipe.reconcile
+        checks = (
+            CheckTiming(
+                after=lookups.after,
+                every=lookups.every,
+                ambiguous_grace=max(lookups.ambiguous_grace, cfg.magpipe.timeout),
+                # The last look-up (and hang-up) before the watchdog ends a call regardless.
+                final_grace=max(30.0, 4 * cfg.magpipe.timeout),
+            )
+            if lookups.enabled
+            else None
+        )
+        self.store = Store(connector.connect(cfg.store), router=self.bus.route, checks=checks)
         self.shutdown_grace = shutdown_grace
         # Work this daemon holds is leased for this long and kept alive by the heartbeat.
         self.lease = lease
@@ -84,6 +112,7 @@ class Daemon:
         self.metrics = metrics.Metrics()
         self.config_path = config_path  # re-read on SIGHUP
         self._dialer: dialer.Dialer | None = None
+        self._reconciler: reconciler.Reconciler | None = None
         self._reload = asyncio.Event()
         self._workers: list[bus.DeliveryWorker] = []
         self._worker_tasks: list[asyncio.Task[None]] = []
@@ -94,6 +123,8 @@ class Daemon:
         events = list(events)
         for event in events:
             self.metrics.events.labels(event.type).inc()
+            if event.status is not None and CallStatus(event.status).terminal:
+                self.metrics.settled.labels(_source(event)).inc()
         self.bus.publish(events)
         if self._dialer is not None and any(
             e.status is not None and CallStatus(e.status).terminal for e in events
@@ -194,7 +225,23 @@ class Daemon:
             self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
             await self.bus.start_handlers()
             self._workers = self.bus.workers(self.store, self.owner, http, self.metrics)
-            keeper = timers.Timekeeper(self.store, publish=self.publish)
+            if self.store.checks is not None:
+                self._reconciler = reconciler.Reconciler(
+                    self.store,
+                    magpipe,
+                    reconciler.ReconcileSettings(
+                        max_per_minute=cfg.magpipe.reconcile.max_per_minute,
+                        hangup_on_timeout=cfg.dialer.hangup_on_timeout,
+                        every=cfg.magpipe.reconcile.every,
+                    ),
+                    publish=self.publish,
+                    metrics=self.metrics,
+                )
+            keeper = timers.Timekeeper(
+                self.store,
+                publish=self.publish,
+                fired=self._reconciler.wake.set if self._reconciler else None,
+            )
             heartbeat = timers.Heartbeat(
                 self.store,
                 owner=self.owner,
@@ -206,6 +253,8 @@ class Daemon:
             )
             tasks.append(self._task("dialer", self._dialer.run()))
             tasks.append(self._task("timers", keeper.run()))
+            if self._reconciler is not None:
+                tasks.append(self._task("reconciler", self._reconciler.run()))
             tasks.append(self._task("heartbeat", heartbeat.run()))
             if isinstance(self.store.connector, connector.Notifier):
                 tasks.append(self._task("listener", self.store.connector.listen(self._notified)))
@@ -225,6 +274,8 @@ class Daemon:
             log.info("daemon.stopping", grace=self.shutdown_grace)
             deadline = time.monotonic() + self.shutdown_grace
             keeper.stop()
+            if self._reconciler is not None:
+                self._reconciler.stop()
             await asyncio.gather(
                 self._dialer.stop(deadline),
                 *(w.stop(deadline) for w in self._workers),

@@ -222,9 +222,12 @@ class Campaigns(Ledger):
             campaign_id, CampaignStatus.ACTIVE, None, CampaignStatus.PAUSED
         )
 
-    async def cancel_campaign(self, campaign_id: str, *, reason: str) -> Row | None:
+    async def cancel_campaign(
+        self, campaign_id: str, *, reason: str, hangup: bool = False
+    ) -> Row | None:
         """End the campaign: its queued and scheduled attempts are canceled (in bulk, without
-        one event per call), live calls finish. None if it was already canceled."""
+        one event per call), live calls finish, or with ``hangup`` are looked up once more at
+        once and hung up at the provider. None if it was already canceled."""
         now = self.clock()
         async with self.connector.transaction() as tx:
             row = await tx.fetchone(
@@ -236,6 +239,8 @@ class Campaigns(Ledger):
                 return None
             await tx.execute("cancel_campaign_calls", campaign=campaign_id, reason=reason, now=now)
             await tx.execute("cancel_campaign_queue", campaign=campaign_id, reason=reason, now=now)
+            if hangup:
+                await tx.fetch("end_campaign_calls", campaign=campaign_id)
         return row
 
     async def _set_status(

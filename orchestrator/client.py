@@ -1,16 +1,20 @@
-"""The Magpipe API client: places one outbound call and maps every answer to a result or a
-typed error from :mod:`orchestrator.exceptions`.
+"""The Magpipe API client: places calls, looks them up and hangs them up, and maps every answer
+to a result or a typed error from :mod:`orchestrator.exceptions`.
 
 It speaks both shapes the provider has: the documented one (``to``/``from``, ``call_id``) and the
-deployed one (``phone_number``/``caller_id``, ``call_record_id``/``call_sid``).
+deployed one (``phone_number``/``caller_id``, ``call_record_id``/``call_sid``). The provider's
+records (``get-call``, ``list-calls``) and hang-ups (``terminate-call``) are the deployed
+service's: see :class:`ProviderCall` for their status spellings.
 """
 
 from __future__ import annotations
 
 import email.utils
 import json
+import math
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -21,9 +25,24 @@ import structlog
 from pydantic import SecretStr
 
 from orchestrator import exceptions, phone
+from orchestrator.model import CallStatus
 
 DEFAULT_BASE_URL = "https://mtxbiyilvgwhbdptysex.supabase.co"
 PLACE_CALL_PATH = "/functions/v1/initiate-bridged-call"
+GET_CALL_PATH = "/functions/v1/get-call"
+LIST_CALLS_PATH = "/functions/v1/list-calls"
+TERMINATE_CALL_PATH = "/functions/v1/terminate-call"
+#: list-calls answers at most this many records a page.
+LIST_PAGE_MAX = 100
+
+# The 500 answers the deployed placement gives after marking its record failed and before any
+# phone of the person rings: certain failures, not ambiguous ones.
+CERTAIN_FAILURES = (
+    "failed to create call record",
+    "failed to configure call agent",
+    "failed to start agent sip leg",
+    "failed to start pstn leg",
+)
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +91,54 @@ class PlacedCall:
     def queued(self) -> bool:
         """True when the provider holds the call before dialing."""
         return self.status == "queued"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderCall:
+    """The provider's record of one call, from ``get-call`` or ``list-calls``.
+
+    ``status`` is as the provider spelled it; ``state`` is ours (:meth:`CallStatus.from_record`:
+    ``in-progress`` with a hyphen is a call not yet answered, ``in_progress`` an answered one),
+    None for a spelling we do not know. ``metadata`` is None from ``list-calls``, which sends
+    none (and ``get-call`` drops keys starting with ``_``).
+    """
+
+    id: str
+    status: str
+    state: CallStatus | None
+    from_number: str | None = None
+    to_number: str | None = None
+    direction: str | None = None
+    duration: float | None = None
+    recording_url: str | None = None
+    transcript: str | None = None
+    summary: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        """True when the record shows the call over (its first terminal status is the truth)."""
+        return self.state is not None and self.state.terminal
+
+    @property
+    def answered(self) -> bool:
+        """True when somebody answered (then the agent's leg ends with the call)."""
+        return self.state is CallStatus.IN_PROGRESS or (
+            self.state is CallStatus.COMPLETED and bool(self.duration)
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallPage:
+    """One page of ``list-calls``: newest first, ``has_more`` when older ones match too."""
+
+    calls: tuple[ProviderCall, ...]
+    total: int | None
+    has_more: bool
 
 
 class MagpipeClient:
@@ -139,6 +206,116 @@ class MagpipeClient:
         if request.metadata:
             body["metadata"] = dict(request.metadata)
         return body
+
+    async def get_call(self, call_id: str) -> ProviderCall:
+        """The provider's record of one call (``get-call``), by its record id.
+
+        Raises CallNotFound when the provider has no such record, LookupFailed when the answer
+        did not come or was not understood, and the usual refusals (Unauthorized, RateLimited).
+        """
+        data = await self._lookup(GET_CALL_PATH, {"call_id": call_id}, "get-call")
+        record = _provider_call(data)
+        if record is None:
+            raise exceptions.LookupFailed("get-call answered without a call record")
+        return record
+
+    async def list_calls(
+        self,
+        *,
+        from_date: datetime | None = None,
+        to_date: datetime | None = None,
+        phone_number: str | None = None,
+        status: str | None = None,
+        direction: str | None = "outbound",
+        limit: int = LIST_PAGE_MAX,
+        offset: int = 0,
+    ) -> CallPage:
+        """One page of the provider's records (``list-calls``), newest first.
+
+        Offsets shift while calls are being placed: page through a time window with
+        :meth:`list_window` instead. ``phone_number`` matches either end of a call.
+        """
+        body: dict[str, Any] = {"limit": max(1, min(limit, LIST_PAGE_MAX)), "offset": offset}
+        optional = {
+            "from_date": _iso(from_date),
+            "to_date": _iso(to_date),
+            "phone_number": phone_number,
+            "status": status,
+            "direction": direction,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        data = await self._lookup(LIST_CALLS_PATH, body, "list-calls")
+        rows = data.get("calls")
+        if not isinstance(rows, list):
+            raise exceptions.LookupFailed("list-calls answered without a calls list")
+        calls = tuple(c for c in (_provider_call(r) for r in rows if isinstance(r, dict)) if c)
+        total = data.get("total")
+        return CallPage(
+            calls=calls,
+            total=total if isinstance(total, int) and not isinstance(total, bool) else None,
+            has_more=data.get("has_more") is True,
+        )
+
+    async def list_window(
+        self, start: datetime, end: datetime, *, phone_number: str | None = None
+    ) -> AsyncIterator[CallPage]:
+        """The pages of every record created between ``start`` and ``end``, newest first, paged
+        by narrowing the window (each next page ends where the last one's oldest record was
+        created) rather than by offset, so calls placed meanwhile shift nothing.
+
+        One request per page, made when the consumer asks for the page: a caller with a request
+        budget spends it before each. Records on the edge of two pages come once.
+        """
+        seen: set[str] = set()
+        upper, offset = end, 0
+        while True:
+            page = await self.list_calls(
+                from_date=start, to_date=upper, phone_number=phone_number, offset=offset
+            )
+            fresh = tuple(c for c in page.calls if c.id not in seen)
+            seen.update(c.id for c in fresh)
+            yield CallPage(calls=fresh, total=page.total, has_more=page.has_more)
+            if not page.has_more or not page.calls:
+                return
+            oldest = min((c.created_at for c in page.calls if c.created_at), default=None)
+            if oldest is None or oldest >= upper:
+                # A whole page created in one instant (or no times): step by offset instead.
+                offset += len(page.calls)
+            else:
+                upper, offset = oldest, 0
+
+    async def terminate_call(self, call_id: str) -> bool:
+        """Hang a call up (``terminate-call``): True when the provider ended it, False when it
+        has no live call by that id (already over, or unknown). ``call_id`` may be the record
+        id or either leg's id (the agent's leg of an unanswered call stays up otherwise)."""
+        try:
+            data = await self._lookup(TERMINATE_CALL_PATH, {"call_id": call_id}, "terminate-call")
+        except exceptions.CallNotFound:
+            return False
+        return data.get("success") is not False
+
+    async def _lookup(self, path: str, body: Mapping[str, Any], name: str) -> dict[str, Any]:
+        """POST a look-up or hang-up and return its JSON object, or raise its typed error."""
+        url = self.base_url + path
+        try:
+            response = await self._http.post(
+                url,
+                json=dict(body),
+                headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise exceptions.ConnectFailed(
+                f"could not connect to {self.base_url}: {type(exc).__name__}"
+            ) from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise exceptions.ConfigError(f"bad Magpipe base_url {self.base_url!r}") from exc
+        except httpx.TransportError as exc:
+            raise exceptions.LookupFailed(
+                f"{name}: no answer from the provider ({type(exc).__name__})"
+            ) from exc
+        return parse_lookup(
+            response.status_code, response.headers, response.content, name, secret=self._token
+        )
 
     async def place_call(self, request: CallRequest) -> PlacedCall:
         """Place one call; return the provider's answer or raise a MagpipeError/InputError.
@@ -237,6 +414,13 @@ def parse_answer(
             retry_after=retry_after(headers.get("retry-after")),
             provider_code=code,
         )
+    if status == 500 and code is None and message.strip().lower().startswith(CERTAIN_FAILURES):
+        # The deployed placement marks its record failed and answers so before any leg rings.
+        raise exceptions.PlacementFailed(
+            f"the provider failed before dialing: {message}; nobody was rung",
+            status=status,
+            retry_after=retry_after(headers.get("retry-after")),
+        )
     if status >= 500 or 200 <= status < 300:
         # A 500/502/504 may come after the provider started the call; never assume it did not.
         raise exceptions.AmbiguousPlacement(
@@ -246,6 +430,61 @@ def parse_answer(
         )
     raise exceptions.UnexpectedRefusal(
         f"provider refused the request{_named(code)}: {message}",
+        status=status,
+        provider_code=code,
+    )
+
+
+def parse_lookup(
+    status: int,
+    headers: Mapping[str, str],
+    content: bytes,
+    name: str,
+    *,
+    secret: SecretStr | None = None,
+) -> dict[str, Any]:
+    """Map one answer of ``get-call``, ``list-calls`` or ``terminate-call`` to its JSON object,
+    or raise: CallNotFound (404, ``not_found``, ``call_not_found``), Unauthorized, RateLimited
+    (429, with ``Retry-After``), LookupFailed (5xx, 408, a body that is not a JSON object) or
+    UnexpectedRefusal (any other 4xx)."""
+    data: Any
+    try:
+        data = json.loads(content) if content else None
+    except ValueError:
+        data = None
+    if 200 <= status < 300 and isinstance(data, dict) and "error" not in data:
+        return data
+    code, message = _error_fields(data, content)
+    if code is None and isinstance(data, dict) and isinstance(data.get("error"), str):
+        # terminate-call: {"success": false, "error": "call_not_found", "message": ...}
+        error = data["error"]
+        code = error if re.fullmatch(r"[a-z_]{1,40}", error) else None
+        detail = data.get("message")
+        message = detail[:300] if isinstance(detail, str) else message
+    message = _scrub(message, secret)
+    lowered = (code or "").lower()
+    if status == 404 or lowered in ("not_found", "call_not_found"):
+        raise exceptions.CallNotFound(
+            f"{name}: {message or 'no such call'}", status=status, provider_code=code
+        )
+    if status == 401 or lowered == "unauthorized":
+        raise exceptions.Unauthorized(f"{name}: {message}", status=status, provider_code=code)
+    if status == 429:
+        raise exceptions.RateLimited(
+            f"{name}: {message or 'rate limited'}",
+            status=status,
+            retry_after=retry_after(headers.get("retry-after")),
+            provider_code=code,
+        )
+    if status >= 500 or status == 408 or 200 <= status < 300:
+        raise exceptions.LookupFailed(
+            f"{name}: provider error{_named(code)}: {message}",
+            status=status,
+            retry_after=retry_after(headers.get("retry-after")),
+            provider_code=code,
+        )
+    raise exceptions.UnexpectedRefusal(
+        f"{name}: provider refused the request{_named(code)}: {message}",
         status=status,
         provider_code=code,
     )
@@ -292,13 +531,62 @@ def _placed(data: Mapping[str, Any]) -> PlacedCall | None:
     )
 
 
+def _provider_call(data: Mapping[str, Any]) -> ProviderCall | None:
+    """A record of get-call or list-calls, or None when it has no id or status."""
+    record_id = data.get("id") or data.get("call_id")
+    status = data.get("status")
+    if not isinstance(record_id, str) or not record_id or not isinstance(status, str):
+        return None
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) else None
+
+    duration = data.get("duration")
+    metadata = data.get("metadata")
+    return ProviderCall(
+        id=record_id,
+        status=status,
+        state=CallStatus.from_record(status),
+        from_number=text("from_number"),
+        to_number=text("to_number"),
+        direction=text("direction"),
+        duration=(
+            float(duration)
+            if isinstance(duration, int | float)
+            and not isinstance(duration, bool)
+            and math.isfinite(duration)
+            and duration >= 0
+            else None
+        ),
+        recording_url=text("recording_url"),
+        transcript=text("transcript"),
+        summary=text("call_summary"),
+        metadata=dict(metadata) if isinstance(metadata, dict) else None,
+        created_at=_timestamp(data.get("created_at")),
+        started_at=_timestamp(data.get("started_at")),
+        ended_at=_timestamp(data.get("ended_at")),
+        raw=dict(data),
+    )
+
+
+def _iso(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _timestamp(value: object) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    # A time without a zone is the provider's UTC (PostgreSQL timestamps without a zone).
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _error_fields(data: Any, content: bytes) -> tuple[str | None, str]:

@@ -74,6 +74,26 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ReconcileSettings(_Model):
+    """When to ask the provider about calls it has not reported on (get-call, list-calls)."""
+
+    enabled: bool = Field(
+        default=True, description="look calls up at the provider (off: webhooks and the watchdog)"
+    )
+    after: Duration = Field(
+        default=60.0, gt=0, description="first look-up this long after placement"
+    )
+    every: Duration = Field(default=60.0, gt=0, description="then this often while it is live")
+    ambiguous_grace: Duration = Field(
+        default=300.0,
+        gt=0,
+        description="an ambiguous placement is looked for this long after it was sent",
+    )
+    max_per_minute: int = Field(
+        default=60, gt=0, description="look-ups and hang-ups per minute, fleet-wide"
+    )
+
+
 class MagpipeSettings(_Model):
     """How to reach the provider."""
 
@@ -82,6 +102,7 @@ class MagpipeSettings(_Model):
     webhook_secret: OptionalSecret = None
     timeout: Duration = 10.0
     send_aliases: bool = True
+    reconcile: ReconcileSettings = ReconcileSettings()
 
     @field_validator("base_url")
     @classmethod
@@ -152,6 +173,10 @@ class DialerSettings(_Model):
     )
     unauthorized_probe: Duration = Field(
         default=300.0, description="after UNAUTHORIZED: wait, then try one call"
+    )
+    hangup_on_timeout: bool = Field(
+        default=True,
+        description="when the watchdog fires on a call still live at the provider, hang it up",
     )
 
 

@@ -220,7 +220,10 @@ class Dialer:
             self.last_error = None
             self._balance_wait = self.settings.balance_probe
             events = await self.store.placed(
-                attempt_id, provider_call_id=placed.call_id, provider_status=placed.status
+                attempt_id,
+                provider_call_id=placed.call_id,
+                provider_status=placed.status,
+                agent_call_sid=placed.agent_call_sid,
             )
             bound.info(
                 "dialer.placed", provider_call_id=placed.call_id, provider_status=placed.status
@@ -280,6 +283,9 @@ class Dialer:
             )
             if isinstance(exc, exceptions.RateLimited):
                 await self.store.pause_dialing(now + wait, slow_down=True)
+            elif isinstance(exc, exceptions.PlacementFailed):
+                # The provider's carrier is overrun (nobody was rung): slow the fleet down.
+                await self.store.pause_dialing(now, reason="placement_failed", slow_down=True)
             if await self.store.requeue(attempt_id, exc, retry_at=now + wait):
                 bound.info("dialer.requeued", code=exc.code, retry_in=wait)
                 self.wake.set()

@@ -257,6 +257,7 @@ class Dialing(Ledger):
         claimed = await tx.fetchone(
             "claim_attempt_by_id", id=attempt["id"], owner=owner, from_number=from_number,
             lease_until=now + rules.lease, now=now,
+            check_at=now + self.checks.after if self.checks is not None else None,
         )  # fmt: skip
         if claimed is None:
             return None
@@ -288,8 +289,10 @@ class Dialing(Ledger):
             return None
         return str(min(allowed, key=lambda n: (live_from.get(n, 0), pool.index(n))))
 
-    async def _bucket(self, tx: Transaction, pacing: Pacing, now: float) -> Row:
-        row = await tx.fetchone("get_pacing", bucket=DIAL_BUCKET)
+    async def _bucket(
+        self, tx: Transaction, pacing: Pacing, now: float, name: str = DIAL_BUCKET
+    ) -> Row:
+        row = await tx.fetchone("get_pacing", bucket=name)
         if row is None:
             return {"tokens": pacing.burst, "paused_until": 0.0, "reason": None, "factor": 1.0}
         factor = float(row["factor"])
@@ -302,10 +305,12 @@ class Dialing(Ledger):
             "factor": factor,
         }
 
-    async def _put_bucket(self, tx: Transaction, bucket: Row, now: float, **changes: Any) -> None:
+    async def _put_bucket(
+        self, tx: Transaction, bucket: Row, now: float, name: str = DIAL_BUCKET, **changes: Any
+    ) -> None:
         row = {**bucket, **changes}
         await tx.execute(
-            "put_pacing", bucket=DIAL_BUCKET, tokens=row["tokens"],
+            "put_pacing", bucket=name, tokens=row["tokens"],
             paused_until=row["paused_until"], reason=row["reason"], factor=row["factor"],
             now=now,
         )  # fmt: skip
@@ -371,14 +376,21 @@ class Dialing(Ledger):
         return extended
 
     async def placed(
-        self, attempt_id: str, *, provider_call_id: str, provider_status: str
+        self,
+        attempt_id: str,
+        *,
+        provider_call_id: str,
+        provider_status: str,
+        agent_call_sid: str | None = None,
     ) -> list[Event]:
-        """The provider accepted the placement; ``call.initiated`` unless it only queued it."""
+        """The provider accepted the placement; ``call.initiated`` unless it only queued it.
+        ``agent_call_sid`` (deployed) is the agent's leg, which a hang-up may need to end."""
         now = self.clock()
         async with self.connector.transaction() as tx:
             attempt = await self._attempt(tx, attempt_id)
             status = CallStatus(attempt["status"])
             changes: dict[str, Any] = {
+                "agent_call_sid": attempt["agent_call_sid"] or agent_call_sid,
                 "provider_call_id": attempt["provider_call_id"] or provider_call_id,
                 "provider_status": provider_status,
                 "ambiguous": 0,
@@ -440,15 +452,22 @@ class Dialing(Ledger):
         return True
 
     async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:
-        """The placement may have happened: never resend; wait for a webhook or the watchdog."""
+        """The placement may have happened: never resend it blindly. A webhook, or the search
+        of the provider's records ``ambiguous_grace`` after it was sent, tells what became of
+        it; failing both, the watchdog ends it."""
         async with self.connector.transaction() as tx:
             attempt = await self._attempt(tx, attempt_id)
             if CallStatus(attempt["status"]).terminal:
                 return
+            unknown = not attempt["provider_call_id"]
+            check_at = attempt["check_at"]
+            if unknown and self.checks is not None and attempt["placed_at"] is not None:
+                check_at = attempt["placed_at"] + self.checks.ambiguous_grace
             await self._update_attempt(
                 tx,
                 attempt,
-                ambiguous=0 if attempt["provider_call_id"] else 1,
+                check_at=check_at,
+                ambiguous=1 if unknown else 0,
                 error_code=error.code,
                 error_message=error.message,
                 lease_owner=None,
@@ -465,10 +484,13 @@ class Dialing(Ledger):
             lock = await tx.fetchone("try_lock_sweeper")
             if lock is None or not lock["locked"]:
                 return 0
-            return len(await tx.fetch("rescue_attempts", now=now))
+            return len(await tx.fetch("rescue_attempts", now=now, grace=self._grace()))
+
+    def _grace(self) -> float | None:
+        return self.checks.ambiguous_grace if self.checks is not None else None
 
     async def release(self, owner: str) -> None:
         """On shutdown: hand back this daemon's leases so another daemon can go on at once."""
         async with self.connector.transaction() as tx:
-            await tx.fetch("release_attempts", owner=owner)
+            await tx.fetch("release_attempts", owner=owner, grace=self._grace())
             await tx.execute("release_deliveries", owner=owner)

@@ -18,14 +18,18 @@ ever catch these::
         │   ├── InsufficientBalance   INSUFFICIENT_BALANCE (alias: insufficient_credits)
         │   ├── AgentNotFound         AGENT_NOT_FOUND (alias: no_agent_assigned)
         │   ├── NumberNotOwned        NUMBER_NOT_OWNED
+        │   ├── CallNotFound          a look-up or hang-up of a call the provider has no record of
         │   └── UnexpectedRefusal     an unknown code, a bare string or a non-JSON 4xx body
         ├── ProviderUnavailable       certainly not placed      retry: SAFE
         │   ├── RateLimited           HTTP 429 (retry_after)
         │   ├── ServiceUnavailable    HTTP 503: refused before processing
-        │   └── ConnectFailed         the request never reached the provider
+        │   ├── ConnectFailed         the request never reached the provider
+        │   ├── PlacementFailed       a 500 "Failed to start PSTN leg" (and its three kin): the
+        │   │                         provider gave up before any phone rang
+        │   └── LookupFailed          a look-up or hang-up got no usable answer: ask again later
         └── AmbiguousPlacement        a call may have been placed   retry: UNSAFE
                                       (timeout or dropped connection after the request was
-                                      sent, 500/502/504, a success without a call id)
+                                      sent, another 500/502/504, a success without a call id)
 
 ``retry`` tells the dialer what a failed placement allows: SAFE means send it again (after
 ``retry_after`` if set), UNSAFE means never resend it (the person may already be ringing; wait for
@@ -217,6 +221,28 @@ class ConnectFailed(ProviderUnavailable):
     """The connection could not be made, so the request never reached the provider."""
 
     code = "CONNECT_FAILED"
+
+
+class PlacementFailed(ProviderUnavailable):
+    """The provider answered 500 with one of the failures it reports before any phone of the
+    person rings ("Failed to create call record", "... configure call agent", "... start agent
+    SIP leg", "... start PSTN leg"): nobody was rung, so the call may be dialed again."""
+
+    code = "PLACEMENT_FAILED"
+
+
+class LookupFailed(ProviderUnavailable):
+    """A look-up or hang-up (get-call, list-calls, terminate-call) got no usable answer: a
+    timeout, a dropped connection, a 5xx or a body not understood. Asking changes nothing at
+    the provider, so it is safe to ask again later."""
+
+    code = "LOOKUP_FAILED"
+
+
+class CallNotFound(ProviderRefused):
+    """The provider has no record of the call named in a look-up or hang-up."""
+
+    code = "NOT_FOUND"
 
 
 class AmbiguousPlacement(MagpipeError):

@@ -32,7 +32,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions
 from orchestrator.metrics import Metrics
-from orchestrator.model import CORRELATION_KEY, CallStatus, Event, load_json, unstorable
+from orchestrator.model import (
+    CORRELATION_KEY,
+    LEGACY_CORRELATION_KEY,
+    CallStatus,
+    Event,
+    load_json,
+    unstorable,
+)
 from orchestrator.store import Ingest, IngestResult, Store, Webhook
 
 log = structlog.get_logger(__name__)
@@ -110,7 +117,8 @@ def parse(raw: bytes) -> Webhook | web.Response:
             status = CallStatus.from_provider(doc.status)
             if status is None:
                 return _reject(400, "UNKNOWN_STATUS", f"unknown call status {doc.status!r}")
-            correlation = (doc.metadata or {}).get(CORRELATION_KEY)
+            echoed = doc.metadata or {}
+            correlation = echoed.get(CORRELATION_KEY) or echoed.get(LEGACY_CORRELATION_KEY)
             return Webhook(
                 raw=raw,
                 status=status,
@@ -306,6 +314,13 @@ class Intake:
         if result.outcome is Ingest.CONFLICT:
             bound.warning("intake.conflict", provider_call_id=parsed.provider_call_id)
             return _reject(409, "CONFLICT", "this token belongs to another provider call")
+        if result.outcome is Ingest.MISMATCH:
+            # The provider's agent took another call's record: both calls are looked up.
+            bound.warning(
+                "intake.mismatch", provider_call_id=parsed.provider_call_id, number=parsed.to
+            )
+            if self.metrics is not None:
+                self.metrics.webhook_mismatches.inc()
         if result.outcome is Ingest.STALE:
             bound.info("intake.stale")
         self.publish(result.events)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import exceptions
@@ -24,19 +25,40 @@ Clock = Callable[[], float]
 WATCHDOG = "watchdog"
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckTiming:
+    """When live attempts are looked up at the provider (``magpipe.reconcile``): ``after``
+    placement, then ``every``; an ambiguous placement ``ambiguous_grace`` after it was sent.
+    When the watchdog fires, the attempt's last look-up is due at once and the watchdog waits
+    ``final_grace`` for it before ending the attempt regardless."""
+
+    after: float = 60.0
+    every: float = 60.0
+    ambiguous_grace: float = 300.0
+    final_grace: float = 30.0
+
+
 class Ledger:
     """The store's writing primitives over any :class:`~orchestrator.connector.Connector`.
 
     ``router`` names the routes an event goes to; it runs inside the transaction that writes
-    the event, so the outbox rows are exactly as durable as the event.
+    the event, so the outbox rows are exactly as durable as the event. ``checks`` schedules the
+    look-ups of live attempts at the provider; None schedules none (webhooks and the watchdog
+    alone then say how a call ended).
     """
 
     def __init__(
-        self, connector: Connector, *, router: Router | None = None, clock: Clock = time.time
+        self,
+        connector: Connector,
+        *,
+        router: Router | None = None,
+        clock: Clock = time.time,
+        checks: CheckTiming | None = None,
     ) -> None:
         self.connector = connector
         self.router: Router = router or (lambda event: ())
         self.clock = clock
+        self.checks = checks
         # Connectors that can wake other daemons (PostgreSQL's NOTIFY) say so.
         self.notifies = bool(getattr(connector, "notifies", False))
 
@@ -104,6 +126,13 @@ class Ledger:
                     "lease_until",
                     "duration",
                     "ended_at",
+                    "agent_call_sid",
+                    "check_at",
+                    "checked_at",
+                    "check_result",
+                    "checks",
+                    "ending",
+                    "settled_by",
                 )
             },
         )
@@ -115,7 +144,7 @@ class Ledger:
         """Move an attempt (and its call) to ``status`` and emit the event for it."""
         changes = {"status": status.value, **fields}
         if status.terminal:
-            changes.update(live=0, ended_at=now, ambiguous=0)
+            changes.update(live=0, ended_at=now, ambiguous=0, check_at=None)
             await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt["id"])
         row = await self._update_attempt(tx, attempt, **changes)
         call = await self._sync_call(tx, row, now=now)

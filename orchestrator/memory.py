@@ -187,6 +187,8 @@ class _Database(Storage):
             "lease_owner": p["owner"],
             "lease_until": p["lease_until"],
             "placed_at": p["now"],
+            "check_at": p["check_at"],
+            "ending": None,
         }
         updated = self._update("attempts", rows, lambda r: changes)
         return updated, len(updated)
@@ -374,7 +376,8 @@ class _Database(Storage):
         changes = _pick(
             p,
             "status live ambiguous provider_call_id provider_status error_code error_message "
-            "not_before lease_owner lease_until duration ended_at",
+            "not_before lease_owner lease_until duration ended_at agent_call_sid check_at "
+            "checked_at check_result checks ending settled_by",
         )
         rows = self._where("attempts", lambda r: _eq(r["id"], p["id"]))
         return [], len(self._update("attempts", rows, lambda r: changes))
@@ -408,20 +411,54 @@ class _Database(Storage):
     def notify(self, p: Params) -> Result:
         return self._select([{"topic": p["topic"]}])
 
-    def _abandon(self, test: Callable[[Row], bool]) -> Result:
-        """Mark placements in flight (dialing, not yet ambiguous) that pass ``test`` abandoned."""
+    def _abandon(self, test: Callable[[Row], bool], grace: Any) -> Result:
+        """Mark placements in flight (dialing, not yet ambiguous) that pass ``test`` abandoned,
+        to be searched for ``grace`` seconds after they were sent."""
         rows = self._where(
             "attempts",
             lambda r: _eq(r["status"], "dialing") and _eq(r["ambiguous"], 0) and test(r),
         )
-        rows = self._update("attempts", rows, lambda r: _ABANDONED)
+
+        def changes(row: Row) -> Params:
+            placed = row["placed_at"]
+            due = None if placed is None or grace is None else placed + grace
+            return _ABANDONED | {"check_at": due}
+
+        rows = self._update("attempts", rows, changes)
         return rows, len(rows)
 
     def rescue_attempts(self, p: Params) -> Result:
-        return self._abandon(lambda r: _lt(r["lease_until"], p["now"]))
+        return self._abandon(lambda r: _lt(r["lease_until"], p["now"]), p["grace"])
 
     def release_attempts(self, p: Params) -> Result:
-        return self._abandon(lambda r: _eq(r["lease_owner"], p["owner"]))
+        return self._abandon(lambda r: _eq(r["lease_owner"], p["owner"]), p["grace"])
+
+    # -- look-ups at the provider --------------------------------------------------------
+
+    def due_checks(self, p: Params) -> Result:
+        rows = self._where("attempts", lambda r: _eq(r["live"], 1) and _le(r["check_at"], p["now"]))
+        return self._select(_limit(_order(rows, "check_at"), p["limit"]))
+
+    def set_check_at(self, p: Params) -> Result:
+        rows = self._where("attempts", lambda r: _eq(r["id"], p["id"]) and _eq(r["live"], 1))
+        return [], len(self._update("attempts", rows, lambda r: {"check_at": p["check_at"]}))
+
+    def get_live_attempt_by_number(self, p: Params) -> Result:
+        return self._select(
+            self._where(
+                "attempts", lambda r: _eq(r["to_number"], p["to_number"]) and _eq(r["live"], 1)
+            )
+        )
+
+    def end_campaign_calls(self, p: Params) -> Result:
+        rows = self._where(
+            "attempts", lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["live"], 1)
+        )
+        rows = self._update("attempts", rows, lambda r: {"ending": "canceled", "check_at": 0})
+        return rows, len(rows)
+
+    def lock_lookups(self, p: Params) -> Result:
+        return self._select([{"locked": 1}])
 
     # -- events and deliveries -----------------------------------------------------------
 

@@ -64,6 +64,37 @@ class Metrics:
             ["handler", "outcome"],
             registry=r,
         )
+        self.lookups = Counter(
+            "orchestrator_lookups_total",
+            "Requests about calls to the provider's records, by endpoint (get-call, "
+            "list-calls, terminate-call) and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.settled = Counter(
+            "orchestrator_calls_settled_total",
+            "Calls brought to a terminal status, by what told us (webhook, lookup, watchdog, "
+            "dialer, cancel)",
+            ["source"],
+            registry=r,
+        )
+        self.hangups = Counter(
+            "orchestrator_hangups_total",
+            "Calls hung up at the provider (watchdog, campaign cancel), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.redials = Counter(
+            "orchestrator_redials_total",
+            "Ambiguous placements the provider had no record of, queued to be dialed again",
+            registry=r,
+        )
+        self.webhook_mismatches = Counter(
+            "orchestrator_webhook_mismatches_total",
+            "Deployed webhooks whose call record and number name different calls (settled by "
+            "look-ups instead)",
+            registry=r,
+        )
         self.live_calls = Gauge(
             "orchestrator_live_calls", "Calls holding a concurrency slot (fleet)", registry=r
         )

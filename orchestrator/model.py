@@ -16,9 +16,13 @@ from enum import StrEnum
 from typing import Any
 
 # The metadata key that carries the orchestrator's correlation id. Users may not use keys with
-# this prefix, so a webhook's echoed metadata always points at the attempt that placed it.
-RESERVED_PREFIX = "_orchestrator"
-CORRELATION_KEY = "_orchestrator_attempt"
+# these prefixes, so a webhook's echoed metadata always points at the attempt that placed it.
+# It must not start with "_": the provider's get-call drops such keys, and a look-up of an
+# ambiguous placement reads the key back from there. The old key is still read from webhooks
+# of calls placed before the change (and stays reserved).
+RESERVED_PREFIX = ("orchestrator_", "_orchestrator")
+CORRELATION_KEY = "orchestrator_attempt"
+LEGACY_CORRELATION_KEY = "_orchestrator_attempt"
 
 
 class CallStatus(StrEnum):
@@ -54,12 +58,26 @@ class CallStatus(StrEnum):
 
     @classmethod
     def from_provider(cls, status: str) -> CallStatus | None:
-        """Map a provider status (``in-progress``, ``no-answer``...) to ours, else None."""
+        """Map a webhook's status (``in-progress``, ``no-answer``...) to ours, else None."""
         try:
             found = cls(status.strip().lower().replace("-", "_"))
         except ValueError:
             return None
         return found if found in _PROVIDER else None
+
+    @classmethod
+    def from_record(cls, status: str) -> CallStatus | None:
+        """Map the status of the provider's *record* of a call (get-call, list-calls) to ours.
+
+        Records use the database's spellings: ``in-progress`` with a hyphen is written with the
+        record, before anyone answers (so: initiated), ``in_progress`` with an underscore means
+        answered; ``queued`` is held before dialing. Terminal statuses come either way
+        (``no_answer``, ``no-answer``). Unknown spellings give None.
+        """
+        text = status.strip().lower()
+        if text in ("in-progress", "queued", "pending"):
+            return cls.INITIATED
+        return cls.from_provider(text)
 
 
 TERMINAL = frozenset(
@@ -99,6 +117,7 @@ STATUS_EVENT_TYPES = tuple(s.event_type for s in CallStatus if s is not CallStat
 #: Every event type the orchestrator emits; plugins add ``plugin.<instance>.<name>``.
 EVENT_TYPES = (
     *STATUS_EVENT_TYPES,
+    "call.requeued",
     "call.retry_scheduled",
     "call.retries_exhausted",
     "delivery.exhausted",

@@ -45,7 +45,9 @@ def validate_number(number: object, *, field: str = "to") -> str:
     return number
 
 
-def validate_metadata(metadata: object, *, reserved_prefix: str | None = None) -> dict[str, Scalar]:
+def validate_metadata(
+    metadata: object, *, reserved_prefix: str | tuple[str, ...] | None = None
+) -> dict[str, Scalar]:
     """Return a copy of ``metadata`` if it is a flat JSON object of scalars, else raise.
 
     Nested values are refused because the provider only promises to echo a flat object.

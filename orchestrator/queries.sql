@@ -125,10 +125,11 @@ ORDER BY a.priority DESC, a.not_before, a.id
 LIMIT :limit;
 
 -- name: claim_attempt_by_id
--- One candidate chosen by the claim, made live and leased (if nobody took it meanwhile).
+-- One candidate chosen by the claim, made live and leased (if nobody took it meanwhile); its
+-- first look-up at the provider is due at :check_at.
 UPDATE attempts
 SET status = 'dialing', live = 1, from_number = :from_number, lease_owner = :owner,
-    lease_until = :lease_until, placed_at = :now
+    lease_until = :lease_until, placed_at = :now, check_at = :check_at, ending = NULL
 WHERE id = :id AND status = 'queued'
 RETURNING *;
 
@@ -253,7 +254,9 @@ SET status = :status, live = :live, ambiguous = :ambiguous,
     provider_call_id = :provider_call_id, provider_status = :provider_status,
     error_code = :error_code, error_message = :error_message, not_before = :not_before,
     lease_owner = :lease_owner, lease_until = :lease_until, duration = :duration,
-    ended_at = :ended_at
+    ended_at = :ended_at, agent_call_sid = :agent_call_sid, check_at = :check_at,
+    checked_at = :checked_at, check_result = :check_result, checks = :checks,
+    ending = :ending, settled_by = :settled_by
 WHERE id = :id;
 
 -- name: try_lock_sweeper
@@ -284,11 +287,13 @@ SELECT :topic AS topic;
 SELECT 1 AS sent FROM (SELECT pg_notify('orchestrator', CAST(:topic AS TEXT))) AS sent;
 
 -- name: rescue_attempts
--- A placement whose daemon died mid-request: its outcome is unknown, so it is never resent.
+-- A placement whose daemon died mid-request: its outcome is unknown, so it is never resent
+-- blindly; the provider's records are searched for it :grace seconds after it was sent.
 UPDATE attempts
 SET ambiguous = 1, lease_owner = NULL, lease_until = NULL,
     error_code = 'ABANDONED',
-    error_message = 'the daemon stopped while placing this call; its outcome is unknown'
+    error_message = 'the daemon stopped while placing this call; its outcome is unknown',
+    check_at = placed_at + :grace
 WHERE status = 'dialing' AND ambiguous = 0 AND lease_until < :now
 RETURNING *;
 
@@ -296,15 +301,80 @@ RETURNING *;
 UPDATE attempts
 SET ambiguous = 1, lease_owner = NULL, lease_until = NULL,
     error_code = 'ABANDONED',
-    error_message = 'the daemon stopped while placing this call; its outcome is unknown'
+    error_message = 'the daemon stopped while placing this call; its outcome is unknown',
+    check_at = placed_at + :grace
 WHERE status = 'dialing' AND ambiguous = 0 AND lease_owner = :owner
 RETURNING *;
+
+-- name: due_checks
+-- Live attempts whose look-up is due (index attempts_check_due), the most overdue first (an
+-- attempt that must end now is due at 0). Locked, so two daemons never take the same one.
+SELECT * FROM attempts
+WHERE live = 1 AND check_at <= :now
+ORDER BY check_at
+LIMIT :limit
+{skip_locked};
+
+-- name: set_check_at
+-- A look-up taken (its lease: due again at :check_at unless it is recorded first), given back,
+-- or brought forward. Only a live attempt has look-ups.
+UPDATE attempts SET check_at = :check_at WHERE id = :id AND live = 1;
+
+-- name: get_live_attempt_by_number
+SELECT * FROM attempts WHERE to_number = :to_number AND live = 1;
+
+-- name: end_campaign_calls
+-- A campaign canceled with hangup: its live attempts are looked up once more at once, and hung
+-- up if the provider still has them live.
+UPDATE attempts SET ending = 'canceled', check_at = 0
+WHERE campaign = :campaign AND live = 1
+RETURNING *;
+
+-- name: lock_lookups
+-- The look-up budget is spent one transaction at a time across the fleet (outside the dialing
+-- lock, so look-ups never hold up a claim). SQLite's single writer serialises it already.
+SELECT 1 AS locked;
+
+-- name: lock_lookups@postgres
+SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7245003)) AS held;
 
 -- name: insert_event
 INSERT INTO events (id, call_id, attempt_id, type, occurred_at, dedupe_key, body)
 VALUES (:id, :call_id, :attempt_id, :type, :occurred_at, :dedupe_key, :body)
 ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING seq;
+
+-- name: due_checks
+-- Live attempts whose look-up is due (index attempts_check_due), the most overdue first (an
+-- attempt that must end now is due at 0). Locked, so two daemons never take the same one.
+SELECT * FROM attempts
+WHERE live = 1 AND check_at <= :now
+ORDER BY check_at
+LIMIT :limit
+{skip_locked};
+
+-- name: set_check_at
+-- A look-up taken (its lease: due again at :check_at unless it is recorded first), given back,
+-- or brought forward. Only a live attempt has look-ups.
+UPDATE attempts SET check_at = :check_at WHERE id = :id AND live = 1;
+
+-- name: get_live_attempt_by_number
+SELECT * FROM attempts WHERE to_number = :to_number AND live = 1;
+
+-- name: end_campaign_calls
+-- A campaign canceled with hangup: its live attempts are looked up once more at once, and hung
+-- up if the provider still has them live.
+UPDATE attempts SET ending = 'canceled', check_at = 0
+WHERE campaign = :campaign AND live = 1
+RETURNING *;
+
+-- name: lock_lookups
+-- The look-up budget is spent one transaction at a time across the fleet (outside the dialing
+-- lock, so look-ups never hold up a claim). SQLite's single writer serialises it already.
+SELECT 1 AS locked;
+
+-- name: lock_lookups@postgres
+SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7245003)) AS held;
 
 -- name: insert_event@postgres
 -- A duplicate would still draw its seq from the sequence before ON CONFLICT drops it, leaving a

@@ -172,12 +172,20 @@ def add_commands(commands: Any) -> None:
         ("errors", "the rows its imports refused"),
         ("pause", "stop dialling it (live calls finish)"),
         ("resume", "dial it again"),
-        ("cancel", "end it: queued and scheduled calls are canceled, live calls finish"),
+        (
+            "cancel",
+            "end it: queued and scheduled calls are canceled, live calls finish (--hangup: "
+            "hung up at the provider)",
+        ),
     ):
         sub = actions.add_parser(name, parents=[daemon], help=text, description=text)
         sub.add_argument("id", help="the campaign id")
         if name in ("pause", "cancel"):
             sub.add_argument("--reason", help="why (shown with the campaign)")
+        if name == "cancel":
+            sub.add_argument(
+                "--hangup", action="store_true", help="hang its live calls up at the provider too"
+            )
         if name == "errors":
             sub.add_argument(
                 "--after", default="0:0", help="rows after this IMPORT:LINE (a page's next)"
@@ -260,8 +268,10 @@ def _campaign(api: DaemonApi, args: argparse.Namespace) -> int:
     if args.action == "errors":
         params = {"after": args.after, "limit": args.limit}
         return _print(args, api.request("GET", path + "/errors", params=params), _errors_text)
-    body = {"reason": args.reason} if getattr(args, "reason", None) else None
-    answer = api.request("POST", f"{path}/{args.action}", json=body)
+    body: dict[str, Any] = {"reason": args.reason} if getattr(args, "reason", None) else {}
+    if getattr(args, "hangup", False):
+        body["hangup"] = True
+    answer = api.request("POST", f"{path}/{args.action}", json=body or None)
     return _print(args, answer, lambda c: f"campaign {c['id']} ({c['name']}): {c['status']}")
 
 

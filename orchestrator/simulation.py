@@ -20,6 +20,8 @@ from typing import Any
 __all__ = [
     "DEFAULT_OUTCOME_MIX",
     "FAULT_NAMES",
+    "FAULT_PARAMETERS",
+    "RECORD_STATUS",
     "TERMINAL_STATUSES",
     "CallPlan",
     "CallRecord",
@@ -88,20 +90,47 @@ class Faults:
     out_of_order: float = 0.0
     early_webhook: float = 0.0
     lose_webhooks: float = 0.0
+    # The deployed agent's call.completed names another call's record (the newest outbound one
+    # of the last two minutes), while caller_number is still this call's number.
+    misattribute: float = 0.0
+    # A placement answered 500 "Failed to start PSTN leg" (or its kin): nobody is rung.
+    carrier_error: float = 0.0
+    # A placement that hangs without an answer, and whose call is never created.
+    hang_placement: float = 0.0
+    hang_seconds: float = 600.0
+    # An answered call that stays live until it is hung up (terminate-call).
+    stuck: float = 0.0
 
     def __post_init__(self) -> None:
         for name in FAULT_NAMES:
             _check_probability(name, getattr(self, name))
         if self.retry_after < 0:
             raise ValueError("retry_after must be >= 0")
-        if self.slow_seconds < 0:
-            raise ValueError("slow_seconds must be >= 0")
+        if self.slow_seconds < 0 or self.hang_seconds < 0:
+            raise ValueError("slow_seconds and hang_seconds must be >= 0")
 
 
+#: Fault parameters that are not probabilities.
+FAULT_PARAMETERS = ("retry_after", "slow_seconds", "hang_seconds")
 # The probability fields of Faults, i.e. the names a Script or `--fault` may force.
 FAULT_NAMES: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(Faults) if f.name not in ("retry_after", "slow_seconds")
+    f.name for f in dataclasses.fields(Faults) if f.name not in FAULT_PARAMETERS
 )
+
+#: The provider's record statuses (get-call, list-calls) for the document's webhook statuses:
+#: the database's spellings, where ``in-progress`` (hyphen) is a record not yet answered and
+#: ``in_progress`` (underscore) an answered call.
+RECORD_STATUS = {
+    "queued": "in-progress",
+    "initiated": "initiated",
+    "ringing": "ringing",
+    "in-progress": "in_progress",
+    "completed": "completed",
+    "busy": "busy",
+    "no-answer": "no_answer",
+    "failed": "failed",
+    "canceled": "canceled",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,8 +192,14 @@ class SimulatorConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = "whsec_simulator"  # noqa: S105
     faults: Faults = field(default_factory=Faults)
+    # Deployed: the agent's leg of an unanswered call stays up this long (seconds, scaled),
+    # then the record is overwritten to ``completed`` and a misleading call.completed is sent.
+    # 0 never ends it.
+    conference_limit: float = 5400.0
 
     def __post_init__(self) -> None:
+        if self.conference_limit < 0:
+            raise ValueError("conference_limit must be >= 0")
         if self.max_concurrent < 1:
             raise ValueError("max_concurrent must be >= 1")
         if self.time_scale < 0:
@@ -270,6 +305,22 @@ class CallRecord:
     call_sid: str | None = None
     agent_call_sid: str | None = None
     webhooks: list[WebhookRecord] = field(default_factory=list)
+    # The provider's record of the call (get-call, list-calls), in the database's spellings.
+    record_status: str = "in-progress"
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Whether a phone of the person rang at all (a certain-failure 500 leaves a failed record).
+    rang: bool = True
+    answered: bool = False
+    agent_leg_live: bool = False
+    hung_up: bool = False
+    overwritten: bool = False
+
+    def set_status(self, status: str) -> None:
+        """Move to a document status (``in-progress``, ``no-answer``...) and its record's."""
+        self.status = status
+        self.record_status = RECORD_STATUS.get(status, status)
+        if status == "in-progress":
+            self.answered = True
 
     @classmethod
     def new_id(cls) -> str:
@@ -289,14 +340,14 @@ class CallRecord:
     @property
     def recording_url(self) -> str | None:
         """Where the recording would be; only answered calls have one."""
-        if self.outcome is Outcome.COMPLETED and self.status == Outcome.COMPLETED:
+        if self.answered and self.status == Outcome.COMPLETED and not self.overwritten:
             return f"https://storage.magpipe.ai/recordings/{self.id}.mp3"
         return None
 
     @property
     def transcript(self) -> str | None:
         """A canned transcript; only answered calls have one."""
-        if self.outcome is Outcome.COMPLETED and self.status == Outcome.COMPLETED:
+        if self.answered and self.status == Outcome.COMPLETED and not self.overwritten:
             topic = self.purpose or "your account"
             return f"Agent: Hello! I'm calling about {topic}. Caller: Hi there, go ahead."
         return None
@@ -336,10 +387,41 @@ class CallRecord:
             },
         }
 
+    def record(self, *, with_metadata: bool) -> dict[str, Any]:
+        """The provider's record as get-call (``with_metadata``) or list-calls shows it.
+
+        get-call drops metadata keys starting with ``_``; list-calls sends no metadata."""
+        body: dict[str, Any] = {
+            "id": self.id,
+            "agent_id": self.agent_id,
+            "agent_name": "Simulated Agent",
+            "from_number": self.from_,
+            "to_number": self.to,
+            "direction": "outbound",
+            "status": self.record_status,
+            "duration": self.duration,
+            "sentiment": None,
+            "call_summary": None,
+            "started_at": self.placed_at,
+            "ended_at": self.ended_at,
+            "created_at": self.created.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+        }
+        if with_metadata:
+            body["recording_url"] = self.recording_url
+            body["transcript"] = self.transcript
+            body["metadata"] = {k: v for k, v in self.metadata.items() if not k.startswith("_")}
+        return body
+
     def to_json(self) -> dict[str, Any]:
         """The record as shown by `GET /_simulator/calls`."""
         return {
             "id": self.id,
+            "record_status": self.record_status,
+            "rang": self.rang,
+            "hung_up": self.hung_up,
+            "agent_leg_live": self.agent_leg_live,
+            "overwritten": self.overwritten,
+            "agent_call_sid": self.agent_call_sid,
             "call_sid": self.call_sid,
             "to": self.to,
             "from": self.from_,

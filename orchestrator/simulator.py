@@ -17,7 +17,9 @@ import json
 import os
 import random
 import re
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,6 +31,7 @@ from aiohttp import web
 from orchestrator.simulation import (
     DEFAULT_OUTCOME_MIX,
     FAULT_NAMES,
+    FAULT_PARAMETERS,
     CallRecord,
     Dialect,
     Faults,
@@ -43,7 +46,10 @@ from orchestrator.simulation import (
 
 __all__ = [
     "DEFAULT_OUTCOME_MIX",
+    "GET_CALL_PATH",
+    "LIST_CALLS_PATH",
     "PLACE_CALL_PATH",
+    "TERMINATE_CALL_PATH",
     "CallRecord",
     "Dialect",
     "Faults",
@@ -62,6 +68,18 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 PLACE_CALL_PATH = "/functions/v1/initiate-bridged-call"
+GET_CALL_PATH = "/functions/v1/get-call"
+LIST_CALLS_PATH = "/functions/v1/list-calls"
+TERMINATE_CALL_PATH = "/functions/v1/terminate-call"
+# The deployed placement's certain failures: the record (if any) is marked failed first.
+CARRIER_ERRORS = (
+    "Failed to create call record",
+    "Failed to configure call agent",
+    "Failed to start agent SIP leg",
+    "Failed to start PSTN leg",
+)
+# The deployed agent finds "its" record as the newest outbound one of the last two minutes.
+MISATTRIBUTION_WINDOW = 120.0
 SIGNATURE_HEADER = "x-magpipe-signature"
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
@@ -154,6 +172,11 @@ class Simulator:
         self._rng = random.Random(config.seed)
         self._slots = _Slots(config.max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Late tails (the deployed agent leg's conference limit): not waited for by wait_idle.
+        self._tails: set[asyncio.Task[None]] = set()
+        self._hangups: dict[str, asyncio.Event] = {}
+        #: Every request to the provider API: (endpoint, epoch seconds), oldest first.
+        self.requests: list[tuple[str, float]] = []
         self._requests = 0
         self._rejected = 0
         self._runner: web.AppRunner | None = None
@@ -190,7 +213,7 @@ class Simulator:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._tails]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -224,6 +247,7 @@ class Simulator:
             "live": self._slots.live,
             "max_live_seen": self._slots.max_live_seen,
             "requests": self._requests,
+            "requests_by_endpoint": dict(collections.Counter(e for e, _ in self.requests)),
             "rejected": self._rejected,
             "balance": round(self.balance, 6),
         }
@@ -242,6 +266,7 @@ class Simulator:
     async def handle_place_call(self, request: web.Request) -> web.StreamResponse:
         """`POST /functions/v1/initiate-bridged-call`: validate, place, answer (or misbehave)."""
         self._requests += 1
+        self._log_request("initiate-bridged-call")
         raw = await request.read()
         body = _json_object(raw)
         to = _first(body, "to", "phone_number")
@@ -272,8 +297,30 @@ class Simulator:
                     "server_error fault",
                 )
             fields = self._validate(body)
+            if self._hit("carrier_error", forced, self._rng):
+                message = self._rng.choice(CARRIER_ERRORS)
+                if message != CARRIER_ERRORS[0]:
+                    # The record was written, then marked failed: nobody was rung.
+                    failed = self._new_call(fields)
+                    failed.set_status("failed")
+                    failed.rang = False
+                    failed.outcome = Outcome.FAILED
+                    failed.duration = 0
+                    failed.ended_at = iso_now()
+                raise _Rejection(
+                    web.json_response({"error": message, "details": "carrier"}, status=500),
+                    "carrier_error fault",
+                )
+            hang = self._hit("hang_placement", forced, self._rng)
         except _Rejection as rejection:
             return self._reject(rejection.response, rejection.reason)
+        if hang:
+            # No answer, and no call: the request hangs until the client gives up.
+            log.info("simulator.placement_hung", to=to)
+            await asyncio.sleep(self.config.faults.hang_seconds)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=504)
 
         call = self._new_call(fields)
         early = self._hit("early_webhook", forced, self._rng)
@@ -287,7 +334,7 @@ class Simulator:
         if acquired and early and self.config.dialect is Dialect.DOCUMENTED:
             # The documented webhook beats the answer to the POST: the receiver must cope with
             # hearing about a call it does not know yet.
-            call.status = "initiated"
+            call.set_status("initiated")
             await self._deliver(call, call.documented_webhook(), call_rng)
             initiated_sent = True
         self._spawn(call, call_rng, acquired=acquired, initiated_sent=initiated_sent)
@@ -458,6 +505,7 @@ class Simulator:
     def _spawn(
         self, call: CallRecord, rng: random.Random, *, acquired: bool, initiated_sent: bool
     ) -> None:
+        self._hangups[call.id] = asyncio.Event()
         task = asyncio.create_task(
             self._lifecycle(call, rng, acquired=acquired, initiated_sent=initiated_sent),
             name=f"simulated-call-{call.id}",
@@ -468,32 +516,49 @@ class Simulator:
     async def _lifecycle(
         self, call: CallRecord, rng: random.Random, *, acquired: bool, initiated_sent: bool
     ) -> None:
-        """Walk one call through its statuses, sending webhooks, then free its slot."""
+        """Walk one call through its statuses, sending webhooks, then free its slot. A hang-up
+        (terminate-call) ends it where it is: canceled before an answer, completed after."""
         plan = call.plan
         script = self.config.scripts.get(call.to)
         forced = script.fault if script is not None else None
+        hangup = self._hangups[call.id]
         holding = acquired
+        started = asyncio.get_running_loop().time()
         try:
             if not holding:
                 await self._slots.acquire()
                 holding = True
             shuffle = self._hit("out_of_order", forced, rng)
+            stuck = self._hit("stuck", forced, rng)
             buffer: list[dict[str, Any]] | None = [] if shuffle else None
+            call.agent_leg_live = self.config.dialect is Dialect.DEPLOYED
+            outcome = plan.outcome
             if not initiated_sent:
                 await self._advance(call, "initiated", rng, buffer)
-            await self._sleep(plan.dial_delay)
-            await self._advance(call, "ringing", rng, buffer)
-            await self._sleep(plan.ring)
-            if plan.outcome is Outcome.COMPLETED:
+            hung = await self._wait(hangup, plan.dial_delay)
+            if not hung:
+                await self._advance(call, "ringing", rng, buffer)
+                hung = await self._wait(hangup, plan.ring)
+            if hung:
+                outcome = Outcome.CANCELED
+            elif outcome is Outcome.COMPLETED or stuck:
+                outcome = Outcome.COMPLETED
+                started = asyncio.get_running_loop().time()
                 await self._advance(call, "in-progress", rng, buffer)
-                await self._sleep(plan.talk)
-            call.duration = round(plan.talk)
+                await self._wait(hangup, None if stuck else plan.talk)
+            call.outcome = outcome
+            talked = (asyncio.get_running_loop().time() - started) / (self.config.time_scale or 1)
+            call.duration = round(plan.talk if not hangup.is_set() else talked)
+            if outcome is not Outcome.COMPLETED:
+                call.duration = 0
             call.ended_at = iso_now()
             self.balance -= call.duration / 60 * self.config.price_per_minute
             # The slot frees at the terminal state, before its webhook goes out.
             self._slots.release()
             holding = False
-            await self._advance(call, plan.outcome.value, rng, buffer)
+            if call.answered:
+                call.agent_leg_live = False  # the agent's leg ends with an answered call
+            await self._advance(call, outcome.value, rng, buffer)
             if buffer:
                 shuffled = list(buffer)
                 rng.shuffle(shuffled)
@@ -501,9 +566,44 @@ class Simulator:
                     shuffled.reverse()
                 for payload in shuffled:
                     await self._deliver(call, payload, rng)
+            if call.agent_leg_live:
+                tail = asyncio.create_task(self._conference(call, rng), name=f"tail-{call.id}")
+                self._tails.add(tail)
+                tail.add_done_callback(self._tails.discard)
         finally:
             if holding:
                 self._slots.release()
+
+    async def _conference(self, call: CallRecord, rng: random.Random) -> None:
+        """Deployed: the agent's leg of an unanswered call stays up until the conference limit
+        (unless it is hung up by its own id); then the record is overwritten to ``completed``
+        and a misleading call.completed goes out."""
+        limit = self.config.conference_limit
+        if not limit:
+            return
+        if await self._wait(self._hangups[call.id], limit, agent=call):
+            return
+        call.agent_leg_live = False
+        call.overwritten = True
+        call.set_status("completed")
+        call.duration = round(limit)
+        default_agent = self.config.agents[0] if self.config.agents else None
+        await self._deliver(call, call.deployed_webhook(default_agent), rng)
+
+    async def _wait(
+        self, hangup: asyncio.Event, seconds: float | None, *, agent: CallRecord | None = None
+    ) -> bool:
+        """Sleep ``seconds`` (scaled; None: for ever) unless hung up first; True if hung up."""
+        if agent is not None:
+            hangup = self._hangups.setdefault(f"agent:{agent.id}", asyncio.Event())
+        if hangup.is_set():
+            return True
+        timeout = None if seconds is None else seconds * self.config.time_scale
+        try:
+            await asyncio.wait_for(hangup.wait(), timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def _advance(
         self,
@@ -512,18 +612,36 @@ class Simulator:
         rng: random.Random,
         buffer: list[dict[str, Any]] | None,
     ) -> None:
-        call.status = status
+        call.set_status(status)
         if self.config.dialect is Dialect.DEPLOYED:
             # The deployed provider reports only answered calls, once, after post-processing.
-            if status == Outcome.COMPLETED:
+            if status == Outcome.COMPLETED and call.answered:
                 default_agent = self.config.agents[0] if self.config.agents else None
-                await self._deliver(call, call.deployed_webhook(default_agent), rng)
+                payload = call.deployed_webhook(default_agent)
+                other = self._misattributed(call, rng)
+                if other is not None:
+                    payload["data"]["call_record_id"] = other.id
+                await self._deliver(call, payload, rng)
             return
         payload = call.documented_webhook()
         if buffer is not None:
             buffer.append(payload)
         else:
             await self._deliver(call, payload, rng)
+
+    def _misattributed(self, call: CallRecord, rng: random.Random) -> CallRecord | None:
+        """With the ``misattribute`` fault: the record the deployed agent would wrongly take as
+        its own, the newest other outbound record of the last two minutes (scaled), if any."""
+        script = self.config.scripts.get(call.to)
+        if not self._hit("misattribute", script.fault if script else None, rng):
+            return None
+        window = MISATTRIBUTION_WINDOW * max(self.config.time_scale, 0.01)
+        now = datetime.now(UTC)
+        recent = [
+            c for c in self.calls
+            if c is not call and (now - c.created).total_seconds() <= window
+        ]  # fmt: skip
+        return max(recent, key=lambda c: c.created) if recent else None
 
     async def _deliver(self, call: CallRecord, payload: dict[str, Any], rng: random.Random) -> None:
         """Send one webhook (maybe twice, maybe not at all) and record what happened."""
@@ -572,11 +690,123 @@ class Simulator:
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds * self.config.time_scale)
 
+    # -- the provider's records -------------------------------------------------------------
+
+    def _log_request(self, endpoint: str) -> None:
+        if len(self.requests) < 1_000_000:
+            self.requests.append((endpoint, time.time()))
+
+    def _find(self, call_id: object) -> CallRecord | None:
+        if not isinstance(call_id, str):
+            return None
+        return next((c for c in reversed(self.calls) if c.id == call_id), None)
+
+    async def _records_request(self, request: web.Request, endpoint: str) -> dict[str, Any]:
+        """Count, authenticate and parse a records request (raises _Rejection)."""
+        self._log_request(endpoint)
+        self._check_auth(request)
+        body = _json_object(await request.read())
+        if body is None:
+            raise _Rejection(
+                _error_response(400, "invalid_request", "Request body must be a JSON object"),
+                "body not an object",
+            )
+        return body
+
+    async def handle_get_call(self, request: web.Request) -> web.Response:
+        """`POST /functions/v1/get-call` `{"call_id"}`: the record, metadata without `_` keys."""
+        try:
+            body = await self._records_request(request, "get-call")
+        except _Rejection as rejection:
+            return self._reject(rejection.response, rejection.reason)
+        call_id = body.get("call_id")
+        if not call_id:
+            return _error_response(400, "missing_param", "call_id is required")
+        call = self._find(call_id)
+        if call is None:  # also for an id that is not a UUID
+            return _error_response(404, "not_found", "Call not found")
+        return web.json_response(call.record(with_metadata=True))
+
+    async def handle_list_calls(self, request: web.Request) -> web.Response:
+        """`POST /functions/v1/list-calls`: records newest first, at most 100 a page, filtered
+        by direction, status, agent, time window and a number at either end; no metadata."""
+        try:
+            body = await self._records_request(request, "list-calls")
+        except _Rejection as rejection:
+            return self._reject(rejection.response, rejection.reason)
+        limit = body.get("limit", 50)
+        offset = body.get("offset", 0)
+        if not isinstance(limit, int) or not isinstance(offset, int) or limit < 1 or offset < 0:
+            return _error_response(400, "invalid_param", "limit and offset must be integers")
+        since, until = _when(body.get("from_date")), _when(body.get("to_date"))
+        number = body.get("phone_number")
+        wanted = {
+            "direction": body.get("direction"),
+            "status": body.get("status"),
+            "agent_id": body.get("agent_id"),
+        }
+
+        def matches(call: CallRecord) -> bool:
+            record = call.record(with_metadata=False)
+            return (
+                all(v is None or record[k] == v for k, v in wanted.items())
+                and (since is None or call.created >= since)
+                and (until is None or call.created <= until)
+                and (number is None or number in (call.to, call.from_))
+            )
+
+        found = sorted((c for c in self.calls if matches(c)), key=lambda c: c.created, reverse=True)
+        limit = min(limit, 100)
+        page = found[offset : offset + limit]
+        return web.json_response(
+            {
+                "calls": [c.record(with_metadata=False) for c in page],
+                "total": len(found),
+                "has_more": offset + limit < len(found),
+            }
+        )
+
+    async def handle_terminate_call(self, request: web.Request) -> web.Response:
+        """`POST /functions/v1/terminate-call` `{"call_id"}`: hang up the call whose record id
+        or phone leg's id it is, or the agent's leg by ``agent_call_sid``."""
+        try:
+            body = await self._records_request(request, "terminate-call")
+        except _Rejection as rejection:
+            return self._reject(rejection.response, rejection.reason)
+        call_id = body.get("call_id")
+        if not isinstance(call_id, str) or not call_id:
+            return web.json_response({"success": False, "error": "call_id is required"}, status=400)
+        for call in reversed(self.calls):
+            if call_id == call.agent_call_sid and call.agent_leg_live:
+                self._hangups.setdefault(f"agent:{call.id}", asyncio.Event()).set()
+                call.agent_leg_live = False
+                if not call.terminal:
+                    self._hangups[call.id].set()
+                call.hung_up = True
+                break
+            if call_id in (call.id, call.call_sid) and not call.terminal and call.rang:
+                self._hangups[call.id].set()
+                call.hung_up = True
+                break
+        else:
+            return web.json_response(
+                {"success": False, "error": "call_not_found", "message": "No active call"},
+                status=404,
+            )
+        log.info("simulator.call_terminated", call_id=call.id, by=call_id)
+        return web.json_response(
+            {"success": True, "call_id": call_id, "platform": "simulator", "status": "terminated"}
+        )
+
     # -- inspection routes -----------------------------------------------------------------
 
     async def handle_calls(self, request: web.Request) -> web.Response:
         """`GET /_simulator/calls`: every placed call with its webhooks."""
         return web.json_response([call.to_json() for call in self.calls])
+
+    async def handle_requests(self, request: web.Request) -> web.Response:
+        """`GET /_simulator/requests`: every provider API request, `{endpoint, at}`."""
+        return web.json_response([{"endpoint": e, "at": at} for e, at in self.requests])
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         """`GET /_simulator/stats`: the counters from `stats()`."""
@@ -606,7 +836,11 @@ def build_app(sim: Simulator) -> web.Application:
     """The aiohttp application serving `sim`: the provider API and the inspection routes."""
     app = web.Application()
     app.router.add_post(PLACE_CALL_PATH, sim.handle_place_call)
+    app.router.add_post(GET_CALL_PATH, sim.handle_get_call)
+    app.router.add_post(LIST_CALLS_PATH, sim.handle_list_calls)
+    app.router.add_post(TERMINATE_CALL_PATH, sim.handle_terminate_call)
     app.router.add_get("/_simulator/calls", sim.handle_calls)
+    app.router.add_get("/_simulator/requests", sim.handle_requests)
     app.router.add_get("/_simulator/stats", sim.handle_stats)
     app.router.add_post("/_simulator/account", sim.handle_account)
     return app
@@ -647,6 +881,17 @@ def _first(body: dict[str, Any] | None, *keys: str) -> Any:
     return None
 
 
+def _when(value: object) -> datetime | None:
+    """A list-calls date bound (ISO 8601; no zone means UTC), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _is_flat_object(value: object) -> bool:
     if not isinstance(value, dict):
         return False
@@ -667,7 +912,7 @@ def _url_host(host: str) -> str:
 # -- CLI helpers -----------------------------------------------------------------------------
 
 # Parameters `--fault` accepts besides the probabilities themselves.
-_FAULT_PARAMETERS = ("retry_after", "slow_seconds")
+_FAULT_PARAMETERS = FAULT_PARAMETERS
 
 
 def _fault_arg(text: str) -> tuple[str, float]:
@@ -719,6 +964,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-scale", type=float, default=1.0, help="multiply every delay")
     parser.add_argument("--max-concurrent", type=int, default=None, help="live call limit")
     parser.add_argument("--balance", type=float, default=None, help="starting account balance")
+    parser.add_argument(
+        "--conference-limit",
+        type=float,
+        default=None,
+        help="deployed: seconds (scaled) before an unanswered call's agent leg ends with a "
+        "misleading call.completed (0: never; default 5400)",
+    )
     parser.add_argument("--webhook-url", default=None, help="account-level webhook URL")
     parser.add_argument(
         "--webhook-secret", default=None, help="HMAC secret signing webhooks (default built in)"
@@ -761,6 +1013,9 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
             ns.max_concurrent if ns.max_concurrent is not None else defaults.max_concurrent
         ),
         time_scale=ns.time_scale,
+        conference_limit=(
+            ns.conference_limit if ns.conference_limit is not None else defaults.conference_limit
+        ),
         seed=ns.seed,
         dialect=Dialect(ns.dialect),
         webhook_url=ns.webhook_url,

@@ -18,29 +18,33 @@ from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.campaigns import Campaigns
+from orchestrator.checks import LOOKUP_BUCKET, Applied, Checks, Finding
 from orchestrator.connector import Row, Transaction
 from orchestrator.dialing import (
     DIAL_BUCKET,
     Claim,
     ClaimBatch,
     ClaimRules,
-    Dialing,
     Pacing,
     Throttled,
 )
-from orchestrator.ledger import WATCHDOG, Clock, Router
+from orchestrator.ledger import WATCHDOG, CheckTiming, Clock, Router
 from orchestrator.model import CallStatus, Event, NewCall, new_id
 from orchestrator.outbox import EXHAUSTED, Delivery, Outbox
 
 __all__ = [
     "DIAL_BUCKET",
     "EXHAUSTED",
+    "LOOKUP_BUCKET",
     "WATCHDOG",
+    "Applied",
+    "CheckTiming",
     "Claim",
     "ClaimBatch",
     "ClaimRules",
     "Clock",
     "Delivery",
+    "Finding",
     "Ingest",
     "IngestResult",
     "Pacing",
@@ -59,6 +63,9 @@ class Ingest(StrEnum):
     STALE = "stale"  # out of order or after a terminal state: recorded, no event
     UNMATCHED = "unmatched"  # no call of ours
     CONFLICT = "conflict"  # the token's attempt has another provider call id
+    # A deployed call.completed naming one call's record with another call's number (the
+    # provider's agent took the wrong record): applied to neither; both are looked up.
+    MISMATCH = "mismatch"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +93,7 @@ class IngestResult:
     events: tuple[Event, ...] = ()
 
 
-class Store(Dialing, Campaigns, Outbox):
+class Store(Checks, Campaigns, Outbox):
     """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`:
     ``Store(connector, router=..., clock=...)``.
 
@@ -292,6 +299,13 @@ class Store(Dialing, Campaigns, Outbox):
     async def _apply(
         self, tx: Transaction, attempt: Row, hook: Webhook, *, now: float
     ) -> IngestResult:
+        if hook.to is not None and hook.to != attempt["to_number"]:
+            # The record it names is another person's call: settle both by looking them up.
+            await tx.execute("set_check_at", id=attempt["id"], check_at=now)
+            other = await tx.fetchone("get_live_attempt_by_number", to_number=hook.to)
+            if other is not None:
+                await tx.execute("set_check_at", id=other["id"], check_at=now)
+            return IngestResult(outcome=Ingest.MISMATCH, call_id=attempt["call_id"])
         known = attempt["provider_call_id"]
         if known and hook.provider_call_id and known != hook.provider_call_id:
             return IngestResult(outcome=Ingest.CONFLICT, call_id=attempt["call_id"])
@@ -340,9 +354,11 @@ class Store(Dialing, Campaigns, Outbox):
     async def fire_next(self) -> list[Event] | None:
         """Take the earliest due timer and run it, in one transaction; None if none is due.
 
-        The watchdog ends a still-live attempt as ``call.timed_out``. Taking and running are
-        one transaction, so a daemon killed in between strands nothing: the timer is simply
-        still due.
+        The watchdog ends a still-live attempt as ``call.timed_out``; with look-ups on
+        (``checks``), it first makes the attempt's last look-up due at once and comes back
+        ``final_grace`` later to end it, should that look-up not have (the look-up may find a
+        terminal status, or hang the call up). Taking and running are one transaction, so a
+        daemon killed in between strands nothing: the timer is simply still due.
         """
         now = self.clock()
         async with self.connector.transaction() as tx:
@@ -357,12 +373,17 @@ class Store(Dialing, Campaigns, Outbox):
             await tx.execute("delete_timer", kind=timer["kind"], ref=timer["ref"])
             if attempt is None or CallStatus(attempt["status"]).terminal:
                 return []
+            if self.checks is not None and await self.expire(
+                attempt, self.checks.final_grace, tx, now
+            ):
+                return []
+            last = f"; last look-up: {attempt['check_result']}" if attempt["check_result"] else ""
             if attempt["ambiguous"]:
                 code, message = (
                     "AMBIGUOUS",
                     (
                         "the placement's outcome was never known and no webhook came "
-                        f"({attempt['error_code']}: {attempt['error_message']})"
+                        f"({attempt['error_code']}: {attempt['error_message']}){last}"
                     ),
                 )
             else:
@@ -370,7 +391,7 @@ class Store(Dialing, Campaigns, Outbox):
                     "NO_TERMINAL_WEBHOOK",
                     (
                         f"no terminal webhook within max_call_duration (last status: "
-                        f"{attempt['status']})"
+                        f"{attempt['status']}){last}"
                     ),
                 )
             return await self._advance(
@@ -382,6 +403,7 @@ class Store(Dialing, Campaigns, Outbox):
                 error_message=message,
                 lease_owner=None,
                 lease_until=None,
+                settled_by="watchdog",
                 error={"code": code, "message": message},
             )
 

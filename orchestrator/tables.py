@@ -23,7 +23,8 @@ _SPEC = {
     "attempts": "id T!, call_id T!, number I!, to_number T!, from_number T!, status T!, "
     "live I!, ambiguous I!, webhook_token T!, provider_call_id T, provider_status T, "
     "error_code T, error_message T, priority I!, not_before R!, lease_owner T, lease_until R, "
-    "duration R, created_at R!, placed_at R, ended_at R, campaign T",
+    "duration R, created_at R!, placed_at R, ended_at R, campaign T, agent_call_sid T, "
+    "check_at R, checked_at R, check_result T, checks I!, ending T, settled_by T",
     "events": "seq I!, id T!, call_id T!, attempt_id T, type T!, occurred_at R!, "
     "dedupe_key T, body T!",
     "deliveries": "id T!, event_seq I!, event_id T!, call_id T!, handler T!, state T!, "
@@ -54,7 +55,7 @@ _PRIMARY = {
     "do_not_call": "number",
 }  # every other table's primary key is "id"
 _DEFAULTS: dict[str, Row] = {
-    "attempts": {"live": 0, "ambiguous": 0, "priority": 0},
+    "attempts": {"live": 0, "ambiguous": 0, "priority": 0, "checks": 0},
     "deliveries": {"tries": 0},
     "campaigns": {"imports": 0},
 }

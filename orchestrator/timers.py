@@ -25,9 +25,12 @@ class Timekeeper:
         publish: Callable[[Iterable[Event]], None],
         poll: float = 1.0,
         sweep_every: float = 5.0,
+        fired: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.publish = publish
+        # Told when a watchdog fired without ending its call (its last look-up is due now).
+        self.fired = fired
         self.poll = poll
         self.sweep_every = sweep_every
         self._stopping = asyncio.Event()
@@ -70,6 +73,8 @@ class Timekeeper:
             if events is None:
                 break
             fired += 1
+            if not events and self.fired is not None:
+                self.fired()
             for event in events:
                 log.warning(
                     "timers.timed_out",

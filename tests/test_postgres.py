@@ -267,7 +267,7 @@ async def test_cancelled_transaction_rolls_back_and_pool_recovers(
         async with conn.transaction() as tx:
             await tx.fetchone(
                 "claim_attempt_by_id", id="a-c1", owner="w1", from_number="+15559990000",
-                lease_until=T0 + 30, now=T0 + 1,
+                lease_until=T0 + 30, now=T0 + 1, check_at=None,
             )  # fmt: skip
             holding.set()
             await release.wait()

@@ -573,6 +573,7 @@ async def test_balance_is_charged_then_runs_out(client: httpx.AsyncClient) -> No
             "live": 0,
             "max_live_seen": 1,
             "requests": 3,
+            "requests_by_endpoint": {"initiate-bridged-call": 3},
             "rejected": 1,
             "balance": pytest.approx(4.0),
         }

@@ -994,7 +994,7 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await run("due_attempts_of_campaign", campaign="k1", now=4, limit=1)
     for owner, attempt in (("o1", "a0"), ("o2", "a1"), ("o3", "a0"), ("o3", "a2")):
         await run("claim_attempt_by_id", id=attempt, owner=owner, from_number="+3",
-                  lease_until=40, now=30)  # fmt: skip
+                  lease_until=40, now=30, check_at=31 if owner != "o2" else None)  # fmt: skip
     await run("due_attempts_without_campaign", now=30, limit=10)
     await change("defer_attempt", id="a3", not_before=99)
     await change("defer_attempt", id="a0", not_before=99)
@@ -1011,15 +1011,26 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
         "status": "ringing", "live": 0, "ambiguous": 1, "provider_call_id": "P1",
         "provider_status": "ringing", "error_code": None, "error_message": None,
         "not_before": 5, "lease_owner": "o1", "lease_until": 40, "duration": None,
-        "ended_at": None,
+        "ended_at": None, "agent_call_sid": "CA1", "check_at": 33, "checked_at": 32,
+        "check_result": "ringing (get-call)", "checks": 2, "ending": None, "settled_by": None,
     }  # fmt: skip
     await change("update_attempt", id="a2", **base)
     await run("update_attempt", id="a0", **base)  # duplicate provider_call_id
     await run("get_attempt_by_provider_id", provider_call_id="P1")
     await run("get_ambiguous_attempt", to_number="+10", from_number="+2")
-    await run("rescue_attempts", now=41)
-    await run("release_attempts", owner="o1")
+    await run("rescue_attempts", now=41, grace=7)
+    await run("release_attempts", owner="o1", grace=None)
     await run("get_attempt", id="a1")
+    for now, limit in ((30, 10), (38, 10), (100, 1), (100, 3)):
+        await run("due_checks", now=now, limit=limit)
+    await change("set_check_at", id="a0", check_at=0)
+    await change("set_check_at", id="a3", check_at=0)  # not live: unchanged
+    await run("due_checks", now=1, limit=5)
+    await run("get_live_attempt_by_number", to_number="+10")
+    await run("get_live_attempt_by_number", to_number="+11")
+    await run("end_campaign_calls", campaign="k1")
+    await run("end_campaign_calls", campaign="none")
+    await run("lock_lookups")
     for n in range(4):
         await run(
             "insert_event",
