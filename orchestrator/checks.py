@@ -152,7 +152,7 @@ class Checks(Dialing):
                     noted.update(provider_call_id=record.id, ambiguous=0)
             if record is not None and record.terminal and record.state is not None:
                 events = await self._advance(
-                    tx, attempt, record.state, now=now, **noted, check_at=None,
+                    tx, attempt, record.state, now=now, **{**noted, "check_at": None},
                     provider_status=record.status, settled_by="lookup", lease_owner=None,
                     lease_until=None, error_code=None, error_message=None,
                     duration=record.duration, recording_url=record.recording_url,
@@ -239,8 +239,8 @@ class Checks(Dialing):
             "nobody was rung; it is dialed again"
         )
         row = await self._update_attempt(
-            tx, attempt, **noted, status=CallStatus.QUEUED.value, live=0, ambiguous=0,
-            not_before=now, lease_owner=None, lease_until=None, check_at=None, ending=None,
+            tx, attempt, **{**noted, "check_at": None}, status=CallStatus.QUEUED.value, live=0,
+            ambiguous=0, not_before=now, lease_owner=None, lease_until=None, ending=None,
             error_code=code, error_message=message,
         )  # fmt: skip
         await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt["id"])

@@ -260,7 +260,7 @@ class Store(Checks, Campaigns, Outbox):
     async def _ingest(
         self, tx: Transaction, hook: Webhook, token: str | None, *, now: float
     ) -> IngestResult:
-        matched = await self._match(tx, hook, token)
+        matched, by_numbers = await self._match(tx, hook, token)
         if matched is None:
             return IngestResult(outcome=Ingest.UNMATCHED)
         # By token the attempt was read locked already (get_attempt_by_token).
@@ -271,30 +271,40 @@ class Store(Checks, Campaigns, Outbox):
         )
         if inserted is None:
             return IngestResult(outcome=Ingest.DUPLICATE, call_id=attempt["call_id"])
-        result = await self._apply(tx, attempt, hook, now=now)
+        if by_numbers and attempt["ambiguous"]:
+            # Only its numbers tie it to a placement whose answer was lost, and the deployed
+            # agent may name another call's record: the search of the records decides.
+            await tx.execute("set_check_at", id=attempt["id"], check_at=now)
+            result = IngestResult(outcome=Ingest.MISMATCH, call_id=attempt["call_id"])
+        else:
+            result = await self._apply(tx, attempt, hook, now=now)
         await tx.execute(
             "update_receipt", id=receipt, attempt_id=attempt["id"], outcome=result.outcome.value
         )
         return result
 
-    async def _match(self, tx: Transaction, hook: Webhook, token: str | None) -> Row | None:
+    async def _match(
+        self, tx: Transaction, hook: Webhook, token: str | None
+    ) -> tuple[Row | None, bool]:
+        """The attempt a webhook is about, and whether only its numbers said so."""
         if token is not None:
-            return await tx.fetchone("get_attempt_by_token", webhook_token=token)
+            return await tx.fetchone("get_attempt_by_token", webhook_token=token), False
         if hook.correlation:
             found = await tx.fetchone("get_attempt", id=hook.correlation)
             if found is not None:
-                return found
+                return found, False
         if hook.provider_call_id:
             found = await tx.fetchone(
                 "get_attempt_by_provider_id", provider_call_id=hook.provider_call_id
             )
             if found is not None:
-                return found
+                return found, False
         if hook.to and hook.from_:
-            return await tx.fetchone(
+            found = await tx.fetchone(
                 "get_ambiguous_attempt", to_number=hook.to, from_number=hook.from_
             )
-        return None
+            return found, found is not None
+        return None, False
 
     async def _apply(
         self, tx: Transaction, attempt: Row, hook: Webhook, *, now: float

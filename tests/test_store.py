@@ -330,15 +330,20 @@ async def test_ingest_by_numbers_for_ambiguous_attempts(store: Store) -> None:
     )
     assert other.outcome is Ingest.UNMATCHED  # the numbers name no live attempt
     await store.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    # Its numbers alone do not say the record is this placement's (the deployed agent may name
+    # another call's record): nothing is applied or adopted, and a search is due at once.
     result = await store.ingest(hook(CallStatus.RINGING, provider_call_id="P2", to=to, from_=from_))
-    assert result.outcome is Ingest.APPLIED and result.call_id == call_id
+    assert result.outcome is Ingest.MISMATCH and result.call_id == call_id
+    assert result.events == ()
     attempt = await attempt_of(store, call_id)
     assert (attempt["ambiguous"], attempt["provider_call_id"], attempt["status"]) == (
-        0,
-        "P2",
-        "ringing",
+        1,
+        None,
+        "dialing",
     )
+    assert attempt["check_at"] == store.clock()
     # Once the provider id is known, another id between the same numbers is not this call.
+    await store.placed(got.attempt_id, provider_call_id="P2", provider_status="initiated")
     late = await store.ingest(hook(CallStatus.COMPLETED, provider_call_id="P3", to=to, from_=from_))
     assert late.outcome is Ingest.UNMATCHED
 
