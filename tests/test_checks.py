@@ -267,7 +267,7 @@ async def test_a_call_live_at_the_provider_when_it_must_end_is_hung_up(
 async def test_a_terminal_record_found_at_the_end_wins_over_the_watchdog(
     checked: Store, clock: FakeClock
 ) -> None:
-    call_id, attempt_id = await placed(checked)
+    _call_id, attempt_id = await placed(checked)
     clock.advance(600)
     await checked.fire_next()
     applied = await checked.apply_finding(

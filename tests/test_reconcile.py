@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ class Rig:
                 raise AssertionError(f"the daemon stopped: {self.task.result()}")
             found = await self.store.get_call(call_id)
             assert found is not None
-            call, attempts, events = found
+            call, attempts, _events = found
             if CallStatus(call["status"]).terminal:
                 return found
             if time.monotonic() > deadline:
