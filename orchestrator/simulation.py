@@ -154,6 +154,14 @@ class Script:
     # The outcomes of the 2nd, 3rd... dial of the number (the last one repeats), so a test
     # can say "busy, then answered".
     then: tuple[Outcome, ...] = ()
+    # The fault strikes only the number's first ``fault_dials`` placements (0: every one).
+    fault_dials: int = 0
+
+    def fault_on(self, dial: int) -> str | None:
+        """The fault forced on the number's ``dial``-th placement (0 is the first)."""
+        if self.fault_dials and dial >= self.fault_dials:
+            return None
+        return self.fault
 
     def outcome_of(self, dial: int) -> Outcome:
         """The outcome of the number's ``dial``-th dial (0 is the first)."""
@@ -305,6 +313,7 @@ class CallRecord:
     call_sid: str | None = None
     agent_call_sid: str | None = None
     webhooks: list[WebhookRecord] = field(default_factory=list)
+    dial: int = 0  # this number's how-manieth call (0 is the first)
     # The provider's record of the call (get-call, list-calls), in the database's spellings.
     record_status: str = "in-progress"
     created: datetime = field(default_factory=lambda: datetime.now(UTC))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -167,6 +168,7 @@ class Simulator:
         self.config = config
         self.calls: list[CallRecord] = []
         self._dials: dict[str, int] = {}  # how often each number was dialled (scripts)
+        self._asked: dict[str, int] = {}  # placement requests per number (scripted faults)
         self.balance = config.balance
         self.token = config.token  # rotated through /_simulator/account to test a revoked key
         self._rng = random.Random(config.seed)
@@ -271,7 +273,10 @@ class Simulator:
         body = _json_object(raw)
         to = _first(body, "to", "phone_number")
         script = self.config.scripts.get(to) if isinstance(to, str) else None
-        forced = script.fault if script is not None else None
+        asked = self._asked.get(to, 0) if isinstance(to, str) else 0
+        if isinstance(to, str):
+            self._asked[to] = asked + 1
+        forced = script.fault_on(asked) if script is not None else None
 
         if script is not None and script.answer is not None:
             answer = script.answer
@@ -454,6 +459,7 @@ class Simulator:
             dialect=self.config.dialect,
             outcome=plan.outcome,
             plan=plan,
+            dial=dial,
             **fields,
         )
         if self.config.dialect is Dialect.DEPLOYED:
@@ -520,7 +526,7 @@ class Simulator:
         (terminate-call) ends it where it is: canceled before an answer, completed after."""
         plan = call.plan
         script = self.config.scripts.get(call.to)
-        forced = script.fault if script is not None else None
+        forced = script.fault_on(call.dial) if script is not None else None
         hangup = self._hangups[call.id]
         holding = acquired
         started = asyncio.get_running_loop().time()
@@ -633,7 +639,7 @@ class Simulator:
         """With the ``misattribute`` fault: the record the deployed agent would wrongly take as
         its own, the newest other outbound record of the last two minutes (scaled), if any."""
         script = self.config.scripts.get(call.to)
-        if not self._hit("misattribute", script.fault if script else None, rng):
+        if not self._hit("misattribute", script.fault_on(call.dial) if script else None, rng):
             return None
         window = MISATTRIBUTION_WINDOW * max(self.config.time_scale, 0.01)
         now = datetime.now(UTC)
@@ -649,7 +655,7 @@ class Simulator:
         if url is None:
             return
         script = self.config.scripts.get(call.to)
-        forced = script.fault if script is not None else None
+        forced = script.fault_on(call.dial) if script is not None else None
         status = str(payload.get("status") or payload.get("data", {}).get("status"))
         if self._hit("lose_webhooks", forced, rng):
             call.webhooks.append(
@@ -945,6 +951,20 @@ def _script_arg(text: str) -> tuple[str, Script]:
     return number.strip(), Script(outcome=outcomes[0], then=tuple(outcomes[1:]))
 
 
+def _script_fault_arg(text: str) -> tuple[str, str, int]:
+    number, sep, value = text.partition("=")
+    fault, _, times = value.partition(":")
+    if not sep or not number.strip() or fault.strip() not in FAULT_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"expected NUMBER=FAULT[:TIMES] with FAULT one of: {', '.join(FAULT_NAMES)}"
+        )
+    try:
+        count = int(times) if times else 0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"TIMES must be a whole number, not {times!r}") from None
+    return number.strip(), fault.strip(), count
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's command-line options to `parser` (used by the CLI's subcommand)."""
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -989,6 +1009,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(the last repeats; repeatable)",
     )
     parser.add_argument(
+        "--script-fault",
+        action="append",
+        type=_script_fault_arg,
+        default=None,
+        metavar="NUMBER=FAULT[:TIMES]",
+        help="force a fault on a number's placements (only its first TIMES; repeatable), e.g. "
+        "+14155550100=hang_placement:1",
+    )
+    parser.add_argument(
         "--fault",
         action="append",
         type=_fault_arg,
@@ -1023,8 +1052,16 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
             ns.webhook_secret if ns.webhook_secret is not None else defaults.webhook_secret
         ),
         faults=Faults(**faults),  # type: ignore[arg-type]
-        scripts=dict(ns.script or ()),
+        scripts=_scripts(ns),
     )
+
+
+def _scripts(ns: argparse.Namespace) -> dict[str, Script]:
+    scripts: dict[str, Script] = dict(ns.script or ())
+    for number, fault, times in ns.script_fault or ():
+        base = scripts.get(number, Script())
+        scripts[number] = dataclasses.replace(base, fault=fault, fault_dials=times)
+    return scripts
 
 
 async def serve(config: SimulatorConfig, host: str, port: int) -> None:
