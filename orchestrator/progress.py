@@ -68,6 +68,7 @@ class Summary:
     retries: int
     gave_up: int
     durations: Sequence[float]
+    looked_up: int = 0  # attempts whose outcome was read from the provider's records
     cost: float
     price_per_minute: float
     caller_ids: Mapping[str, int]
@@ -153,6 +154,10 @@ def _facts(s: Summary) -> list[tuple[str, str]]:
             "retries",
             f"{s.retries} scheduled (busy, no answer); {s.gave_up} calls given up "
             f"after {s.max_attempts} attempts",
+        ),
+        (
+            "look-ups",
+            f"{s.looked_up} outcomes read from the provider's records (no webhook came)",
         ),
         (
             "answered",
