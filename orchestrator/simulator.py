@@ -177,8 +177,9 @@ class Simulator:
         # Late tails (the deployed agent leg's conference limit): not waited for by wait_idle.
         self._tails: set[asyncio.Task[None]] = set()
         self._hangups: dict[str, asyncio.Event] = {}
-        #: Every request to the provider API: (endpoint, epoch seconds), oldest first.
-        self.requests: list[tuple[str, float]] = []
+        #: Every request to the provider API: (endpoint, epoch seconds, the call id it names),
+        #: oldest first.
+        self.requests: list[tuple[str, float, str | None]] = []
         self._requests = 0
         self._rejected = 0
         self._runner: web.AppRunner | None = None
@@ -249,7 +250,7 @@ class Simulator:
             "live": self._slots.live,
             "max_live_seen": self._slots.max_live_seen,
             "requests": self._requests,
-            "requests_by_endpoint": dict(collections.Counter(e for e, _ in self.requests)),
+            "requests_by_endpoint": dict(collections.Counter(e for e, _, _ in self.requests)),
             "rejected": self._rejected,
             "balance": round(self.balance, 6),
         }
@@ -698,9 +699,10 @@ class Simulator:
 
     # -- the provider's records -------------------------------------------------------------
 
-    def _log_request(self, endpoint: str) -> None:
+    def _log_request(self, endpoint: str, call_id: object = None) -> None:
         if len(self.requests) < 1_000_000:
-            self.requests.append((endpoint, time.time()))
+            named = call_id if isinstance(call_id, str) else None
+            self.requests.append((endpoint, time.time(), named))
 
     def _find(self, call_id: object) -> CallRecord | None:
         if not isinstance(call_id, str):
@@ -709,9 +711,9 @@ class Simulator:
 
     async def _records_request(self, request: web.Request, endpoint: str) -> dict[str, Any]:
         """Count, authenticate and parse a records request (raises _Rejection)."""
-        self._log_request(endpoint)
-        self._check_auth(request)
         body = _json_object(await request.read())
+        self._log_request(endpoint, body.get("call_id") if body is not None else None)
+        self._check_auth(request)
         if body is None:
             raise _Rejection(
                 _error_response(400, "invalid_request", "Request body must be a JSON object"),
@@ -811,8 +813,10 @@ class Simulator:
         return web.json_response([call.to_json() for call in self.calls])
 
     async def handle_requests(self, request: web.Request) -> web.Response:
-        """`GET /_simulator/requests`: every provider API request, `{endpoint, at}`."""
-        return web.json_response([{"endpoint": e, "at": at} for e, at in self.requests])
+        """`GET /_simulator/requests`: every provider API request, `{endpoint, at, call_id}`."""
+        return web.json_response(
+            [{"endpoint": e, "at": at, "call_id": c} for e, at, c in self.requests]
+        )
 
     async def handle_stats(self, request: web.Request) -> web.Response:
         """`GET /_simulator/stats`: the counters from `stats()`."""

@@ -232,3 +232,67 @@ async def test_watchdog_timers_of_a_killed_daemon_are_not_stranded(tmp_path: Pat
         # Already due: the restarted daemon fires them at once (allow a slow machine).
         calls = await wait_all_terminal(api, queued, daemon, timeout=12)
     assert {c["status"] for c in calls.values()} == {"timed_out"}
+
+
+async def test_what_happened_while_the_daemon_was_down_is_read_from_the_records(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    """The deployed provider sends each answered call's one webhook once, and none for the
+    rest. The daemon is killed with calls live and a placement in mid-request (it hangs at the
+    provider and is never created); it stays down while webhooks are sent into the void. After
+    the restart every call still ends in the provider's true outcome, the lost placement is
+    dialed exactly once more, and nobody is rung twice."""
+    secret = "whsec_crash_records"
+    numbers = destinations(24, start=850)
+    hung = numbers[0]  # queued first, so its placement is in flight when the daemon dies
+    cfg = DaemonConfig(
+        simulator_url="",
+        store_path=tmp_path / "state.db",
+        recorder_url=recorder.url,
+        webhook_secret=secret,
+        max_live_calls=30,
+        max_call_duration="30m",
+        magpipe_timeout="20s",
+    )
+    sim = start_simulator(
+        tmp_path,
+        seed=61,
+        time_scale=0.01,
+        dialect="deployed",
+        webhook_url=f"http://127.0.0.1:{cfg.webhook_port}/webhooks/magpipe",
+        webhook_secret=secret,
+        script_faults={hung: "hang_placement:1"},
+        faults={"hang_seconds": 15},
+    )
+    cfg.simulator_url = sim.url
+    daemon = await start_daemon_async(tmp_path, cfg)
+    async with daemon.async_api() as api:
+        queued = await queue_calls(api, numbers)
+        await wait_until(lambda: sim.stats()["placed"] >= len(numbers) - 1, 15, "dials", daemon)
+        daemon.kill()
+        # Down while calls end: the answered ones' webhooks go nowhere and are never resent.
+        await asyncio.sleep(3.0)
+        unheard = [c for c in sim.calls() for w in c["webhooks"] if w["http_status"] != 200]
+        daemon.start()
+        await daemon.await_ready()
+        # The hung placement's lease must run out (30 s) before it is searched for.
+        calls = await wait_all_terminal(api, queued, daemon, timeout=90, recorder=recorder)
+    assert unheard, "no webhook was sent while the daemon was down: nothing was tested"
+    sim_calls = sim.calls()
+    rang = Counter(c["to"] for c in sim_calls if c["rang"])
+    assert rang == dict.fromkeys(numbers, 1), rang
+    by_to = {c["to"]: c for c in sim_calls}
+    wrong = [
+        (c["to"], by_to[c["to"]]["outcome"], c["status"])
+        for c in calls.values()
+        if c["status"] != provider_status(by_to[c["to"]]["outcome"])
+    ]
+    assert not wrong, f"(to, provider outcome, ours): {wrong}"
+    problems = [p for call in calls.values() for p in check_events(call)]
+    assert not problems, "\n".join(problems)
+    hung_call = next(c for c in calls.values() if c["to"] == hung)
+    assert [e["type"] for e in hung_call["events"]].count("call.requeued") == 1
+    assert hung_call["attempts"][0]["provider_call_id"] == by_to[hung]["id"]
+    for call in calls.values():
+        if call["to"] in {c["to"] for c in unheard}:
+            assert call["events"][-1]["data"].get("source") == "lookup", call["events"][-1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[StartRig]:
         rules: list[dict[str, Any]] | None = None,
         store: str | None = None,
         magpipe_timeout: str = "2s",
+        sim: Simulator | None = None,
         **simulator: Any,
     ) -> Rig:
         settings: dict[str, Any] = {
@@ -94,8 +96,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[StartRig]:
             "max_concurrent": 200,
             **simulator,
         }
-        sim = Simulator(SimulatorConfig(**settings))
-        await sim.start()
+        if sim is None:
+            sim = Simulator(SimulatorConfig(**settings))
+            await sim.start()
         cfg = config.Config.model_validate(
             {
                 "magpipe": {
@@ -132,11 +135,13 @@ async def rig(tmp_path: Path) -> AsyncIterator[StartRig]:
         return started[-1]
 
     yield start
+    statuses = []
     for one in started:
         one.daemon.stopping.set()
-        status = await asyncio.wait_for(one.task, 20)
-        await one.sim.stop()
-        assert status == 0
+        statuses.append(await asyncio.wait_for(one.task, 20))
+    for sim in {id(one.sim): one.sim for one in started}.values():
+        await sim.stop()
+    assert statuses == [0] * len(started)
 
 
 async def test_unanswered_calls_end_in_their_true_outcome_from_the_records(
@@ -343,3 +348,79 @@ async def test_a_lost_placement_is_told_apart_from_another_record_of_the_number(
     assert len(r.sim_calls(number)) == 2 and len(ours) == 1
     assert attempt["provider_call_id"] == ours[0].id
     assert call["status"] == "busy"
+
+
+async def test_look_ups_stay_within_the_budget_with_hundreds_of_live_calls(
+    rig: StartRig,
+) -> None:
+    """200 calls live at once, each due a look-up every half second: the look-ups the
+    simulator counts stay within max_per_minute (and its bucket: a tenth of it at once, then
+    the rest spread over the minute), list-calls answering for many calls at a time."""
+    r = await rig(
+        dialect="documented",
+        talk_seconds=(5000.0, 5000.0),  # 10 s each: all live through the test
+        outcome_mix={Outcome.COMPLETED: 1.0},
+        ring_seconds=(1.0, 1.0),
+        reconcile={"after": "0.5s", "every": "0.5s", "max_per_minute": 120},
+    )
+    numbers = [f"+1415556{i:04d}" for i in range(200)]
+    for number in numbers:
+        await r.queue(number)
+    deadline = time.monotonic() + 10
+    while r.sim.stats()["live"] < 200:
+        assert time.monotonic() < deadline, r.sim.stats()
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(6.0)
+    lookups = [(e, at) for e, at, _ in r.sim.requests if e != "initiate-bridged-call"]
+    assert r.sim.stats()["live"] == 200  # still live: every look-up found a live call
+    assert len(lookups) >= 6, lookups
+    first, last = lookups[0][1], lookups[-1][1]
+    burst, rate = 12, (120 - 12) / 60
+    assert len(lookups) <= burst + rate * (last - first) + 1, (len(lookups), last - first)
+    assert len(lookups) <= 120
+    assert Counter(e for e, _ in lookups)["list-calls"] >= 1
+    looked = [a for n in numbers for a in await _attempts(r, n) if a["checks"]]
+    assert len(looked) > len(lookups)  # list-calls told us about many calls per request
+
+
+async def _attempts(r: Rig, number: str) -> list[Any]:
+    calls = await r.store.list_calls(limit=500)
+    found = [c for c in calls if c["to_number"] == number]
+    return (await r.store.get_call(found[0]["id"]))[1] if found else []
+
+
+@pytest.fixture
+async def pg_store(postgres_url: str) -> AsyncIterator[str]:
+    """A store URL on a fresh PostgreSQL schema, dropped after the daemons stopped."""
+    from tests.conftest import drop_schema, new_scratch_schema
+
+    schema = new_scratch_schema(postgres_url)
+    sep = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{sep}schema={schema}"
+    await drop_schema(postgres_url, schema)
+
+
+@pytest.mark.postgres
+async def test_two_daemons_never_look_up_the_same_call(pg_store: str, rig: StartRig) -> None:
+    """Two daemons on one PostgreSQL database share 40 live calls' look-ups: each call is
+    looked up once, by one of them (``every`` is long, so once is all a call is due)."""
+    lookups = {"after": "1s", "every": "300s", "max_per_minute": 60}
+    one = await rig(
+        dialect="documented", store=pg_store, reconcile=lookups, faults=Faults(stuck=1.0)
+    )
+    two = await rig(store=pg_store, reconcile=lookups, sim=one.sim)
+    numbers = [f"+1415557{i:04d}" for i in range(40)]
+    for n, number in enumerate(numbers):
+        await (one if n % 2 else two).queue(number)
+    deadline = time.monotonic() + 30
+    while True:
+        attempts = [a for n in numbers for a in await _attempts(one, n)]
+        if len(attempts) == 40 and all(a["checks"] for a in attempts):
+            break
+        assert time.monotonic() < deadline, [a["checks"] for a in attempts]
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    attempts = [a for n in numbers for a in await _attempts(one, n)]
+    assert [a["checks"] for a in attempts] == [1] * 40
+    asked = Counter(c for e, _, c in one.sim.requests if e == "get-call")
+    assert all(n == 1 for n in asked.values()), asked
