@@ -44,7 +44,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_AMBIGUOUS, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    from orchestrator import simulator
+    from orchestrator import simulator_cli
 
     parser = argparse.ArgumentParser(
         prog="orchestrator",
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the built-in Magpipe simulator",
         description="Run a Magpipe simulator that behaves as the provider's document says.",
     )
-    simulator.add_arguments(sim)
+    simulator_cli.add_arguments(sim)
 
     commands.add_parser(
         "demo",
@@ -279,10 +279,10 @@ def _exit_status(exc: exceptions.OrchestratorError) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    from orchestrator import simulator
+    from orchestrator import simulator_cli
 
-    cfg = simulator.config_from_args(args)
-    asyncio.run(simulator.serve(cfg, args.host, args.port))
+    cfg = simulator_cli.config_from_args(args)
+    asyncio.run(simulator_cli.serve(cfg, args.host, args.port))
     return EXIT_OK
 
 

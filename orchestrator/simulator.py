@@ -8,14 +8,11 @@ tests and demos can see what happened. The pure model lives in `orchestrator.sim
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import random
 import re
 import time
@@ -29,10 +26,21 @@ import phonenumbers
 import structlog
 from aiohttp import web
 
+from orchestrator.simulated_answers import (
+    Rejection as _Rejection,
+)
+from orchestrator.simulated_answers import (
+    error_response as _error_response,
+)
+from orchestrator.simulated_answers import (
+    json_object as _json_object,
+)
+from orchestrator.simulated_answers import (
+    plain_error as _plain_error,
+)
+from orchestrator.simulated_records import Records
 from orchestrator.simulation import (
     DEFAULT_OUTCOME_MIX,
-    FAULT_NAMES,
-    FAULT_PARAMETERS,
     CallRecord,
     Dialect,
     Faults,
@@ -60,10 +68,7 @@ __all__ = [
     "Simulator",
     "SimulatorConfig",
     "WebhookRecord",
-    "add_arguments",
     "build_app",
-    "config_from_args",
-    "serve",
 ]
 
 log = structlog.get_logger(__name__)
@@ -147,15 +152,6 @@ class _Slots:
     def _take(self) -> None:
         self.live += 1
         self.max_live_seen = max(self.max_live_seen, self.live)
-
-
-class _Rejection(Exception):
-    """An error answer decided while validating a place-call request."""
-
-    def __init__(self, response: web.Response, reason: str) -> None:
-        super().__init__(reason)
-        self.response = response
-        self.reason = reason
 
 
 class Simulator:
@@ -697,114 +693,12 @@ class Simulator:
     async def _sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds * self.config.time_scale)
 
-    # -- the provider's records -------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------------
 
     def _log_request(self, endpoint: str, call_id: object = None) -> None:
         if len(self.requests) < 1_000_000:
             named = call_id if isinstance(call_id, str) else None
             self.requests.append((endpoint, time.time(), named))
-
-    def _find(self, call_id: object) -> CallRecord | None:
-        if not isinstance(call_id, str):
-            return None
-        return next((c for c in reversed(self.calls) if c.id == call_id), None)
-
-    async def _records_request(self, request: web.Request, endpoint: str) -> dict[str, Any]:
-        """Count, authenticate and parse a records request (raises _Rejection)."""
-        body = _json_object(await request.read())
-        self._log_request(endpoint, body.get("call_id") if body is not None else None)
-        self._check_auth(request)
-        if body is None:
-            raise _Rejection(
-                _error_response(400, "invalid_request", "Request body must be a JSON object"),
-                "body not an object",
-            )
-        return body
-
-    async def handle_get_call(self, request: web.Request) -> web.Response:
-        """`POST /functions/v1/get-call` `{"call_id"}`: the record, metadata without `_` keys."""
-        try:
-            body = await self._records_request(request, "get-call")
-        except _Rejection as rejection:
-            return self._reject(rejection.response, rejection.reason)
-        call_id = body.get("call_id")
-        if not call_id:
-            return _error_response(400, "missing_param", "call_id is required")
-        call = self._find(call_id)
-        if call is None:  # also for an id that is not a UUID
-            return _error_response(404, "not_found", "Call not found")
-        return web.json_response(call.record(with_metadata=True))
-
-    async def handle_list_calls(self, request: web.Request) -> web.Response:
-        """`POST /functions/v1/list-calls`: records newest first, at most 100 a page, filtered
-        by direction, status, agent, time window and a number at either end; no metadata."""
-        try:
-            body = await self._records_request(request, "list-calls")
-        except _Rejection as rejection:
-            return self._reject(rejection.response, rejection.reason)
-        limit = body.get("limit", 50)
-        offset = body.get("offset", 0)
-        if not isinstance(limit, int) or not isinstance(offset, int) or limit < 1 or offset < 0:
-            return _error_response(400, "invalid_param", "limit and offset must be integers")
-        since, until = _when(body.get("from_date")), _when(body.get("to_date"))
-        number = body.get("phone_number")
-        wanted = {
-            "direction": body.get("direction"),
-            "status": body.get("status"),
-            "agent_id": body.get("agent_id"),
-        }
-
-        def matches(call: CallRecord) -> bool:
-            record = call.record(with_metadata=False)
-            return (
-                all(v is None or record[k] == v for k, v in wanted.items())
-                and (since is None or call.created >= since)
-                and (until is None or call.created <= until)
-                and (number is None or number in (call.to, call.from_))
-            )
-
-        found = sorted((c for c in self.calls if matches(c)), key=lambda c: c.created, reverse=True)
-        limit = min(limit, 100)
-        page = found[offset : offset + limit]
-        return web.json_response(
-            {
-                "calls": [c.record(with_metadata=False) for c in page],
-                "total": len(found),
-                "has_more": offset + limit < len(found),
-            }
-        )
-
-    async def handle_terminate_call(self, request: web.Request) -> web.Response:
-        """`POST /functions/v1/terminate-call` `{"call_id"}`: hang up the call whose record id
-        or phone leg's id it is, or the agent's leg by ``agent_call_sid``."""
-        try:
-            body = await self._records_request(request, "terminate-call")
-        except _Rejection as rejection:
-            return self._reject(rejection.response, rejection.reason)
-        call_id = body.get("call_id")
-        if not isinstance(call_id, str) or not call_id:
-            return web.json_response({"success": False, "error": "call_id is required"}, status=400)
-        for call in reversed(self.calls):
-            if call_id == call.agent_call_sid and call.agent_leg_live:
-                self._hangups.setdefault(f"agent:{call.id}", asyncio.Event()).set()
-                call.agent_leg_live = False
-                if not call.terminal:
-                    self._hangups[call.id].set()
-                call.hung_up = True
-                break
-            if call_id in (call.id, call.call_sid) and not call.terminal and call.rang:
-                self._hangups[call.id].set()
-                call.hung_up = True
-                break
-        else:
-            return web.json_response(
-                {"success": False, "error": "call_not_found", "message": "No active call"},
-                status=404,
-            )
-        log.info("simulator.call_terminated", call_id=call.id, by=call_id)
-        return web.json_response(
-            {"success": True, "call_id": call_id, "platform": "simulator", "status": "terminated"}
-        )
 
     # -- inspection routes -----------------------------------------------------------------
 
@@ -846,9 +740,10 @@ def build_app(sim: Simulator) -> web.Application:
     """The aiohttp application serving `sim`: the provider API and the inspection routes."""
     app = web.Application()
     app.router.add_post(PLACE_CALL_PATH, sim.handle_place_call)
-    app.router.add_post(GET_CALL_PATH, sim.handle_get_call)
-    app.router.add_post(LIST_CALLS_PATH, sim.handle_list_calls)
-    app.router.add_post(TERMINATE_CALL_PATH, sim.handle_terminate_call)
+    records = Records(sim)
+    app.router.add_post(GET_CALL_PATH, records.get_call)
+    app.router.add_post(LIST_CALLS_PATH, records.list_calls)
+    app.router.add_post(TERMINATE_CALL_PATH, records.terminate_call)
     app.router.add_get("/_simulator/calls", sim.handle_calls)
     app.router.add_get("/_simulator/requests", sim.handle_requests)
     app.router.add_get("/_simulator/stats", sim.handle_stats)
@@ -857,27 +752,6 @@ def build_app(sim: Simulator) -> web.Application:
 
 
 # -- small helpers ---------------------------------------------------------------------------
-
-
-def _error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
-
-
-def _plain_error(status: int, message: str) -> web.Response:
-    # The deployed code answers some errors with a bare string instead of {code, message}.
-    return web.json_response({"error": message}, status=status)
-
-
-def _json_object(raw: bytes) -> dict[str, Any] | None:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _first(body: dict[str, Any] | None, *keys: str) -> Any:
@@ -889,17 +763,6 @@ def _first(body: dict[str, Any] | None, *keys: str) -> Any:
         if value is not None:
             return value
     return None
-
-
-def _when(value: object) -> datetime | None:
-    """A list-calls date bound (ISO 8601; no zone means UTC), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
 def _is_flat_object(value: object) -> bool:
@@ -917,172 +780,3 @@ def _str_or_none(value: object) -> str | None:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-# -- CLI helpers -----------------------------------------------------------------------------
-
-# Parameters `--fault` accepts besides the probabilities themselves.
-_FAULT_PARAMETERS = FAULT_PARAMETERS
-
-
-def _fault_arg(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    name = name.strip().replace("-", "_")
-    if not sep or name not in (*FAULT_NAMES, *_FAULT_PARAMETERS):
-        choices = ", ".join((*FAULT_NAMES, *_FAULT_PARAMETERS))
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of: {choices}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a number") from None
-    if name in FAULT_NAMES and not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"{name}: probability must be in [0, 1]")
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{name}: must be >= 0")
-    return name, number
-
-
-def _script_arg(text: str) -> tuple[str, Script]:
-    number, sep, value = text.partition("=")
-    names = [v.strip() for v in value.split(",") if v.strip()]
-    try:
-        outcomes = [Outcome(name) for name in names]
-    except ValueError:
-        choices = ", ".join(o.value for o in Outcome)
-        raise argparse.ArgumentTypeError(f"outcomes are: {choices}") from None
-    if not sep or not number.strip() or not outcomes:
-        raise argparse.ArgumentTypeError("expected NUMBER=OUTCOME[,OUTCOME...]")
-    return number.strip(), Script(outcome=outcomes[0], then=tuple(outcomes[1:]))
-
-
-def _script_fault_arg(text: str) -> tuple[str, str, int]:
-    number, sep, value = text.partition("=")
-    fault, _, times = value.partition(":")
-    if not sep or not number.strip() or fault.strip() not in FAULT_NAMES:
-        raise argparse.ArgumentTypeError(
-            f"expected NUMBER=FAULT[:TIMES] with FAULT one of: {', '.join(FAULT_NAMES)}"
-        )
-    try:
-        count = int(times) if times else 0
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"TIMES must be a whole number, not {times!r}") from None
-    return number.strip(), fault.strip(), count
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator's command-line options to `parser` (used by the CLI's subcommand)."""
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8700, help="port to listen on (0: any)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("MAGPIPE_TOKEN", "sim-token"),
-        help="bearer token to accept (default: $MAGPIPE_TOKEN or sim-token)",
-    )
-    parser.add_argument(
-        "--dialect",
-        choices=[d.value for d in Dialect],
-        default=Dialect.DOCUMENTED.value,
-        help="answer as the documented API or as the deployed provider",
-    )
-    parser.add_argument("--time-scale", type=float, default=1.0, help="multiply every delay")
-    parser.add_argument("--max-concurrent", type=int, default=None, help="live call limit")
-    parser.add_argument("--balance", type=float, default=None, help="starting account balance")
-    parser.add_argument(
-        "--conference-limit",
-        type=float,
-        default=None,
-        help="deployed: seconds (scaled) before an unanswered call's agent leg ends with a "
-        "misleading call.completed (0: never; default 5400)",
-    )
-    parser.add_argument("--webhook-url", default=None, help="account-level webhook URL")
-    parser.add_argument(
-        "--webhook-secret", default=None, help="HMAC secret signing webhooks (default built in)"
-    )
-    parser.add_argument(
-        "--number", action="append", default=None, help="provisioned caller id (repeatable)"
-    )
-    parser.add_argument("--agent", action="append", default=None, help="agent id (repeatable)")
-    parser.add_argument(
-        "--script",
-        action="append",
-        type=_script_arg,
-        default=None,
-        metavar="NUMBER=OUTCOME[,OUTCOME...]",
-        help="fix the outcomes of a number's dials, e.g. +14155550100=busy,completed "
-        "(the last repeats; repeatable)",
-    )
-    parser.add_argument(
-        "--script-fault",
-        action="append",
-        type=_script_fault_arg,
-        default=None,
-        metavar="NUMBER=FAULT[:TIMES]",
-        help="force a fault on a number's placements (only its first TIMES; repeatable), e.g. "
-        "+14155550100=hang_placement:1",
-    )
-    parser.add_argument(
-        "--fault",
-        action="append",
-        type=_fault_arg,
-        default=None,
-        metavar="NAME=PROB",
-        help="inject a fault, e.g. rate_limit=0.1 (repeatable)",
-    )
-
-
-def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
-    """Build a SimulatorConfig from options added by `add_arguments`; unset ones keep defaults."""
-    defaults = SimulatorConfig()
-    faults: dict[str, float | int] = {}
-    for name, value in ns.fault or ():
-        faults[name] = int(value) if name == "retry_after" else value
-    return SimulatorConfig(
-        token=ns.token,
-        numbers=tuple(ns.number) if ns.number else defaults.numbers,
-        agents=tuple(ns.agent) if ns.agent else defaults.agents,
-        balance=ns.balance if ns.balance is not None else defaults.balance,
-        max_concurrent=(
-            ns.max_concurrent if ns.max_concurrent is not None else defaults.max_concurrent
-        ),
-        time_scale=ns.time_scale,
-        conference_limit=(
-            ns.conference_limit if ns.conference_limit is not None else defaults.conference_limit
-        ),
-        seed=ns.seed,
-        dialect=Dialect(ns.dialect),
-        webhook_url=ns.webhook_url,
-        webhook_secret=(
-            ns.webhook_secret if ns.webhook_secret is not None else defaults.webhook_secret
-        ),
-        faults=Faults(**faults),  # type: ignore[arg-type]
-        scripts=_scripts(ns),
-    )
-
-
-def _scripts(ns: argparse.Namespace) -> dict[str, Script]:
-    scripts: dict[str, Script] = dict(ns.script or ())
-    for number, fault, times in ns.script_fault or ():
-        base = scripts.get(number, Script())
-        scripts[number] = dataclasses.replace(base, fault=fault, fault_dials=times)
-    return scripts
-
-
-async def serve(config: SimulatorConfig, host: str, port: int) -> None:
-    """Run a simulator on `host:port` until cancelled, logging where it listens."""
-    sim = Simulator(config)
-    url = await sim.start(host, port)
-    log.info(
-        "simulator.listening",
-        url=url,
-        dialect=config.dialect.value,
-        numbers=list(config.numbers),
-        agents=list(config.agents),
-        seed=config.seed,
-        time_scale=config.time_scale,
-    )
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await sim.stop()
-        log.info("simulator.stopped", stats=sim.stats())

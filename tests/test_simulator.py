@@ -29,9 +29,8 @@ from orchestrator.simulator import (
     Script,
     Simulator,
     SimulatorConfig,
-    add_arguments,
-    config_from_args,
 )
+from orchestrator.simulator_cli import add_arguments, config_from_args
 
 TOKEN = "test-token"
 FROM = "+16045551234"
