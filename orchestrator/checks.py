@@ -98,19 +98,17 @@ class Checks(Dialing):
             await self._put_bucket(tx, bucket, now, LOOKUP_BUCKET, tokens=bucket["tokens"] - 1)
         return None
 
-    async def pause_lookups(self, until: float) -> None:
-        """The provider said 429 to a look-up: no look-ups by any daemon until ``until``."""
+    async def pause_lookups(self, until: float, pacing: Pacing) -> None:
+        """The provider said 429 to a look-up: no look-ups by any daemon until ``until`` (what
+        the budget held is kept, and it goes on filling)."""
         now = self.clock()
         async with self.connector.transaction() as tx:
             await tx.fetchone("lock_lookups")
-            row = await tx.fetchone("get_pacing", bucket=LOOKUP_BUCKET)
-            bucket: dict[str, Any] = {
-                "tokens": row["tokens"] if row else 0.0,
-                "paused_until": max(until, row["paused_until"] if row else 0.0),
-                "reason": "rate_limited",
-                "factor": 1.0,
-            }
-            await self._put_bucket(tx, bucket, now, LOOKUP_BUCKET)
+            bucket = await self._bucket(tx, pacing, now, LOOKUP_BUCKET)
+            paused = max(until, float(bucket["paused_until"]))
+            await self._put_bucket(
+                tx, bucket, now, LOOKUP_BUCKET, paused_until=paused, reason="rate_limited"
+            )
 
     async def known_provider_ids(self, ids: list[str]) -> set[str]:
         """Which of these provider call ids an attempt of ours already has."""

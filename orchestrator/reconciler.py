@@ -179,7 +179,7 @@ class Reconciler:
         log.warning("reconciler.lookup_failed", endpoint=endpoint, code=exc.code, error=exc.message)
         if isinstance(exc, exceptions.RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else 60.0
-            await self.store.pause_lookups(self.store.clock() + wait)
+            await self.store.pause_lookups(self.store.clock() + wait, self.pacing)
 
     # -- what each kind of look-up does --------------------------------------------------
 

@@ -302,7 +302,7 @@ async def test_look_ups_spend_a_fleet_wide_budget(checked: Store, clock: FakeClo
     assert await checked.take_lookup(pacing) == pytest.approx(0.5)
     clock.advance(0.5)
     assert await checked.take_lookup(pacing) is None
-    await checked.pause_lookups(T0 + 61)
+    await checked.pause_lookups(T0 + 61, pacing)
     clock.advance(5)
     assert await checked.take_lookup(pacing) == pytest.approx(55.0)
     # The dialer's bucket is another row: placements are not starved by look-ups.
@@ -345,3 +345,175 @@ async def test_a_canceled_campaigns_calls_are_ended_not_redialed(
     assert event.type == "call.canceled" and event.error is not None
     assert event.error["code"] == "CAMPAIGN_CANCELED"
     assert (await call_row(checked, call_id))["status"] == "canceled"
+
+
+# -- what the mutation run of checks.py showed the tests did not pin ----------------------------
+
+
+async def test_a_look_up_settling_the_call_carries_what_the_record_says(checked: Store) -> None:
+    call_id, got = await dialing(checked)
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    found = record(
+        "completed", id="R1", duration=42.0, transcript="hi", recording_url="https://r/1.mp3"
+    )
+    (event,) = (
+        await checked.apply_finding(got.attempt_id, Finding(endpoint="get-call", record=found))
+    ).events
+    assert (event.duration, event.transcript, event.recording_url) == (
+        42.0, "hi", "https://r/1.mp3",
+    )  # fmt: skip
+    row = await attempt_of(checked, call_id)
+    # The lost answer's error is history once the provider's record has spoken.
+    assert (row["error_code"], row["error_message"], row["duration"]) == (None, None, 42.0)
+    assert (await call_row(checked, call_id))["reason"] is None
+
+
+async def test_a_record_in_an_unknown_spelling_is_noted_not_applied(checked: Store) -> None:
+    call_id, attempt_id = await placed(checked)
+    applied = await checked.apply_finding(
+        attempt_id, Finding(endpoint="get-call", record=record("paused"))
+    )
+    assert applied.events == [] and applied.hang_up is None
+    row = await attempt_of(checked, call_id)
+    assert (row["status"], row["provider_status"], row["checks"]) == ("dialing", "paused", 1)
+
+
+async def test_a_same_status_record_updates_what_the_provider_said(checked: Store) -> None:
+    call_id, attempt_id = await placed(checked)
+    first = await checked.apply_finding(
+        attempt_id, Finding(endpoint="list-calls", record=record("ringing"))
+    )
+    assert first.events[0].data == {"source": "lookup", "endpoint": "list-calls"}
+    await checked.apply_finding(attempt_id, Finding(endpoint="get-call", record=record("ringing ")))
+    row = await attempt_of(checked, call_id)
+    assert (row["provider_status"], row["checks"]) == ("ringing ", 2)
+
+
+async def test_a_placement_still_in_flight_is_never_redialed(checked: Store) -> None:
+    """No provider id yet and not ambiguous: its POST has not answered. Whatever a look-up
+    says, it must not go back to the queue (the POST may yet create the call)."""
+    call_id, got = await dialing(checked)
+    applied = await checked.apply_finding(
+        got.attempt_id, Finding(endpoint="list-calls", missing=True)
+    )
+    assert not applied.redialed and applied.events == []
+    row = await attempt_of(checked, call_id)
+    assert (row["status"], row["live"]) == ("dialing", 1)
+
+
+async def test_a_finding_for_an_attempt_no_longer_live_changes_nothing(
+    checked: Store, clock: FakeClock
+) -> None:
+    call_id, got = await dialing(checked)
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    await checked.apply_finding(got.attempt_id, Finding(endpoint="list-calls", missing=True))
+    before = await attempt_of(checked, call_id)
+    clock.advance(5)
+    for finding in (
+        Finding(endpoint="get-call", record=record("busy")),
+        Finding(endpoint="get-call", error="x"),
+        Finding(endpoint="list-calls", missing=True),
+    ):
+        assert (
+            await checked.apply_finding(got.attempt_id, finding)
+            == type(await checked.apply_finding(got.attempt_id, finding))()
+        )
+    assert await attempt_of(checked, call_id) == before
+    assert await checked.end_attempt(got.attempt_id, CallStatus.TIMED_OUT, "X", "y") == []
+    assert await attempt_of(checked, call_id) == before
+
+
+async def test_a_placement_never_created_twice_is_requeued_twice(
+    checked: Store, clock: FakeClock
+) -> None:
+    call_id, got = await dialing(checked)
+    for round_ in (1, 2):
+        if round_ == 2:
+            again = await checked.claim_attempt("w1", max_live=5, lease=30, watchdog_after=600)
+            assert getattr(again, "attempt_id", None) == got.attempt_id
+        await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
+        applied = await checked.apply_finding(
+            got.attempt_id, Finding(endpoint="list-calls", missing=True)
+        )
+        assert applied.redialed and applied.events[0].data["source"] == "lookup"
+        row = await attempt_of(checked, call_id)
+        assert (row["checks"], row["error_code"], row["lease_owner"], row["ending"]) == (
+            round_, "NOT_PLACED", None, None,
+        )  # fmt: skip
+        assert "nobody was rung" in row["error_message"]
+    assert (await events_of(checked, call_id)).count("call.requeued") == 2
+
+
+async def test_ending_a_call_records_why_and_by_what(checked: Store, clock: FakeClock) -> None:
+    call_id, attempt_id = await placed(checked)
+    clock.advance(600)
+    await checked.fire_next()
+    applied = await checked.apply_finding(
+        attempt_id, Finding(endpoint="get-call", record=record("in_progress"))
+    )
+    assert applied.hang_up is not None
+    assert (applied.hang_up["checks"], applied.hang_up["check_result"]) == (
+        1,
+        "in_progress (get-call)",
+    )
+    await checked.end_attempt(attempt_id, CallStatus.TIMED_OUT, "HUNG_UP", "hung up there")
+    row = await attempt_of(checked, call_id)
+    assert (row["settled_by"], row["error_code"], row["error_message"], row["live"]) == (
+        "watchdog", "HUNG_UP", "hung up there", 0,
+    )  # fmt: skip
+
+
+async def test_a_canceled_campaigns_live_call_the_provider_cannot_be_asked_about(
+    checked: Store, clock: FakeClock
+) -> None:
+    campaign = await checked.create_campaign("autumn", CampaignSettings())
+    call_id, got = await dialing(checked, campaign=campaign["id"])
+    await checked.placed(got.attempt_id, provider_call_id="P7", provider_status="queued")
+    await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
+    applied = await checked.apply_finding(
+        got.attempt_id, Finding(endpoint="get-call", error="LOOKUP_FAILED: 503")
+    )
+    (event,) = applied.events
+    assert event.type == "call.canceled" and event.error is not None
+    assert event.error["message"].startswith("canceled with its campaign; ")
+    assert "LOOKUP_FAILED: 503" in event.error["message"]
+    row = await attempt_of(checked, call_id)
+    assert (row["settled_by"], row["error_code"]) == ("cancel", "CAMPAIGN_CANCELED")
+
+
+async def test_the_look_up_budget_at_its_edges(checked: Store, clock: FakeClock) -> None:
+    pacing = Pacing(rate=2.0, burst=2.0)
+    await checked.pause_lookups(T0 + 0.25, pacing)
+    assert await checked.take_lookup(pacing) == pytest.approx(0.25)
+    clock.advance(0.25)  # the pause ends exactly now, with a full bucket
+    assert await checked.take_lookup(pacing) is None
+    assert await checked.take_lookup(pacing) is None
+    assert await checked.take_lookup(pacing) == pytest.approx(0.5)
+    clock.advance(0.25)
+    assert await checked.take_lookup(pacing) == pytest.approx(0.25)
+    # Paused with half a token in hand: it is kept, and the bucket goes on filling.
+    await checked.pause_lookups(T0 + 0.75, pacing)
+    clock.advance(0.25)
+    assert await checked.take_lookup(pacing) is None
+    # An earlier end never shortens a pause.
+    await checked.pause_lookups(T0 + 5.0, pacing)
+    await checked.pause_lookups(T0 + 3.0, pacing)
+    clock.advance(3.0)
+    assert await checked.take_lookup(pacing) == pytest.approx(1.25)
+
+
+async def test_look_ups_can_be_moved_and_provider_ids_told(
+    checked: Store, clock: FakeClock
+) -> None:
+    _, attempt_id = await placed(checked, pid="P5")
+    await checked.schedule_check(attempt_id, at=T0 + 100)
+    clock.advance(99)
+    assert await checked.claim_checks(limit=5, lease=10) == []
+    clock.advance(1)
+    assert [r["id"] for r in await checked.claim_checks(limit=5, lease=10)] == [attempt_id]
+    assert await checked.known_provider_ids(["P5", "P6"]) == {"P5"}
+    await checked.apply_finding(
+        attempt_id, Finding(endpoint="get-call", record=record("busy", id="P5"))
+    )
+    await checked.schedule_check(attempt_id, at=0)  # not live: no look-up comes back
+    assert await checked.claim_checks(limit=5, lease=10) == []
