@@ -517,3 +517,71 @@ async def test_look_ups_can_be_moved_and_provider_ids_told(
     )
     await checked.schedule_check(attempt_id, at=0)  # not live: no look-up comes back
     assert await checked.claim_checks(limit=5, lease=10) == []
+
+
+@pytest.mark.parametrize(
+    ("finding", "code", "says"),
+    [
+        (
+            Finding(endpoint="get-call", missing=True),
+            "NO_TERMINAL_WEBHOOK",
+            "has no record of call P1",
+        ),
+        (
+            Finding(endpoint="get-call", error="CONNECT_FAILED: x"),
+            "PROVIDER_UNREACHABLE",
+            "could not be asked: CONNECT_FAILED: x",
+        ),
+    ],
+)
+async def test_why_the_watchdog_ended_a_known_call(
+    checked: Store, clock: FakeClock, finding: Finding, code: str, says: str
+) -> None:
+    call_id, attempt_id = await placed(checked)
+    clock.advance(600)
+    await checked.fire_next()
+    (event,) = (await checked.apply_finding(attempt_id, finding)).events
+    assert event.error is not None and event.error["code"] == code
+    assert says in event.error["message"]
+    row = await attempt_of(checked, call_id)
+    assert (row["checks"], row["check_result"]) == (1, finding.summary)
+
+
+@pytest.mark.parametrize(
+    ("finding", "says"),
+    [
+        (
+            Finding(endpoint="list-calls", error="LOOKUP_FAILED: 500"),
+            "the provider could not be asked (LOOKUP_FAILED: 500)",
+        ),
+        (Finding(endpoint="list-calls", candidates=3), "3 of the provider's records could be it"),
+    ],
+)
+async def test_why_the_watchdog_ended_an_ambiguous_call(
+    checked: Store, clock: FakeClock, finding: Finding, says: str
+) -> None:
+    _, got = await dialing(checked)
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    clock.advance(600)
+    await checked.fire_next()
+    (event,) = (await checked.apply_finding(got.attempt_id, finding)).events
+    assert event.error is not None and event.error["code"] == "AMBIGUOUS"
+    assert says in event.error["message"] and "it was not dialed again" in event.error["message"]
+
+
+async def test_what_a_redial_and_a_canceled_placement_say(checked: Store) -> None:
+    campaign = await checked.create_campaign("winter", CampaignSettings())
+    _, other = await dialing(checked, "+15550000002", campaign=campaign["id"])
+    await checked.ambiguous(other.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
+    missing = Finding(endpoint="list-calls", missing=True)
+    (event,) = (await checked.apply_finding(other.attempt_id, missing)).events
+    assert event.error == {
+        "code": "CAMPAIGN_CANCELED",
+        "message": "the provider has no record of this placement: nobody was rung",
+    }
+    _, got = await dialing(checked, "+15550000001")
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    (event,) = (await checked.apply_finding(got.attempt_id, missing)).events
+    assert event.error is not None
+    assert event.error["message"].endswith("nobody was rung; it is dialed again")
