@@ -14,7 +14,7 @@ import json
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
@@ -296,26 +296,40 @@ class MagpipeClient:
 
     async def _lookup(self, path: str, body: Mapping[str, Any], name: str) -> dict[str, Any]:
         """POST a look-up or hang-up and return its JSON object, or raise its typed error."""
-        url = self.base_url + path
+
+        def unanswered(kind: str) -> exceptions.MagpipeError:
+            # Asking again changes nothing at the provider: safe, unlike a placement.
+            return exceptions.LookupFailed(f"{name}: no answer from the provider ({kind})")
+
+        response = await self._post(path, dict(body), unanswered)
+        return parse_lookup(
+            response.status_code, response.headers, response.content, name, secret=self._token
+        )
+
+    async def _post(
+        self,
+        path: str,
+        body: dict[str, Any],
+        unanswered: Callable[[str], exceptions.MagpipeError],
+    ) -> httpx.Response:
+        """POST to the provider with our token; transport errors become ours: ConnectFailed
+        (the request never left), ConfigError (a bad base URL), or ``unanswered(kind)`` for a
+        request sent and then timed out or dropped."""
         try:
-            response = await self._http.post(
-                url,
-                json=dict(body),
+            return await self._http.post(
+                self.base_url + path,
+                json=body,
                 headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # The request never left this process: nothing can have happened.
             raise exceptions.ConnectFailed(
                 f"could not connect to {self.base_url}: {type(exc).__name__}"
             ) from exc
         except httpx.UnsupportedProtocol as exc:
             raise exceptions.ConfigError(f"bad Magpipe base_url {self.base_url!r}") from exc
         except httpx.TransportError as exc:
-            raise exceptions.LookupFailed(
-                f"{name}: no answer from the provider ({type(exc).__name__})"
-            ) from exc
-        return parse_lookup(
-            response.status_code, response.headers, response.content, name, secret=self._token
-        )
+            raise unanswered(type(exc).__name__) from exc
 
     async def place_call(self, request: CallRequest) -> PlacedCall:
         """Place one call; return the provider's answer or raise a MagpipeError/InputError.
@@ -324,27 +338,15 @@ class MagpipeClient:
         reached the provider raises :class:`~orchestrator.exceptions.AmbiguousPlacement`.
         """
         body = self.body(request.validate())
-        url = self.base_url + PLACE_CALL_PATH
         started = time.perf_counter()
-        try:
-            response = await self._http.post(
-                url,
-                json=body,
-                headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
-            )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            # The request never left this process: nothing can have been placed.
-            raise exceptions.ConnectFailed(
-                f"could not connect to {self.base_url}: {type(exc).__name__}"
-            ) from exc
-        except httpx.UnsupportedProtocol as exc:
-            raise exceptions.ConfigError(f"bad Magpipe base_url {self.base_url!r}") from exc
-        except httpx.TransportError as exc:
+
+        def unanswered(kind: str) -> exceptions.MagpipeError:
             # Sent (or partly sent) and then timed out or dropped: the call may be ringing.
-            raise exceptions.AmbiguousPlacement(
-                f"no answer from the provider after sending ({type(exc).__name__}); "
-                "the call may have been placed"
-            ) from exc
+            return exceptions.AmbiguousPlacement(
+                f"no answer from the provider after sending ({kind}); the call may have been placed"
+            )
+
+        response = await self._post(PLACE_CALL_PATH, body, unanswered)
         latency = time.perf_counter() - started
         try:
             placed = parse_answer(
