@@ -373,7 +373,7 @@ def test_campaign_commands(daemon_config: Path, tmp_path: Path) -> None:
     assert again.returncode == 1 and "INVALID_TRANSITION" in again.stderr
     resumed = run("campaign", "resume", campaign_id, "--config", cfg)
     assert resumed.returncode == 0 and resumed.stdout.strip().endswith(": active")
-    canceled = run("campaign", "cancel", campaign_id, "--config", cfg)
+    canceled = run("campaign", "cancel", campaign_id, "--hangup", "--config", cfg)
     assert canceled.returncode == 0 and canceled.stdout.strip().endswith(": canceled")
     more = run("campaign", "import", str(leads), "--into", campaign_id, "--config", cfg)
     assert more.returncode == 1 and "CAMPAIGN_CANCELED" in more.stderr

@@ -424,3 +424,36 @@ async def test_two_daemons_never_look_up_the_same_call(pg_store: str, rig: Start
     assert [a["checks"] for a in attempts] == [1] * 40
     asked = Counter(c for e, _, c in one.sim.requests if e == "get-call")
     assert all(n == 1 for n in asked.values()), asked
+
+
+async def test_a_campaign_canceled_with_hangup_ends_its_live_calls_at_the_provider(
+    rig: StartRig,
+) -> None:
+    """``POST /v1/campaigns/{id}/cancel {"hangup": true}``: the campaign's live calls are
+    looked up once more and hung up at the provider; they end call.canceled, saying so."""
+    numbers = [f"+1415558{i:04d}" for i in range(3)]
+    r = await rig(dialect="documented", faults=Faults(stuck=1.0))
+    async with r.api() as api:
+        created = await api.post(
+            "/v1/campaigns",
+            params={"name": "stuck"},
+            content="to\n" + "\n".join(numbers) + "\n",
+            headers={"Content-Type": "text/csv"},
+        )
+        assert created.status_code == 201, created.text
+        campaign = created.json()["campaign"]["id"]
+        deadline = time.monotonic() + 10
+        while sum(c.status == "in-progress" for c in r.sim.calls) < 3:
+            assert time.monotonic() < deadline, [c.status for c in r.sim.calls]
+            await asyncio.sleep(0.05)
+        refused = await api.post(f"/v1/campaigns/{campaign}/pause", json={"hangup": True})
+        assert refused.status_code == 400, refused.text
+        canceled = await api.post(f"/v1/campaigns/{campaign}/cancel", json={"hangup": True})
+        assert canceled.status_code == 200, canceled.text
+        listed = (await api.get("/v1/calls", params={"campaign": campaign})).json()["calls"]
+    for call in listed:
+        final, _, events = await r.final(call["id"])
+        assert final["status"] == "canceled" and final["reason"] == "CAMPAIGN_CANCELED"
+        assert "hung up at the provider" in events[-1].error["message"]
+    assert all(c.hung_up and c.terminal for c in r.sim.calls)
+    assert await r.store.live_count() == 0
