@@ -39,6 +39,9 @@ class Finding:
     missing: bool = False
     candidates: int = 0
     error: str | None = None
+    # When the placement looked up was sent: a finding about an earlier placement of the same
+    # attempt (it has been dialed again since) is stale and changes nothing.
+    placed_at: float | None = None
 
     @property
     def summary(self) -> str:
@@ -132,6 +135,8 @@ class Checks(Dialing):
             current = CallStatus(attempt["status"])
             if current.terminal or not attempt["live"]:
                 return Applied()
+            if finding.placed_at is not None and finding.placed_at != attempt["placed_at"]:
+                return Applied()  # about an earlier placement of this attempt
             every = self.checks.every if self.checks is not None else 60.0
             noted: dict[str, Any] = {
                 "checked_at": now,
@@ -174,9 +179,13 @@ class Checks(Dialing):
                 return Applied()
             unknown = attempt["ambiguous"] and not attempt["provider_call_id"]
             ending = attempt["ending"]
-            if unknown and finding.missing and ending != ENDING_CANCELED:
-                events = await self._redial(tx, attempt, noted, finding, now)
-                return Applied(events=events, redialed=True)
+            redial = unknown and finding.missing and ending != ENDING_CANCELED
+            if redial and not self._searched_in_time(attempt, now):
+                noted["check_result"] += ": too early to be sure"
+                await self._update_attempt(tx, attempt, **noted)
+                return Applied()
+            if redial:
+                return await self._redial(tx, attempt, noted, finding, now)
             if ending == ENDING_CANCELED:
                 message = (
                     "the provider has no record of this placement: nobody was rung"
@@ -197,6 +206,13 @@ class Checks(Dialing):
                 noted["check_at"] = None  # asking again will not tell them apart; the watchdog
             await self._update_attempt(tx, attempt, **noted)
             return Applied()
+
+    def _searched_in_time(self, attempt: Row, now: float) -> bool:
+        """Whether a search now is late enough to take "no record" as "never created": the
+        placement was sent ``ambiguous_grace`` ago (its request cannot still create it)."""
+        if self.checks is None or attempt["placed_at"] is None:
+            return True
+        return bool(now >= attempt["placed_at"] + self.checks.ambiguous_grace)
 
     async def end_attempt(
         self, attempt_id: str, status: CallStatus, code: str, message: str
@@ -228,9 +244,21 @@ class Checks(Dialing):
 
     async def _redial(
         self, tx: Any, attempt: Row, noted: dict[str, Any], finding: Finding, now: float
-    ) -> list[Event]:
+    ) -> Applied:
         """The placement was never created (its search found no record): nobody was rung, so
-        it goes back to the queue, as it is, and is dialed again."""
+        it goes back to the queue, as it is, and is dialed again (unless its campaign was
+        canceled meanwhile: then it ends canceled)."""
+        campaign = (
+            await tx.fetchone("get_campaign", id=attempt["campaign"])
+            if attempt["campaign"]
+            else None
+        )
+        if campaign is not None and campaign["status"] == "canceled":
+            message = "the provider has no record of this placement (nobody was rung); its campaign is canceled"
+            events = await self._end(
+                tx, attempt, CallStatus.CANCELED, "CAMPAIGN_CANCELED", message, noted, now
+            )
+            return Applied(events=events)
         code = "NOT_PLACED"
         message = (
             f"the provider has no record of this placement ({attempt['error_code']}): "
@@ -249,7 +277,7 @@ class Checks(Dialing):
             error={"code": code, "message": message}, data=_source(finding),
         )  # fmt: skip
         await self._notify(tx, "dial")
-        return [event] if event is not None else []
+        return Applied(events=[event] if event is not None else [], redialed=True)
 
     async def expire(self, attempt: Row, final_grace: float, tx: Any, now: float) -> bool:
         """The watchdog fired on a live attempt: with look-ups on, its last look-up is due at

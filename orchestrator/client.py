@@ -577,7 +577,9 @@ def _iso(when: datetime | None) -> str | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    # Microseconds, as the provider's records have them: a bound cut to milliseconds would
+    # leave out the records of the instants it cut off (paging by window would skip them).
+    return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _timestamp(value: object) -> datetime | None:

@@ -390,6 +390,11 @@ class Dialing(Ledger):
             attempt = await self._attempt(tx, attempt_id)
             status = CallStatus(attempt["status"])
             changes: dict[str, Any] = {
+                # A call that must end (its campaign was canceled with hangup while this request
+                # was under way) is looked up, and hung up, at once.
+                "check_at": (
+                    now if attempt["ending"] and not status.terminal else attempt["check_at"]
+                ),
                 "agent_call_sid": attempt["agent_call_sid"] or agent_call_sid,
                 "provider_call_id": attempt["provider_call_id"] or provider_call_id,
                 "provider_status": provider_status,

@@ -344,38 +344,6 @@ VALUES (:id, :call_id, :attempt_id, :type, :occurred_at, :dedupe_key, :body)
 ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING seq;
 
--- name: due_checks
--- Live attempts whose look-up is due (index attempts_check_due), the most overdue first (an
--- attempt that must end now is due at 0). Locked, so two daemons never take the same one.
-SELECT * FROM attempts
-WHERE live = 1 AND check_at <= :now
-ORDER BY check_at
-LIMIT :limit
-{skip_locked};
-
--- name: set_check_at
--- A look-up taken (its lease: due again at :check_at unless it is recorded first), given back,
--- or brought forward. Only a live attempt has look-ups.
-UPDATE attempts SET check_at = :check_at WHERE id = :id AND live = 1;
-
--- name: get_live_attempt_by_number
-SELECT * FROM attempts WHERE to_number = :to_number AND live = 1;
-
--- name: end_campaign_calls
--- A campaign canceled with hangup: its live attempts are looked up once more at once, and hung
--- up if the provider still has them live.
-UPDATE attempts SET ending = 'canceled', check_at = 0
-WHERE campaign = :campaign AND live = 1
-RETURNING *;
-
--- name: lock_lookups
--- The look-up budget is spent one transaction at a time across the fleet (outside the dialing
--- lock, so look-ups never hold up a claim). SQLite's single writer serialises it already.
-SELECT 1 AS locked;
-
--- name: lock_lookups@postgres
-SELECT 1 AS locked FROM (SELECT pg_advisory_xact_lock(7245003)) AS held;
-
 -- name: insert_event@postgres
 -- A duplicate would still draw its seq from the sequence before ON CONFLICT drops it, leaving a
 -- gap; NOT EXISTS skips the draw, and ON CONFLICT still settles a race.

@@ -16,6 +16,7 @@ once) and spend one fleet-wide budget, ``max_per_minute``, in the store too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from orchestrator import bus, exceptions
-from orchestrator.checks import ENDING_CANCELED, ENDING_WATCHDOG, Finding
+from orchestrator.checks import ENDING_CANCELED, Finding
 from orchestrator.client import MagpipeClient, ProviderCall
 from orchestrator.connector import Row
 from orchestrator.dialing import Pacing
@@ -82,6 +83,7 @@ class Reconciler:
         self.wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._deadline = 0.0
+        self._starved = 0.0  # how long until the budget pays for the next request
         # Claims per round: what the budget can pay within half a lease (no lease runs out
         # while we hold it), at least a few (list-calls answers for many at once).
         self.batch = max(4, int(self.pacing.burst + self.pacing.rate * settings.lease / 2))
@@ -103,37 +105,42 @@ class Reconciler:
         self._stopping.set()
 
     async def round(self) -> int:
-        """Claim the due look-ups and make them; how many were claimed."""
+        """Claim the due look-ups and make them; how many were made (0 when the budget ran
+        out: the rest are due again when it allows, and the caller waits)."""
         checks = await self.store.claim_checks(limit=self.batch, lease=self.settings.lease)
         if not checks:
             return 0
+        # Every request starts before half the lease has gone, so no claim runs out while held
+        # (a request that starts then lasts at most the client's timeout).
         self._deadline = time.monotonic() + self.settings.lease / 2
+        self._starved = 0.0
         now = self.store.clock()
         pending = {c["id"]: c for c in checks}
         try:
             for check in checks:
                 if not check["provider_call_id"] and not check["ambiguous"]:
-                    # Still being placed: nothing to ask yet (its fate is the dialer's).
+                    # Still being placed: nothing to ask yet. If it must end, its answer brings
+                    # the look-up (and the hang-up) due at once.
                     del pending[check["id"]]
-                    if check["ending"]:
-                        await self._end_in_flight(check)
-                    else:
-                        await self.store.schedule_check(check["id"], at=now + self._every())
+                    await self.store.schedule_check(check["id"], at=now + self._every())
             for check in [c for c in checks if c["id"] in pending and c["ending"]]:
-                await self._final(check)
+                if not await self._final(check):
+                    return 0
                 del pending[check["id"]]
             for check in [c for c in checks if c["id"] in pending and not c["provider_call_id"]]:
                 finding = await self._search(check)
                 if finding is None:
-                    break
+                    return 0
                 await self._apply(check, finding)
                 del pending[check["id"]]
             follow = [c for c in checks if c["id"] in pending]
-            await self._follow(follow, pending)
+            if not await self._follow(follow, pending):
+                return 0
         finally:
-            # Whatever the budget could not pay for this round is due again at once.
+            # Whatever the budget could not pay for is due again when it can.
+            again = self.store.clock() + self._starved
             for check_id in pending:
-                await self.store.schedule_check(check_id, at=self.store.clock())
+                await self.store.schedule_check(check_id, at=again)
         return len(checks)
 
     def _every(self) -> float:
@@ -143,12 +150,16 @@ class Reconciler:
 
     async def _spend(self) -> bool:
         """One request of the fleet's budget; False if none comes before this round's
-        deadline (the rest of the round is given back)."""
+        deadline (the rest of the round is given back, due when the budget allows)."""
         while not self._stopping.is_set():
+            if time.monotonic() > self._deadline:
+                self._starved = 0.0
+                return False
             wait = await self.store.take_lookup(self.pacing)
             if wait is None:
                 return True
             if time.monotonic() + wait > self._deadline:
+                self._starved = wait
                 return False
             await bus.wait_any(self._stopping, within=wait)
         return False
@@ -184,6 +195,8 @@ class Reconciler:
     # -- what each kind of look-up does --------------------------------------------------
 
     async def _apply(self, check: Row, finding: Finding) -> None:
+        # About the placement claimed: if the attempt is dialed again meanwhile, it is stale.
+        finding = dataclasses.replace(finding, placed_at=check["placed_at"])
         applied = await self.store.apply_finding(check["id"], finding)
         bound = log.bind(call_id=check["call_id"], attempt=check["number"])
         if applied.redialed and self.metrics is not None:
@@ -196,16 +209,18 @@ class Reconciler:
         if applied.hang_up is not None:
             await self._hang_up(applied.hang_up)
 
-    async def _final(self, check: Row) -> None:
+    async def _final(self, check: Row) -> bool:
         """The watchdog fired (or the campaign was canceled): look up once more, then hang
-        up or end it."""
+        up or end it. False when the budget ran out (the watchdog's second firing ends it
+        should the budget not come back in time)."""
         if check["provider_call_id"]:
             finding = await self._ask("get-call", str(check["provider_call_id"]))
         else:
             finding = await self._search(check)
-        if finding is None:  # no budget in time: the watchdog's second firing ends it
-            return
+        if finding is None:
+            return False
         await self._apply(check, finding)
+        return True
 
     async def _hang_up(self, attempt: Row) -> None:
         """End at the provider a call that must end here, then here."""
@@ -253,17 +268,6 @@ class Reconciler:
             )
         )
 
-    async def _end_in_flight(self, check: Row) -> None:
-        code = "NO_TERMINAL_WEBHOOK"
-        message = "the placement was still under way when the call had to end"
-        status = CallStatus.CANCELED if check["ending"] == ENDING_CANCELED else None
-        if status is not None:
-            code = "CAMPAIGN_CANCELED"
-        assert check["ending"] in (ENDING_WATCHDOG, ENDING_CANCELED)
-        self.publish(
-            await self.store.end_attempt(check["id"], status or CallStatus.TIMED_OUT, code, message)
-        )
-
     async def _search(self, check: Row) -> Finding | None:
         """Look for an ambiguous placement among the provider's records: by its number and
         caller id around when it was sent, then by the correlation key in each candidate's
@@ -278,44 +282,47 @@ class Reconciler:
             for _ in range(10):
                 if not await self._spend():
                     return None
-                try:
-                    page = await anext(pages)
-                except StopAsyncIteration:
+                page = await anext(pages, None)
+                if page is None:
                     break
                 candidates += [r for r in page.calls if _could_be(r, check)]
+                if not page.has_more:
+                    break
+            else:
+                return Finding(endpoint=endpoint, error="too many records to search")
         except exceptions.MagpipeError as exc:
             await self._failed(endpoint, exc)
             return Finding(endpoint=endpoint, error=f"{exc.code}: {exc.message}"[:160])
         self._count(endpoint, "found" if candidates else "not_found")
+        if len(candidates) > self.settings.max_candidates:
+            return Finding(endpoint=endpoint, candidates=len(candidates))
+        # Another attempt of ours already has it: not this one's, unless its key says so (the
+        # key is read for every candidate, so a record wrongly tied elsewhere is still found).
         taken = await self.store.known_provider_ids([c.id for c in candidates])
-        candidates = [c for c in candidates if c.id not in taken]
         possible: list[ProviderCall] = []
-        for candidate in candidates[: self.settings.max_candidates]:
+        for candidate in candidates:
             read = await self._ask("get-call", candidate.id)
             if read is None:
                 return None
             if read.error is not None:
                 return Finding(endpoint=endpoint, error=read.error)
             record = read.record or candidate
-            key = (record.metadata or {}).get(CORRELATION_KEY) or (record.metadata or {}).get(
-                LEGACY_CORRELATION_KEY
-            )
+            metadata = record.metadata or {}
+            key = metadata.get(CORRELATION_KEY) or metadata.get(LEGACY_CORRELATION_KEY)
             if key == check["id"]:
                 return Finding(endpoint=endpoint, record=record)
-            if key is None:
+            if key is None and candidate.id not in taken:
                 possible.append(record)  # no key to tell by: it could be ours
-        if len(candidates) > self.settings.max_candidates:
-            return Finding(endpoint=endpoint, candidates=len(candidates))
         if len(possible) == 1:
             return Finding(endpoint=endpoint, record=possible[0])
         if not possible:
             return Finding(endpoint=endpoint, missing=True)
         return Finding(endpoint=endpoint, candidates=len(possible))
 
-    async def _follow(self, checks: Sequence[Row], pending: dict[str, Row]) -> None:
+    async def _follow(self, checks: Sequence[Row], pending: dict[str, Row]) -> bool:
         """Look up live calls we know the provider's id of: one list-calls for many when it
         can, get-call for the rest (and for answered calls, whose transcript only get-call
-        has)."""
+        has). False when the budget ran out."""
         records: dict[str, ProviderCall] = {}
         if len(checks) >= self.settings.list_from:
             records = await self._list(checks)
@@ -327,9 +334,10 @@ class Reconciler:
             else:
                 finding = await self._ask("get-call", str(check["provider_call_id"]))
             if finding is None:
-                return
+                return False
             await self._apply(check, finding)
             del pending[check["id"]]
+        return True
 
     async def _list(self, checks: Sequence[Row]) -> dict[str, ProviderCall]:
         """The records of these calls from list-calls pages over the window they were placed
@@ -343,13 +351,14 @@ class Reconciler:
         pages = self.magpipe.list_window(start, until)
         try:
             for _ in range(max(2, len(wanted) // 50 + 2)):
-                if not wanted - found.keys() or not await self._spend():
+                if not await self._spend():
                     break
-                try:
-                    page = await anext(pages)
-                except StopAsyncIteration:
+                page = await anext(pages, None)
+                if page is None:
                     break
                 found.update({r.id: r for r in page.calls if r.id in wanted})
+                if not page.has_more or not wanted - found.keys():
+                    break
         except exceptions.MagpipeError as exc:
             await self._failed("list-calls", exc)
         return found

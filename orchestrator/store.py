@@ -63,8 +63,9 @@ class Ingest(StrEnum):
     STALE = "stale"  # out of order or after a terminal state: recorded, no event
     UNMATCHED = "unmatched"  # no call of ours
     CONFLICT = "conflict"  # the token's attempt has another provider call id
-    # A deployed call.completed naming one call's record with another call's number (the
-    # provider's agent took the wrong record): applied to neither; both are looked up.
+    # A deployed call.completed that may not be about the call it names: its record is another
+    # call's number (the provider's agent took the wrong record), or only its numbers match a
+    # placement whose answer is lost or not back yet. Applied to none; the calls are looked up.
     MISMATCH = "mismatch"
 
 
@@ -271,10 +272,14 @@ class Store(Checks, Campaigns, Outbox):
         )
         if inserted is None:
             return IngestResult(outcome=Ingest.DUPLICATE, call_id=attempt["call_id"])
-        if by_numbers and attempt["ambiguous"]:
-            # Only its numbers tie it to a placement whose answer was lost, and the deployed
-            # agent may name another call's record: the search of the records decides.
-            await tx.execute("set_check_at", id=attempt["id"], check_at=now)
+        if by_numbers:
+            # Only its numbers tie it to a placement whose answer is lost or not back yet, and
+            # the deployed agent may name another call's record: the provider's records decide
+            # (an ambiguous placement is searched for no sooner than its grace allows).
+            check_at = now
+            if attempt["ambiguous"] and self.checks is not None and attempt["placed_at"]:
+                check_at = max(now, attempt["placed_at"] + self.checks.ambiguous_grace)
+            await tx.execute("set_check_at", id=attempt["id"], check_at=check_at)
             result = IngestResult(outcome=Ingest.MISMATCH, call_id=attempt["call_id"])
         else:
             result = await self._apply(tx, attempt, hook, now=now)

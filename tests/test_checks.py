@@ -406,8 +406,10 @@ async def test_a_finding_for_an_attempt_no_longer_live_changes_nothing(
 ) -> None:
     call_id, got = await dialing(checked)
     await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    clock.advance(TIMING.ambiguous_grace)
     await checked.apply_finding(got.attempt_id, Finding(endpoint="list-calls", missing=True))
     before = await attempt_of(checked, call_id)
+    assert before["status"] == "queued"
     clock.advance(5)
     for finding in (
         Finding(endpoint="get-call", record=record("busy")),
@@ -432,13 +434,19 @@ async def test_a_placement_never_created_twice_is_requeued_twice(
             again = await checked.claim_attempt("w1", max_live=5, lease=30, watchdog_after=600)
             assert getattr(again, "attempt_id", None) == got.attempt_id
         await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
+        # Before the grace, no record does not yet mean never created.
+        early = await checked.apply_finding(
+            got.attempt_id, Finding(endpoint="list-calls", missing=True)
+        )
+        assert not early.redialed and early.events == []
+        clock.advance(TIMING.ambiguous_grace)
         applied = await checked.apply_finding(
             got.attempt_id, Finding(endpoint="list-calls", missing=True)
         )
         assert applied.redialed and applied.events[0].data["source"] == "lookup"
         row = await attempt_of(checked, call_id)
         assert (row["checks"], row["error_code"], row["lease_owner"], row["ending"]) == (
-            round_, "NOT_PLACED", None, None,
+            2 * round_, "NOT_PLACED", None, None,
         )  # fmt: skip
         assert "nobody was rung" in row["error_message"]
     assert (await events_of(checked, call_id)).count("call.requeued") == 2
@@ -569,7 +577,7 @@ async def test_why_the_watchdog_ended_an_ambiguous_call(
     assert says in event.error["message"] and "it was not dialed again" in event.error["message"]
 
 
-async def test_what_a_redial_and_a_canceled_placement_say(checked: Store) -> None:
+async def test_what_a_redial_and_a_canceled_placement_say(checked: Store, clock: FakeClock) -> None:
     campaign = await checked.create_campaign("winter", CampaignSettings())
     _, other = await dialing(checked, "+15550000002", campaign=campaign["id"])
     await checked.ambiguous(other.attempt_id, exceptions.AmbiguousPlacement("dropped"))
@@ -582,6 +590,92 @@ async def test_what_a_redial_and_a_canceled_placement_say(checked: Store) -> Non
     }
     _, got = await dialing(checked, "+15550000001")
     await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    clock.advance(TIMING.ambiguous_grace)
     (event,) = (await checked.apply_finding(got.attempt_id, missing)).events
     assert event.error is not None
     assert event.error["message"].endswith("nobody was rung; it is dialed again")
+
+
+# -- found by review: each of these rang a person twice or stranded a call ----------------------
+
+
+async def test_a_webhook_matched_only_by_numbers_never_ties_a_record_to_a_call(
+    checked: Store, clock: FakeClock
+) -> None:
+    """A is an ambiguous placement to X; B's request is still in flight to Y. The deployed
+    agent's call.completed for Y names A's record. B must not take it (then A's search would
+    think its record someone else's, call A never created, and ring X again)."""
+    a_call, a = await dialing(checked, "+15550000001")
+    b_call, _ = await dialing(checked, "+15550000002")
+    await checked.ambiguous(a.attempt_id, exceptions.AmbiguousPlacement("daemon died"))
+    result = await checked.ingest(
+        hook(CallStatus.COMPLETED, provider_call_id="R_A", to="+15550000002",
+             from_="+15559990000", duration=12.0)
+    )  # fmt: skip
+    assert result.outcome is Ingest.MISMATCH and result.events == ()
+    b_row = await attempt_of(checked, b_call)
+    assert (b_row["provider_call_id"], b_row["status"]) == (None, "dialing")
+    clock.advance(TIMING.ambiguous_grace)
+    found = Finding(endpoint="list-calls", record=record("busy", id="R_A"))
+    applied = await checked.apply_finding(a.attempt_id, found)
+    assert [e.type for e in applied.events] == ["call.busy"]
+    assert (await attempt_of(checked, a_call))["provider_call_id"] == "R_A"
+
+
+async def test_a_finding_about_an_earlier_placement_is_stale(
+    checked: Store, clock: FakeClock
+) -> None:
+    """Two daemons searched for the same lost placement (the first one's claim ran out): the
+    second redialed it, and that placement's answer was lost too. The first one's "no record"
+    comes back late; it is about the first placement and must not requeue the second."""
+    call_id, got = await dialing(checked)
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
+    clock.advance(TIMING.ambiguous_grace)
+    (first,) = await checked.claim_checks(limit=10, lease=60)
+    clock.advance(61)
+    (second,) = await checked.claim_checks(limit=10, lease=60)
+    missing = Finding(endpoint="list-calls", missing=True, placed_at=second["placed_at"])
+    assert (await checked.apply_finding(got.attempt_id, missing)).redialed
+    again = await checked.claim_attempt("w1", max_live=10, lease=30, watchdog_after=600)
+    assert getattr(again, "attempt_id", None) == got.attempt_id
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
+    clock.advance(TIMING.ambiguous_grace)
+    stale = Finding(endpoint="list-calls", missing=True, placed_at=first["placed_at"])
+    late = await checked.apply_finding(got.attempt_id, stale)
+    assert not late.redialed and late.events == []
+    row = await attempt_of(checked, call_id)
+    assert (row["status"], row["live"], row["ambiguous"]) == ("dialing", 1, 1)
+
+
+async def test_a_placement_never_created_in_a_canceled_campaign_ends_canceled(
+    checked: Store, clock: FakeClock
+) -> None:
+    campaign = await checked.create_campaign("spring", CampaignSettings())
+    call_id, got = await dialing(checked, campaign=campaign["id"])
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
+    assert await checked.cancel_campaign(campaign["id"], reason="stop")  # live calls finish
+    clock.advance(TIMING.ambiguous_grace)
+    applied = await checked.apply_finding(
+        got.attempt_id, Finding(endpoint="list-calls", missing=True)
+    )
+    assert not applied.redialed
+    assert [e.type for e in applied.events] == ["call.canceled"]
+    assert (await call_row(checked, call_id))["status"] == "canceled"
+
+
+async def test_cancel_with_hangup_waits_for_a_placement_in_flight(
+    checked: Store, clock: FakeClock
+) -> None:
+    """A placement's request is under way when its campaign is canceled with hangup: when its
+    answer comes, its look-up (and hang-up) is due at once."""
+    campaign = await checked.create_campaign("spring", CampaignSettings())
+    call_id, got = await dialing(checked, campaign=campaign["id"])
+    assert await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
+    (due,) = await checked.claim_checks(limit=10, lease=60)
+    assert (due["ending"], due["provider_call_id"]) == ("canceled", None)
+    await checked.schedule_check(got.attempt_id, at=clock.now + TIMING.every)  # nothing to ask
+    clock.advance(1)
+    await checked.placed(got.attempt_id, provider_call_id="P9", provider_status="queued")
+    (due,) = await checked.claim_checks(limit=10, lease=60)
+    assert (due["ending"], due["provider_call_id"], due["live"]) == ("canceled", "P9", 1)
+    assert (await attempt_of(checked, call_id))["status"] == "dialing"

@@ -308,3 +308,25 @@ async def test_a_lookup_that_times_out_is_safe_to_ask_again() -> None:
     async with magpipe("http://127.0.0.1:1", timeout=0.3) as c:
         with pytest.raises(exceptions.ConnectFailed):
             await c.list_calls()
+
+
+async def test_paging_by_window_misses_no_record_on_a_page_edge(
+    start_simulator: StartSimulator,
+) -> None:
+    """Records a third of a millisecond apart (several in one millisecond): paging by window
+    returns each exactly once (a bound cut to milliseconds used to skip the edge's neighbours)."""
+    sim = await start_simulator(max_concurrent=500, time_scale=100.0)
+    async with magpipe(sim.url) as c:
+        for n in range(250):
+            await c.place_call(client.CallRequest(to=f"+1415556{n:04d}", from_=FROM))
+        base = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        for n, call in enumerate(sim.calls):
+            call.created = base + timedelta(microseconds=337 * n + 123)
+        seen = [
+            r.id
+            async for page in c.list_window(
+                base - timedelta(seconds=1), base + timedelta(seconds=1)
+            )
+            for r in page.calls
+        ]
+    assert len(seen) == len(set(seen)) == 250

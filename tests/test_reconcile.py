@@ -457,3 +457,37 @@ async def test_a_campaign_canceled_with_hangup_ends_its_live_calls_at_the_provid
         assert "hung up at the provider" in events[-1].error["message"]
     assert all(c.hung_up and c.terminal for c in r.sim.calls)
     assert await r.store.live_count() == 0
+
+
+async def test_a_reconciler_out_of_budget_waits_instead_of_spinning(rig: StartRig) -> None:
+    """With the budget spent for the next two minutes, the reconciler gives its claims back
+    due when the budget allows and waits: a few rounds a second at most, and the daemon stays
+    responsive (it used to claim and give back in a tight loop)."""
+    r = await rig(
+        dialect="documented",
+        faults=Faults(stuck=1.0),
+        reconcile={"after": "0.2s", "every": "0.2s", "max_per_minute": 1},
+    )
+    rounds = 0
+    claim = r.store.claim_checks
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal rounds
+        rounds += 1
+        return await claim(**kwargs)
+
+    r.store.claim_checks = counted  # counts the rounds; the store underneath is the real one
+    for n in range(5):
+        await r.queue(f"+1415559{n:04d}")
+    started = time.monotonic()
+    slowest = 0.0
+    async with httpx.AsyncClient(base_url=r.daemon.urls["api"]) as http:
+        while time.monotonic() - started < 3.0:
+            asked = time.monotonic()
+            assert (await http.get("/healthz")).status_code == 200
+            slowest = max(slowest, time.monotonic() - asked)
+            await asyncio.sleep(0.1)
+    lookups = [e for e, _, _ in r.sim.requests if e != "initiate-bridged-call"]
+    assert len(lookups) == 1, lookups  # the budget's one request, then nothing
+    assert rounds <= 10, rounds
+    assert slowest < 1.0

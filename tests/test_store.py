@@ -348,24 +348,26 @@ async def test_ingest_by_numbers_for_ambiguous_attempts(store: Store) -> None:
     assert late.outcome is Ingest.UNMATCHED
 
 
-async def test_webhook_before_the_placing_answer_matches_by_numbers(store: Store) -> None:
-    """The deployed provider echoes no metadata and may call back before its POST answers."""
+async def test_webhook_before_the_placing_answer_is_settled_by_a_look_up(store: Store) -> None:
+    """The deployed provider echoes no metadata, and its agent may name another call's record:
+    a webhook that only its numbers tie to a placement still under way is not applied. The
+    call's look-up is due at once, and once the POST answers, the provider's record decides."""
     call_id, got = await dialing(store)
     to, from_ = "+15550000001", "+15559990000"
     early = await store.ingest(
         hook(CallStatus.COMPLETED, provider_call_id="P1", to=to, from_=from_, duration=3.0)
     )
-    assert early.outcome is Ingest.APPLIED and early.call_id == call_id
-    assert [e.type for e in early.events] == ["call.completed"]
-    assert (
-        await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated") == []
-    )
+    assert early.outcome is Ingest.MISMATCH and early.call_id == call_id and early.events == ()
     attempt = await attempt_of(store, call_id)
     assert (attempt["status"], attempt["provider_call_id"], attempt["live"]) == (
-        "completed",
-        "P1",
-        0,
+        "dialing",
+        None,
+        1,
     )
+    assert attempt["check_at"] == store.clock()
+    await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated")
+    attempt = await attempt_of(store, call_id)
+    assert (attempt["status"], attempt["provider_call_id"]) == ("initiated", "P1")
 
 
 async def test_provider_id_of_another_attempt_is_a_conflict(store: Store) -> None:
