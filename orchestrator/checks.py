@@ -186,6 +186,10 @@ class Checks(Dialing):
                 return Applied()
             if redial:
                 return await self._redial(tx, attempt, noted, finding, now)
+            if ending and finding.error is not None and attempt["provider_call_id"]:
+                # It must end, and nobody can say whether it still rings: hang it up blind (a
+                # call already over is simply not found).
+                return Applied(hang_up=await self._update_attempt(tx, attempt, **noted))
             if ending == ENDING_CANCELED:
                 message = (
                     "the provider has no record of this placement: nobody was rung"

@@ -226,11 +226,19 @@ class Reconciler:
         """End at the provider a call that must end here, then here."""
         status = CallStatus.CANCELED if attempt["ending"] == ENDING_CANCELED else None
         live = attempt["provider_status"]
+        # The last look-up failed: whether it still rings is unknown.
+        unknown = str(attempt["check_result"] or "").startswith("error")
+        state = (
+            f"no terminal status within max_call_duration, and the provider could not be "
+            f"asked ({attempt['check_result']})"
+            if unknown
+            else f"still live at the provider ({live}) after max_call_duration"
+        )
         if status is None and not self.settings.hangup_on_timeout:
+            code = "PROVIDER_UNREACHABLE" if unknown else "STILL_LIVE"
             events = await self.store.end_attempt(
-                attempt["id"], CallStatus.TIMED_OUT, "STILL_LIVE",
-                f"still live at the provider ({live}) after max_call_duration; left live "
-                "there (dialer.hangup_on_timeout is off)",
+                attempt["id"], CallStatus.TIMED_OUT, code,
+                f"{state}; left as it is there (dialer.hangup_on_timeout is off)",
             )  # fmt: skip
             self.publish(events)
             return
@@ -253,15 +261,24 @@ class Reconciler:
             self._count("terminate-call", "ended" if ended else "not_live")
         if self.metrics is not None:
             self.metrics.hangups.labels("failed" if failure else "ok").inc()
-        done = f"the hang-up failed ({failure})" if failure else "hung up at the provider"
+        if failure is not None:
+            # Not forgotten: looked up and hung up again shortly (the watchdog's second firing
+            # ends it here should the provider never let us).
+            retry = max(self._starved, min(self._every(), 5.0))
+            log.warning(
+                "reconciler.hangup_failed",
+                call_id=attempt["call_id"],
+                error=failure,
+                retry_in=retry,
+            )
+            await self.store.schedule_check(attempt["id"], at=self.store.clock() + retry)
+            return
+        done = "hung up at the provider"
         if status is CallStatus.CANCELED:
             code, message = "CAMPAIGN_CANCELED", f"its campaign was canceled: {done}"
         else:
-            code = "STILL_LIVE" if failure else "HUNG_UP"
-            message = f"still live at the provider ({live}) after max_call_duration: {done}"
-        log.warning(
-            "reconciler.hung_up", call_id=attempt["call_id"], ok=failure is None, reason=code
-        )
+            code, message = "HUNG_UP", f"{state}: {done}"
+        log.warning("reconciler.hung_up", call_id=attempt["call_id"], reason=code)
         self.publish(
             await self.store.end_attempt(
                 attempt["id"], status or CallStatus.TIMED_OUT, code, message

@@ -42,6 +42,10 @@ class Records:
                 error_response(400, "invalid_request", "Request body must be a JSON object"),
                 "body not an object",
             )
+        if self.sim._hit("records_error", None, self.sim._rng):
+            raise Rejection(
+                error_response(500, "server_error", "Internal server error"), "records_error fault"
+            )
         return body
 
     async def get_call(self, request: web.Request) -> web.Response:

@@ -100,6 +100,8 @@ class Faults:
     hang_seconds: float = 600.0
     # An answered call that stays live until it is hung up (terminate-call).
     stuck: float = 0.0
+    # get-call, list-calls or terminate-call answered 500 server_error.
+    records_error: float = 0.0
 
     def __post_init__(self) -> None:
         for name in FAULT_NAMES:

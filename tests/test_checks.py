@@ -278,18 +278,19 @@ async def test_a_terminal_record_found_at_the_end_wins_over_the_watchdog(
     assert await checked.fire_next() is None  # the watchdog went with the terminal status
 
 
-async def test_an_unreachable_provider_at_the_end_is_the_reason(
+async def test_an_unreachable_provider_at_the_end_means_a_blind_hang_up(
     checked: Store, clock: FakeClock
 ) -> None:
+    """The call must end and the provider cannot say whether it still rings: it is hung up
+    anyway (a call already over is not found), and the look-up's error is kept as the why."""
     _, attempt_id = await placed(checked)
     clock.advance(600)
     await checked.fire_next()
     applied = await checked.apply_finding(
         attempt_id, Finding(endpoint="get-call", error="CONNECT_FAILED: down")
     )
-    (event,) = applied.events
-    assert event.error is not None and event.error["code"] == "PROVIDER_UNREACHABLE"
-    assert "CONNECT_FAILED: down" in event.error["message"]
+    assert applied.events == [] and applied.hang_up is not None
+    assert applied.hang_up["check_result"] == "error (get-call): CONNECT_FAILED: down"
 
 
 async def test_look_ups_spend_a_fleet_wide_budget(checked: Store, clock: FakeClock) -> None:
@@ -478,13 +479,13 @@ async def test_a_canceled_campaigns_live_call_the_provider_cannot_be_asked_about
     call_id, got = await dialing(checked, campaign=campaign["id"])
     await checked.placed(got.attempt_id, provider_call_id="P7", provider_status="queued")
     await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
-    applied = await checked.apply_finding(
-        got.attempt_id, Finding(endpoint="get-call", error="LOOKUP_FAILED: 503")
+    failed = Finding(endpoint="get-call", error="LOOKUP_FAILED: 503")
+    applied = await checked.apply_finding(got.attempt_id, failed)
+    assert applied.events == [] and applied.hang_up is not None  # hung up blind
+    (event,) = await checked.end_attempt(
+        got.attempt_id, CallStatus.CANCELED, "CAMPAIGN_CANCELED", "hung up"
     )
-    (event,) = applied.events
-    assert event.type == "call.canceled" and event.error is not None
-    assert event.error["message"].startswith("canceled with its campaign; ")
-    assert "LOOKUP_FAILED: 503" in event.error["message"]
+    assert event.type == "call.canceled"
     row = await attempt_of(checked, call_id)
     assert (row["settled_by"], row["error_code"]) == ("cancel", "CAMPAIGN_CANCELED")
 
@@ -534,11 +535,6 @@ async def test_look_ups_can_be_moved_and_provider_ids_told(
             Finding(endpoint="get-call", missing=True),
             "NO_TERMINAL_WEBHOOK",
             "has no record of call P1",
-        ),
-        (
-            Finding(endpoint="get-call", error="CONNECT_FAILED: x"),
-            "PROVIDER_UNREACHABLE",
-            "could not be asked: CONNECT_FAILED: x",
         ),
     ],
 )

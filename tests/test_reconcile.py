@@ -491,3 +491,22 @@ async def test_a_reconciler_out_of_budget_waits_instead_of_spinning(rig: StartRi
     assert len(lookups) == 1, lookups  # the budget's one request, then nothing
     assert rounds <= 10, rounds
     assert slowest < 1.0
+
+
+async def test_hang_ups_are_tried_again_until_the_provider_answers(rig: StartRig) -> None:
+    """Half the record requests fail (500): the last look-up or the hang-up may fail, and is
+    tried again, until the call is hung up at the provider; it ends HUNG_UP."""
+    numbers = [f"+1415559{n:04d}" for n in range(100, 106)]
+    r = await rig(
+        dialect="documented",
+        faults=Faults(stuck=1.0, records_error=0.5),
+        reconcile={**FAST_LOOKUPS, "every": "60s"},
+        dialer={"max_call_duration": "1s"},
+    )
+    ids = [await r.queue(n) for n in numbers]
+    for call_id in ids:
+        call, _, events = await r.final(call_id, timeout=30)
+        assert (call["status"], call["reason"]) == ("timed_out", "HUNG_UP"), events[-1]
+    assert all(c.hung_up and c.terminal for c in r.sim.calls)
+    failed = r.sim.stats()["rejected"]
+    assert failed > 0, "the records_error fault did not strike"
