@@ -390,10 +390,13 @@ async def test_a_same_status_record_updates_what_the_provider_said(checked: Stor
     assert (row["provider_status"], row["checks"]) == ("ringing ", 2)
 
 
-async def test_a_placement_still_in_flight_is_never_redialed(checked: Store) -> None:
+async def test_a_placement_still_in_flight_is_never_redialed(
+    checked: Store, clock: FakeClock
+) -> None:
     """No provider id yet and not ambiguous: its POST has not answered. Whatever a look-up
     says, it must not go back to the queue (the POST may yet create the call)."""
     call_id, got = await dialing(checked)
+    clock.advance(TIMING.ambiguous_grace * 10)  # long past any grace: still in flight
     applied = await checked.apply_finding(
         got.attempt_id, Finding(endpoint="list-calls", missing=True)
     )
@@ -675,3 +678,30 @@ async def test_cancel_with_hangup_waits_for_a_placement_in_flight(
     (due,) = await checked.claim_checks(limit=10, lease=60)
     assert (due["ending"], due["provider_call_id"], due["live"]) == ("canceled", "P9", 1)
     assert (await attempt_of(checked, call_id))["status"] == "dialing"
+
+
+async def test_a_canceled_campaigns_lost_placement_that_cannot_be_searched(
+    checked: Store, clock: FakeClock
+) -> None:
+    campaign = await checked.create_campaign("spring", CampaignSettings())
+    _, got = await dialing(checked, campaign=campaign["id"])
+    await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
+    failed = Finding(endpoint="list-calls", error="LOOKUP_FAILED: 503")
+    (event,) = (await checked.apply_finding(got.attempt_id, failed)).events
+    assert event.type == "call.canceled" and event.error is not None
+    assert event.error["message"] == (
+        "canceled with its campaign; the placement's outcome is unknown (AMBIGUOUS) and the "
+        "provider could not be asked (LOOKUP_FAILED: 503); it was not dialed again"
+    )
+
+
+async def test_without_check_timing_a_search_is_taken_as_it_comes(
+    store: Store, clock: FakeClock
+) -> None:
+    _, got = await dialing(store)
+    await store.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
+    applied = await store.apply_finding(
+        got.attempt_id, Finding(endpoint="list-calls", missing=True)
+    )
+    assert applied.redialed
