@@ -62,8 +62,8 @@ def _serve_simulator(config: dict[str, Any], conn: Any) -> None:
 
 
 async def _simulator_main(config: dict[str, Any], conn: Any) -> None:
-    from orchestrator.simulation import Faults, SimulatorConfig
-    from orchestrator.simulator import Simulator
+    from orchestrator.provider.simulator import Simulator
+    from orchestrator.provider.simulator.model import Faults, SimulatorConfig
 
     faults = Faults(**config.pop("faults", {}))
     sim = Simulator(SimulatorConfig(faults=faults, **config))
@@ -93,7 +93,7 @@ async def _simulator_main(config: dict[str, Any], conn: Any) -> None:
 
 
 class SimulatorProcess:
-    """A :class:`~orchestrator.simulator.Simulator` serving from a child process, so its CPU
+    """A :class:`~orchestrator.provider.simulator.Simulator` serving from a child process, so its CPU
     is not the orchestrator's. ``config`` holds SimulatorConfig's fields (``faults`` a dict).
 
     ``probe()`` returns ``{"stats": sim.stats(), "cpu": its CPU seconds so far}``.

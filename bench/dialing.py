@@ -32,8 +32,8 @@ from _common import LoopLag, SimulatorProcess, cpu, emit, number, quiet
 
 from orchestrator import app, config
 from orchestrator.campaigns import CampaignSettings
-from orchestrator.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
 from orchestrator.model import CORRELATION_KEY, NewCall, new_id
+from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
 from orchestrator.store import Store
 
 TARGET = 0.9

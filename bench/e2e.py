@@ -41,10 +41,10 @@ from aiohttp import web
 
 from orchestrator import app, config, connector, intake
 from orchestrator.campaigns import CampaignSettings
-from orchestrator.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
 from orchestrator.model import Event, NewCall
 from orchestrator.plugin import Context
-from orchestrator.simulation import Outcome
+from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
+from orchestrator.provider.simulator.model import Outcome
 from orchestrator.store import Store, Webhook
 
 TARGETS = {"calls_per_s": 500.0, "cpu_ms_per_call": 1.0, "latency_p99_ms": 50.0}

@@ -40,7 +40,7 @@ from orchestrator import bus, connector, metrics
 from orchestrator.campaigns import CampaignSettings
 from orchestrator.intake import PATH, Intake
 from orchestrator.model import CORRELATION_KEY, NewCall
-from orchestrator.simulator import SIGNATURE_HEADER, sign
+from orchestrator.provider.simulator import SIGNATURE_HEADER, sign
 from orchestrator.store import ClaimRules, Store
 
 TARGET = 0.7

@@ -5,7 +5,6 @@ The public API is what ``__all__`` names; everything else is internal and may ch
 
 from __future__ import annotations
 
-from orchestrator.client import CallRequest, MagpipeClient, PlacedCall
 from orchestrator.config import Config
 from orchestrator.exceptions import (
     AmbiguousPlacement,
@@ -19,6 +18,7 @@ from orchestrator.exceptions import (
 )
 from orchestrator.model import CallRef, Event, NewCall
 from orchestrator.plugin import Context, DeliveryError, Handler, HandlerGone, Options
+from orchestrator.provider.client import CallRequest, MagpipeClient, PlacedCall
 
 __version__ = "0.1.0"
 

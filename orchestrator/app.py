@@ -23,7 +23,6 @@ from aiohttp import web
 from orchestrator import (
     api,
     bus,
-    client,
     config,
     connector,
     dialer,
@@ -37,6 +36,7 @@ from orchestrator import (
     timers,
 )
 from orchestrator.model import CallStatus, Event, new_id
+from orchestrator.provider import client
 from orchestrator.store import CheckTiming, Store
 
 log = structlog.get_logger(__name__)

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.client import ProviderCall
 from orchestrator.connector import Row
 from orchestrator.dialing import Dialing, Pacing
 from orchestrator.ledger import WATCHDOG
 from orchestrator.model import CallStatus, Event, new_id
+from orchestrator.provider.client import ProviderCall
 
 LOOKUP_BUCKET = "lookup"  # the pacing row of the fleet's look-up budget
 

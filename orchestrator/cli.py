@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from orchestrator import client, config, exceptions, log, remote, rules
+from orchestrator import config, exceptions, log, remote, rules
 from orchestrator.model import CallStatus
+from orchestrator.provider import client
 
 CALL_EXAMPLE = """\
 example:
@@ -44,7 +45,7 @@ EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_AMBIGUOUS, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
-    from orchestrator import simulator_cli
+    from orchestrator.provider.simulator import cli as simulator_cli
 
     parser = argparse.ArgumentParser(
         prog="orchestrator",
@@ -279,7 +280,7 @@ def _exit_status(exc: exceptions.OrchestratorError) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
-    from orchestrator import simulator_cli
+    from orchestrator.provider.simulator import cli as simulator_cli
 
     cfg = simulator_cli.config_from_args(args)
     asyncio.run(simulator_cli.serve(cfg, args.host, args.port))

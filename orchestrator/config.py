@@ -25,7 +25,8 @@ from pydantic import (
     field_validator,
 )
 
-from orchestrator import client, exceptions, phone
+from orchestrator import exceptions, phone
+from orchestrator.provider import client
 from orchestrator.windows import CallingWindow
 
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")

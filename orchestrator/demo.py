@@ -36,8 +36,8 @@ from orchestrator.campaigns import CampaignSettings, RowError
 from orchestrator.model import RESERVED_PREFIX, CallStatus, Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.progress import Snapshot, Summary, View, make_view
-from orchestrator.simulation import Faults, Outcome, Script, SimulatorConfig
-from orchestrator.simulator import Simulator
+from orchestrator.provider.simulator import Simulator
+from orchestrator.provider.simulator.model import Faults, Outcome, Script, SimulatorConfig
 from orchestrator.store import Store
 
 __all__ = [

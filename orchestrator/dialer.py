@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 
 import structlog
 
-from orchestrator import bus, campaigns, client, dnc, exceptions, windows
+from orchestrator import bus, campaigns, dnc, exceptions, windows
 from orchestrator.connector import Row
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, Event
+from orchestrator.provider import client
 from orchestrator.store import Claim, Pacing, Store
 
 log = structlog.get_logger(__name__)

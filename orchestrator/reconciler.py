@@ -26,11 +26,11 @@ import structlog
 
 from orchestrator import bus, exceptions
 from orchestrator.checks import ENDING_CANCELED, Finding
-from orchestrator.client import MagpipeClient, ProviderCall
 from orchestrator.connector import Row
 from orchestrator.dialing import Pacing
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, LEGACY_CORRELATION_KEY, CallStatus, Event
+from orchestrator.provider.client import MagpipeClient, ProviderCall
 from orchestrator.store import Store
 
 log = structlog.get_logger(__name__)

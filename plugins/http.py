@@ -25,10 +25,10 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 from pydantic import SecretStr, field_validator
 
-from orchestrator import client
 from orchestrator.config import Duration, OptionalSecret
 from orchestrator.model import Event
 from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
+from orchestrator.provider import client
 
 KEY_PREFIX = "whsec_"
 #: 4xx answers that say "try again" rather than "this request is wrong".

@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr, field_validator
 
-from orchestrator import client
 from orchestrator.config import Duration
 from orchestrator.model import Event, finite, iso
 from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
+from orchestrator.provider import client
 from plugins.http import check, check_url, effective, post
 from plugins.slack import duration
 

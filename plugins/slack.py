@@ -28,10 +28,10 @@ from typing import Any, ClassVar
 
 from pydantic import model_validator
 
-from orchestrator import client
 from orchestrator.config import Duration, OptionalSecret
 from orchestrator.model import Event
 from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
+from orchestrator.provider import client
 from plugins.http import check, check_url, effective, post, snippet
 
 API_URL = "https://slack.com/api/chat.postMessage"

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import pytest
 
 from orchestrator.connector import Connector, redact_url
-from orchestrator.simulation import SimulatorConfig
-from orchestrator.simulator import Simulator
+from orchestrator.provider.simulator import Simulator
+from orchestrator.provider.simulator.model import SimulatorConfig
 from tests.stores import clock, env, store  # noqa: F401 - fixtures for every test module
 
 StartSimulator = Callable[..., Awaitable[Simulator]]

@@ -19,8 +19,8 @@ import pytest
 from orchestrator import app, bus, config, plugin
 from orchestrator.campaigns import CampaignSettings
 from orchestrator.model import CallStatus, Event, NewCall
-from orchestrator.simulation import Faults, Outcome, Script, SimulatorConfig
-from orchestrator.simulator import Simulator
+from orchestrator.provider.simulator import Simulator
+from orchestrator.provider.simulator.model import Faults, Outcome, Script, SimulatorConfig
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import httpx
 
-from orchestrator import client, dialer, windows
+from orchestrator import dialer, windows
 from orchestrator.campaigns import CampaignSettings
 from orchestrator.model import NewCall
+from orchestrator.provider import client
 from orchestrator.store import Store
 from tests.stores import FakeClock
 

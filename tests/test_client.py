@@ -11,9 +11,10 @@ from email.utils import format_datetime
 
 import pytest
 
-from orchestrator import client, exceptions, log
+from orchestrator import exceptions, log
 from orchestrator.exceptions import Retry
-from orchestrator.simulation import Dialect, Faults, Outcome, RawAnswer, Script
+from orchestrator.provider import client
+from orchestrator.provider.simulator.model import Dialect, Faults, Outcome, RawAnswer, Script
 
 from .conftest import StartSimulator
 

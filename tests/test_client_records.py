@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiohttp import web
 
-from orchestrator import client, exceptions
+from orchestrator import exceptions
 from orchestrator.exceptions import Retry
 from orchestrator.model import CallStatus
-from orchestrator.simulation import Dialect, Outcome, Script
+from orchestrator.provider import client
+from orchestrator.provider.simulator.model import Dialect, Outcome, Script
 
 from .conftest import StartSimulator
 

@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orchestrator import client, dialer
+from orchestrator import dialer
 from orchestrator.memory import MemoryConnector
 from orchestrator.model import NewCall
+from orchestrator.provider import client
 from orchestrator.store import ClaimBatch, ClaimRules, Store
 from tests.conftest import StartSimulator
 

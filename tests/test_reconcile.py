@@ -18,8 +18,8 @@ import pytest
 
 from orchestrator import app, config
 from orchestrator.model import CallStatus, NewCall
-from orchestrator.simulation import Dialect, Faults, Outcome, Script, SimulatorConfig
-from orchestrator.simulator import Simulator
+from orchestrator.provider.simulator import Simulator
+from orchestrator.provider.simulator.model import Dialect, Faults, Outcome, Script, SimulatorConfig
 
 FROM = "+16045551234"
 SECRET = "whsec_reconcile_test"

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from aiohttp import web
 
-from orchestrator.simulator import (
+from orchestrator.provider.simulator import (
     PLACE_CALL_PATH,
     Dialect,
     Faults,
@@ -30,7 +30,7 @@ from orchestrator.simulator import (
     Simulator,
     SimulatorConfig,
 )
-from orchestrator.simulator_cli import add_arguments, config_from_args
+from orchestrator.provider.simulator.cli import add_arguments, config_from_args
 
 TOKEN = "test-token"
 FROM = "+16045551234"

@@ -2,7 +2,7 @@
 
 Nothing here does I/O, so the rules (what a call will do, what a webhook looks like, what the
 inspection routes show) can be read and tested apart from the aiohttp server in
-`orchestrator.simulator`.
+`orchestrator.provider.simulator`.
 """
 
 from __future__ import annotations

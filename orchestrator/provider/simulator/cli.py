@@ -1,5 +1,5 @@
 """The simulator's command line: ``orchestrator simulator`` options (faults, scripts, dialect,
-time scale) turned into a :class:`~orchestrator.simulation.SimulatorConfig`, and serving it."""
+time scale) turned into a :class:`~orchestrator.provider.simulator.model.SimulatorConfig`, and serving it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import os
 
 import structlog
 
-from orchestrator.simulation import (
+from orchestrator.provider.simulator import Simulator
+from orchestrator.provider.simulator.model import (
     FAULT_NAMES,
     FAULT_PARAMETERS,
     Dialect,
@@ -19,7 +20,6 @@ from orchestrator.simulation import (
     Script,
     SimulatorConfig,
 )
-from orchestrator.simulator import Simulator
 
 __all__ = ["add_arguments", "config_from_args", "serve"]
 

@@ -3,7 +3,7 @@
 It speaks either the documented API or the shape the provider actually deploys (see
 `magpipe-contract.md`), can inject the faults a real provider shows (429, 503, slow or dropped
 answers, duplicate, shuffled, early or lost webhooks), and exposes `/_simulator/...` routes so
-tests and demos can see what happened. The pure model lives in `orchestrator.simulation`.
+tests and demos can see what happened. The pure model lives in `orchestrator.provider.simulator.model`.
 """
 
 from __future__ import annotations
@@ -26,20 +26,19 @@ import phonenumbers
 import structlog
 from aiohttp import web
 
-from orchestrator.simulated_answers import (
+from orchestrator.provider.simulator.answers import (
     Rejection as _Rejection,
 )
-from orchestrator.simulated_answers import (
+from orchestrator.provider.simulator.answers import (
     error_response as _error_response,
 )
-from orchestrator.simulated_answers import (
+from orchestrator.provider.simulator.answers import (
     json_object as _json_object,
 )
-from orchestrator.simulated_answers import (
+from orchestrator.provider.simulator.answers import (
     plain_error as _plain_error,
 )
-from orchestrator.simulated_records import Records
-from orchestrator.simulation import (
+from orchestrator.provider.simulator.model import (
     DEFAULT_OUTCOME_MIX,
     CallRecord,
     Dialect,
@@ -52,6 +51,7 @@ from orchestrator.simulation import (
     draw_plan,
     iso_now,
 )
+from orchestrator.provider.simulator.records import Records
 
 __all__ = [
     "DEFAULT_OUTCOME_MIX",

@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiohttp import web
 
-from orchestrator.simulated_answers import Rejection, error_response, json_object
-from orchestrator.simulation import CallRecord
+from orchestrator.provider.simulator.answers import Rejection, error_response, json_object
+from orchestrator.provider.simulator.model import CallRecord
 
 if TYPE_CHECKING:
-    from orchestrator.simulator import Simulator
+    from orchestrator.provider.simulator import Simulator
 
 log = structlog.get_logger(__name__)
 
 
 class Records:
-    """The record routes of one :class:`~orchestrator.simulator.Simulator`."""
+    """The record routes of one :class:`~orchestrator.provider.simulator.Simulator`."""
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
