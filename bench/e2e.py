@@ -39,8 +39,9 @@ import httpx
 from _common import LoopLag, SimulatorProcess, cpu, emit, number, percentile, quiet
 from aiohttp import web
 
-from orchestrator import app, config, connector, intake
+from orchestrator import app, config, intake
 from orchestrator.campaigns import CampaignSettings
+from orchestrator.connectors import protocol as connector
 from orchestrator.model import Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient

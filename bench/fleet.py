@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any
 
-from orchestrator import connector
+from orchestrator.connectors import protocol as connector
 from orchestrator.model import CallStatus, NewCall
 from orchestrator.store import Claim, Store, Webhook
 

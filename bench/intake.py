@@ -36,8 +36,9 @@ from typing import Any
 from _common import cpu, emit, number, percentile, quiet
 from aiohttp import web
 
-from orchestrator import bus, connector, metrics
+from orchestrator import bus, metrics
 from orchestrator.campaigns import CampaignSettings
+from orchestrator.connectors import protocol as connector
 from orchestrator.intake import PATH, Intake
 from orchestrator.model import CORRELATION_KEY, NewCall
 from orchestrator.provider.simulator import SIGNATURE_HEADER, sign

@@ -43,8 +43,8 @@ from typing import Any
 from _common import cpu, emit, max_rss_mb, number, quiet
 from aiohttp import ClientSession, ClientTimeout, web
 
-from orchestrator import connector
 from orchestrator.campaigns import CampaignSettings
+from orchestrator.connectors import protocol as connector
 from orchestrator.model import NewCall, new_id, new_token
 from orchestrator.store import ClaimRules, Store
 

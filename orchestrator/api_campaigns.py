@@ -22,7 +22,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from orchestrator import exceptions, imports, phone
 from orchestrator.api import MAX_BODY, _error, _invalid
 from orchestrator.campaigns import CampaignSettings, CampaignStatus, RowError
-from orchestrator.connector import Row
+from orchestrator.connectors.protocol import Row
 from orchestrator.model import finite, iso, load_json, unstorable
 
 if TYPE_CHECKING:

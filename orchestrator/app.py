@@ -24,7 +24,6 @@ from orchestrator import (
     api,
     bus,
     config,
-    connector,
     dialer,
     dnc,
     exceptions,
@@ -35,6 +34,7 @@ from orchestrator import (
     rules,
     timers,
 )
+from orchestrator.connectors import protocol as connector
 from orchestrator.model import CallStatus, Event, new_id
 from orchestrator.provider import client
 from orchestrator.store import CheckTiming, Store

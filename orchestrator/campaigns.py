@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator import exceptions, phone
-from orchestrator.connector import Row
+from orchestrator.connectors.protocol import Row
 from orchestrator.ledger import Ledger
 from orchestrator.model import NewCall, new_id, new_token
 from orchestrator.windows import CallingWindow

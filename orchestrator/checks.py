@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.connector import Row
+from orchestrator.connectors.protocol import Row
 from orchestrator.dialing import Dialing, Pacing
 from orchestrator.ledger import WATCHDOG
 from orchestrator.model import CallStatus, Event, new_id

@@ -31,8 +31,9 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from orchestrator import app, bus, config, connector, exceptions, phone
+from orchestrator import app, bus, config, exceptions, phone
 from orchestrator.campaigns import CampaignSettings, RowError
+from orchestrator.connectors import protocol as connector
 from orchestrator.model import RESERVED_PREFIX, CallStatus, Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.progress import Snapshot, Summary, View, make_view

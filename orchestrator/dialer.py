@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import structlog
 
 from orchestrator import bus, campaigns, dnc, exceptions, windows
-from orchestrator.connector import Row
+from orchestrator.connectors.protocol import Row
 from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, Event

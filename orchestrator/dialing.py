@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.campaigns import settings_of
-from orchestrator.connector import Row, Transaction
+from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.ledger import WATCHDOG, Ledger
 from orchestrator.model import CallStatus, Event, new_id
 

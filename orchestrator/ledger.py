@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import exceptions
-from orchestrator.connector import Connector, Row, Transaction
+from orchestrator.connectors.protocol import Connector, Row, Transaction
 from orchestrator.model import CallRef, CallStatus, Event, new_id, new_token
 
 Router = Callable[[Event], Sequence[str]]
@@ -39,7 +39,7 @@ class CheckTiming:
 
 
 class Ledger:
-    """The store's writing primitives over any :class:`~orchestrator.connector.Connector`.
+    """The store's writing primitives over any :class:`~orchestrator.connectors.protocol.Connector`.
 
     ``router`` names the routes an event goes to; it runs inside the transaction that writes
     the event, so the outbox rows are exactly as durable as the event. ``checks`` schedules the

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.campaigns import settings_of
-from orchestrator.connector import Row, Transaction
+from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.ledger import Ledger
 from orchestrator.model import CallStatus, Event, iso
 

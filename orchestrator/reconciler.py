@@ -26,7 +26,7 @@ import structlog
 
 from orchestrator import bus, exceptions
 from orchestrator.checks import ENDING_CANCELED, Finding
-from orchestrator.connector import Row
+from orchestrator.connectors.protocol import Row
 from orchestrator.dialing import Pacing
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, LEGACY_CORRELATION_KEY, CallStatus, Event

@@ -1,7 +1,7 @@
 """The engine's durable operations: every state change of a call, one transaction each.
 
 The store is the source of truth. Each method here is one transaction over named queries
-(:mod:`orchestrator.connector`), so the same logic runs on SQLite, PostgreSQL and in memory.
+(:mod:`orchestrator.connectors.protocol`), so the same logic runs on SQLite, PostgreSQL and in memory.
 Events are written in the same transaction as the change they announce, together with one
 outbox row per route (:mod:`orchestrator.ledger`); nothing is published that is not already
 durable. Deliveries and handler actions are in :mod:`orchestrator.outbox`.
@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator import exceptions
 from orchestrator.campaigns import Campaigns
 from orchestrator.checks import LOOKUP_BUCKET, Applied, Checks, Finding
-from orchestrator.connector import Row, Transaction
+from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.dialing import (
     DIAL_BUCKET,
     Claim,
@@ -95,7 +95,7 @@ class IngestResult:
 
 
 class Store(Checks, Campaigns, Outbox):
-    """Durable call lifecycle operations over any :class:`~orchestrator.connector.Connector`:
+    """Durable call lifecycle operations over any :class:`~orchestrator.connectors.protocol.Connector`:
     ``Store(connector, router=..., clock=...)``.
 
     ``router`` names the routes an event goes to; it runs inside the transaction that writes

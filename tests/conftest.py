@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from orchestrator.connector import Connector, redact_url
+from orchestrator.connectors.protocol import Connector, redact_url
 from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import SimulatorConfig
 from tests.stores import clock, env, store  # noqa: F401 - fixtures for every test module
@@ -111,7 +111,7 @@ async def drop_schema(url: str, schema: str) -> None:
 
 @functools.cache
 def _scratch_connector_class() -> type[Connector]:
-    from orchestrator.postgres import PostgresConnector
+    from orchestrator.connectors.postgres import PostgresConnector
 
     class ScratchPostgresConnector(PostgresConnector):
         """A PostgreSQL connector on its own schema, which it drops when it closes."""
@@ -155,7 +155,7 @@ class PostgresFactory:
     def __call__(self, url: str | None = None, **kwargs: Any) -> Any:
         """A connector on the scratch schema; with ``url``, exactly that URL (no schema
         added unless ``schema=`` is given)."""
-        from orchestrator.postgres import PostgresConnector
+        from orchestrator.connectors.postgres import PostgresConnector
 
         if url is None:
             kwargs.setdefault("schema", self.schema)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.connector import Connector
-from orchestrator.memory import MemoryConnector
+from orchestrator.connectors.memory import MemoryConnector
+from orchestrator.connectors.protocol import Connector
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import Event, matches
-from orchestrator.sqlite import SQLiteConnector
 from orchestrator.store import Store
 
 T0 = 1_700_000_000.0

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from orchestrator import bus, model, plugin
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import CallStatus, Event, NewCall
-from orchestrator.sqlite import SQLiteConnector
 from orchestrator.store import Store, Webhook
 
 

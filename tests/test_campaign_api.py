@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from orchestrator import config
 from orchestrator.api import ControlApi
-from orchestrator.sqlite import SQLiteConnector
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.store import Store
 from tests.daemons import (
     FROM_NUMBER,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator import dialer
-from orchestrator.memory import MemoryConnector
+from orchestrator.connectors.memory import MemoryConnector
 from orchestrator.model import NewCall
 from orchestrator.provider import client
 from orchestrator.store import ClaimBatch, ClaimRules, Store

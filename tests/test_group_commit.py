@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import exceptions
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.intake import GroupCommit
 from orchestrator.model import CallStatus
-from orchestrator.sqlite import SQLiteConnector
 from orchestrator.store import Ingest, Store
 from tests.test_store import claim, hook, new_call
 

@@ -28,9 +28,9 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
 from orchestrator import actions, bus, exceptions, plugin, rules
-from orchestrator.memory import MemoryConnector
+from orchestrator.connectors.memory import MemoryConnector
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
-from orchestrator.sqlite import SQLiteConnector
 from orchestrator.store import Claim, Store
 from orchestrator.store import Webhook as StatusHook
 from plugins import hubspot, slack

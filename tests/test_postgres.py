@@ -14,10 +14,11 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from orchestrator import connector, exceptions
-from orchestrator.connector import Connector, migrations
-from orchestrator.postgres import PostgresConnector, translate
-from orchestrator.sqlite import SQLiteConnector
+from orchestrator import exceptions
+from orchestrator.connectors import protocol as connector
+from orchestrator.connectors.postgres import PostgresConnector, translate
+from orchestrator.connectors.protocol import Connector, migrations
+from orchestrator.connectors.sqlite import SQLiteConnector
 from tests.conftest import PostgresFactory
 
 pytestmark = pytest.mark.postgres

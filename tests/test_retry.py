@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from orchestrator import bus, plugin, rules
-from orchestrator.memory import MemoryConnector
+from orchestrator.connectors.memory import MemoryConnector
 from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.store import Claim, Store, Webhook
 from tests.daemons import (

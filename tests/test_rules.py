@@ -12,8 +12,8 @@ import pytest
 from pydantic import Field, model_validator
 
 from orchestrator import bus, config, plugin, rules, templates, testing
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import NewCall
-from orchestrator.sqlite import SQLiteConnector
 from orchestrator.store import Store
 from orchestrator.testing import make_event
 from plugins.http import HttpHandler

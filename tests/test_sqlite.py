@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import exceptions
-from orchestrator.sqlite import SQLiteConnector
+from orchestrator.connectors.sqlite import SQLiteConnector
 
 
 @pytest.fixture
@@ -169,7 +169,7 @@ async def test_a_waiter_cancelled_behind_a_rollback_does_not_let_the_next_one_ju
 
 CLOSE_DURING_BULK = """
 import asyncio, sys
-from orchestrator.sqlite import SQLiteConnector
+from orchestrator.connectors.sqlite import SQLiteConnector
 
 async def main(path):
     rows = [{"scope": "b", "key": str(i), "value": "v", "now": 0.0} for i in range(300_000)]

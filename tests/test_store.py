@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from orchestrator import exceptions
-from orchestrator.connector import Connector, migrations, queries, statements
-from orchestrator.memory import MemoryConnector
+from orchestrator.connectors.memory import MemoryConnector
+from orchestrator.connectors.protocol import Connector, migrations, queries, statements
+from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import CallStatus, Event, NewCall
-from orchestrator.sqlite import SQLiteConnector
 from orchestrator.store import Claim, Ingest, Pacing, Store, Throttled, Webhook
 from tests.stores import T0, Env, FakeClock
 

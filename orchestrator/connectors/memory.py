@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from orchestrator import connector, exceptions
-from orchestrator.connector import Row
-from orchestrator.tables import (
+from orchestrator import exceptions
+from orchestrator.connectors import protocol as connector
+from orchestrator.connectors.memory_tables import (
     _ABANDONED,
     Params,
     Result,
@@ -36,6 +36,7 @@ from orchestrator.tables import (
     _order,
     _pick,
 )
+from orchestrator.connectors.protocol import Row
 
 
 class _Database(Storage):

@@ -21,8 +21,9 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 import asyncpg  # type: ignore[import-untyped]
 import structlog
 
-from orchestrator import connector, exceptions
-from orchestrator.connector import Row
+from orchestrator import exceptions
+from orchestrator.connectors import protocol as connector
+from orchestrator.connectors.protocol import Row
 
 log = structlog.get_logger(__name__)
 

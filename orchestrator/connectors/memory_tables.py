@@ -1,4 +1,4 @@
-"""The in-memory tables under :class:`~orchestrator.memory.MemoryConnector`, with SQLite's
+"""The in-memory tables under :class:`~orchestrator.connectors.memory.MemoryConnector`, with SQLite's
 semantics: column affinity, ``NOT NULL``, ``UNIQUE`` (partial indexes too), the foreign key of
 ``attempts.call_id``, and ``ON CONFLICT DO NOTHING``. Rows are never changed in place: an update
 stores a new dict, so a snapshot is a shallow copy of each table.
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from orchestrator.connector import Row
+from orchestrator.connectors.protocol import Row
 
 Params = dict[str, Any]
 Result = tuple[list[Row], int]  # (rows returned, rows changed; -1 for a SELECT like sqlite3)

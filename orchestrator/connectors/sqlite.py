@@ -31,8 +31,9 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from orchestrator import connector, exceptions
-from orchestrator.connector import Row
+from orchestrator import exceptions
+from orchestrator.connectors import protocol as connector
+from orchestrator.connectors.protocol import Row
 
 log = structlog.get_logger(__name__)
 

@@ -2,7 +2,7 @@
 
 The engine (:mod:`orchestrator.store`) never writes SQL. It runs *named queries* inside
 transactions; each connector knows how to run them. The SQL connectors read them from
-``queries.sql`` (with per-dialect overrides); :class:`~orchestrator.memory.MemoryConnector`
+``queries.sql`` (with per-dialect overrides); :class:`~orchestrator.connectors.memory.MemoryConnector`
 implements them in Python for fast unit tests.
 """
 
@@ -87,7 +87,7 @@ class Migration:
 def migrations() -> list[Migration]:
     """Every migration shipped in ``orchestrator/migrations``, in version order."""
     found = []
-    for entry in resources.files("orchestrator.migrations").iterdir():
+    for entry in resources.files("orchestrator.connectors.migrations").iterdir():
         match = re.fullmatch(r"(\d+)_(\w+)\.sql", entry.name)
         if match:
             found.append(
@@ -111,7 +111,11 @@ LOCKING = {
 def queries(dialect: str) -> dict[str, str]:
     """The named queries for ``dialect``: ``NAME@dialect`` blocks replace ``NAME``, and
     ``{for_update}``/``{skip_locked}`` become the dialect's row-locking clauses."""
-    text = resources.files("orchestrator").joinpath("queries.sql").read_text(encoding="utf-8")
+    text = (
+        resources.files("orchestrator.connectors")
+        .joinpath("queries.sql")
+        .read_text(encoding="utf-8")
+    )
     base: dict[str, str] = {}
     override: dict[str, str] = {}
     for block in re.split(r"^-- name: ", text, flags=re.MULTILINE)[1:]:
@@ -142,16 +146,16 @@ def statements(sql: str) -> list[str]:
 def connect(url: str) -> Connector:
     """The connector for a store URL: ``sqlite:///path``, ``memory://`` or ``postgresql://``."""
     if url.startswith("sqlite://"):
-        from orchestrator import sqlite
+        from orchestrator.connectors import sqlite
 
         return sqlite.SQLiteConnector(url)
     if url.startswith("memory:"):
-        from orchestrator import memory
+        from orchestrator.connectors import memory
 
         return memory.MemoryConnector()
     if url.startswith(("postgresql://", "postgres://")):
         try:
-            postgres: Any = importlib.import_module("orchestrator.postgres")
+            postgres: Any = importlib.import_module("orchestrator.connectors.postgres")
         except ImportError as exc:
             raise exceptions.ConfigError(
                 "PostgreSQL support needs the 'postgres' extra: "
