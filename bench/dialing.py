@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 from _common import LoopLag, SimulatorProcess, cpu, emit, number, quiet
 
-from orchestrator import app, config
+from orchestrator import app, config, connectors
 from orchestrator.campaigns import CampaignSettings
 from orchestrator.model import CORRELATION_KEY, NewCall, new_id
 from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
@@ -111,7 +111,7 @@ async def baseline(sim: SimulatorProcess, offset: int, calls: int) -> dict[str, 
 
 
 async def _fill(url: str, offset: int, calls: int) -> None:
-    store = Store(app.connector.connect(url))
+    store = Store(connectors.connect(url))
     await store.open()
     try:
         campaign = await store.create_campaign(

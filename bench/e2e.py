@@ -39,9 +39,8 @@ import httpx
 from _common import LoopLag, SimulatorProcess, cpu, emit, number, percentile, quiet
 from aiohttp import web
 
-from orchestrator import app, config, intake
+from orchestrator import app, config, connectors, intake
 from orchestrator.campaigns import CampaignSettings
-from orchestrator.connectors import protocol as connector
 from orchestrator.model import Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
@@ -99,7 +98,7 @@ def _stamp_arrivals() -> dict[tuple[str, str], float]:
 
 
 async def _fill(url: str, offset: int, calls: int) -> str:
-    store = Store(connector.connect(url))
+    store = Store(connectors.connect(url))
     await store.open()
     try:
         campaign = await store.create_campaign(

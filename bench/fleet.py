@@ -21,6 +21,7 @@ import time
 import uuid
 from typing import Any
 
+from orchestrator import connectors
 from orchestrator.connectors import protocol as connector
 from orchestrator.model import CallStatus, NewCall
 from orchestrator.store import Claim, Store, Webhook
@@ -34,7 +35,7 @@ def _url(base: str, schema: str) -> str:
 
 
 async def _fill(url: str, calls: int) -> None:
-    store = Store(connector.connect(url))
+    store = Store(connectors.connect(url))
     await store.open()
     try:
         for n in range(calls):
@@ -45,7 +46,7 @@ async def _fill(url: str, calls: int) -> None:
 
 
 async def _daemon(url: str, owner: str, start_at: float) -> list[float]:
-    store = Store(connector.connect(url))
+    store = Store(connectors.connect(url))
     await store.open()
     latencies: list[float] = []
     pending: set[asyncio.Task[None]] = set()

@@ -36,9 +36,8 @@ from typing import Any
 from _common import cpu, emit, number, percentile, quiet
 from aiohttp import web
 
-from orchestrator import bus, metrics
+from orchestrator import bus, connectors, metrics
 from orchestrator.campaigns import CampaignSettings
-from orchestrator.connectors import protocol as connector
 from orchestrator.intake import PATH, Intake
 from orchestrator.model import CORRELATION_KEY, NewCall
 from orchestrator.provider.simulator import SIGNATURE_HEADER, sign
@@ -157,7 +156,7 @@ def _routes() -> bus.EventBus:
 async def prepare(path: Path, calls: int, offset: int) -> tuple[str, list[list[Request]]]:
     """Import ``calls`` calls, claim them all (``dialing``) and build their webhooks; the
     campaign's id and the webhooks."""
-    store = Store(connector.connect(f"sqlite://{path}"), router=_routes().route)
+    store = Store(connectors.connect(f"sqlite://{path}"), router=_routes().route)
     await store.open()
     try:
         campaign = await store.create_campaign(
@@ -208,7 +207,7 @@ async def intake(
 ) -> dict[str, Any]:
     """The daemon's intake over the prepared store; checks every call ended ``completed``."""
     routes = _routes()
-    store = Store(connector.connect(f"sqlite://{path}"), router=routes.route)
+    store = Store(connectors.connect(f"sqlite://{path}"), router=routes.route)
     await store.open()
     try:
         application = Intake(

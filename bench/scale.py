@@ -43,6 +43,7 @@ from typing import Any
 from _common import cpu, emit, max_rss_mb, number, quiet
 from aiohttp import ClientSession, ClientTimeout, web
 
+from orchestrator import connectors
 from orchestrator.campaigns import CampaignSettings
 from orchestrator.connectors import protocol as connector
 from orchestrator.model import NewCall, new_id, new_token
@@ -102,7 +103,7 @@ async def import_and_claim(
 ) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
     """Import ``total`` rows, timing claims at each of DEPTHS on the way; the import's
     figures (with its time for the first ``checkpoint`` rows) and the claim latencies."""
-    store = Store(connector.connect(f"sqlite://{path}"))
+    store = Store(connectors.connect(f"sqlite://{path}"))
     await store.open()
     rss_before = max_rss_mb()
     stops = sorted({d for d in DEPTHS if d <= total} | {total, checkpoint})
@@ -140,7 +141,7 @@ async def import_and_claim(
 
 
 async def _schema(path: Path) -> str:
-    store = Store(connector.connect(f"sqlite://{path}"))
+    store = Store(connectors.connect(f"sqlite://{path}"))
     await store.open()
     try:
         row = await store.create_campaign("bare", CampaignSettings(from_numbers=(CALLER,)))
@@ -197,7 +198,7 @@ def _serve_api(path: str, conn: Any) -> None:
 async def _api_main(path: str, conn: Any) -> None:
     from orchestrator import api, config
 
-    store = Store(connector.connect(f"sqlite://{path}"))
+    store = Store(connectors.connect(f"sqlite://{path}"))
     await store.open()
 
     async def ready() -> tuple[bool, dict[str, Any]]:

@@ -24,6 +24,7 @@ from orchestrator import (
     api,
     bus,
     config,
+    connectors,
     dialer,
     dnc,
     exceptions,
@@ -103,7 +104,7 @@ class Daemon:
             if lookups.enabled
             else None
         )
-        self.store = Store(connector.connect(cfg.store), router=self.bus.route, checks=checks)
+        self.store = Store(connectors.connect(cfg.store), router=self.bus.route, checks=checks)
         self.shutdown_grace = shutdown_grace
         # Work this daemon holds is leased for this long and kept alive by the heartbeat.
         self.lease = lease

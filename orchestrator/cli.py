@@ -305,7 +305,8 @@ def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
 
 def _config_command(args: argparse.Namespace) -> int:
     """``config check|schema``, ``plugins list``, ``rules test``: 0 if all is well, else 1."""
-    from orchestrator import plugin, ruletest
+    from orchestrator import plugin
+    from orchestrator.testing import rule_tests as ruletest
 
     if args.command == "config" and args.action == "check":
         loaded = rules.load(args.file, require_env=args.require_env)

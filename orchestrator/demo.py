@@ -31,9 +31,8 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from orchestrator import app, bus, config, exceptions, phone
+from orchestrator import app, bus, config, connectors, exceptions, phone
 from orchestrator.campaigns import CampaignSettings, RowError
-from orchestrator.connectors import protocol as connector
 from orchestrator.model import RESERVED_PREFIX, CallStatus, Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.progress import Snapshot, Summary, View, make_view
@@ -432,7 +431,7 @@ async def _run(
         max_attempts=MAX_ATTEMPTS,
         price_per_minute=PRICE_PER_MINUTE,
     )
-    store = Store(connector.connect(store_url))
+    store = Store(connectors.connect(store_url))
     await store.open()
     try:
         with _open_sample(sample) as lines:

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
-from orchestrator import exceptions
+from orchestrator import connectors, exceptions
 from orchestrator.connectors import protocol as connector
 from orchestrator.connectors.postgres import PostgresConnector, translate
 from orchestrator.connectors.protocol import Connector, migrations
@@ -379,7 +379,7 @@ def test_schema_errors() -> None:
 
 async def test_connect_builds_a_postgres_connector() -> None:
     for scheme in ("postgresql", "postgres"):
-        conn = connector.connect(f"{scheme}://u:{SECRET}@127.0.0.1:1/db?schema=s")
+        conn = connectors.connect(f"{scheme}://u:{SECRET}@127.0.0.1:1/db?schema=s")
         assert isinstance(conn, PostgresConnector)
         assert conn.schema == "s"
 

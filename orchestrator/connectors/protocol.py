@@ -9,7 +9,6 @@ implements them in Python for fast unit tests.
 from __future__ import annotations
 
 import functools
-import importlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -141,31 +140,6 @@ def statements(sql: str) -> list[str]:
     """Split a migration into statements (none of ours contain a ``;`` inside a literal)."""
     body = "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
     return [s.strip() for s in body.split(";") if s.strip()]
-
-
-def connect(url: str) -> Connector:
-    """The connector for a store URL: ``sqlite:///path``, ``memory://`` or ``postgresql://``."""
-    if url.startswith("sqlite://"):
-        from orchestrator.connectors import sqlite
-
-        return sqlite.SQLiteConnector(url)
-    if url.startswith("memory:"):
-        from orchestrator.connectors import memory
-
-        return memory.MemoryConnector()
-    if url.startswith(("postgresql://", "postgres://")):
-        try:
-            postgres: Any = importlib.import_module("orchestrator.connectors.postgres")
-        except ImportError as exc:
-            raise exceptions.ConfigError(
-                "PostgreSQL support needs the 'postgres' extra: "
-                "pip install 'magpipe-orchestrator[postgres]'"
-            ) from exc
-        connector: Connector = postgres.PostgresConnector(url)
-        return connector
-    raise exceptions.ConfigError(
-        f"unknown store URL {redact_url(url)!r}: use sqlite:///path or postgresql://..."
-    )
 
 
 def redact_url(url: str) -> str:

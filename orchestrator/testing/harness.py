@@ -1,136 +1,36 @@
-"""Helpers for testing rules and plugins.
+"""Plugin testing: what a plugin author needs to run a handler the way the daemon does, without
+a daemon. :class:`Harness` builds the plugin from its options, runs ``handle`` against events with a
+real :class:`orchestrator.plugin.Context` whose durable parts are recording fakes, and returns
+a :class:`Result` saying what the daemon would make of the outcome::
 
-The first part (down to the "end of rule testing" marker) is self-contained: :func:`make_event`
-builds an event with sensible defaults, for tests and for users' rule tests, whose runner
-(``orchestrator rules test FILE``) lives in :mod:`orchestrator.ruletest` and is re-exported
-here (:func:`run_rule_tests`, :class:`RuleTestRun`, :class:`RuleTestResult`).
+    from orchestrator.testing import GaveUp, Harness, make_event
+
+    async def test_gives_up_after_the_last_attempt() -> None:
+        async with Harness(RetryHandler, {"max_attempts": 2}) as harness:
+            result = await harness.run(make_event(type="call.busy", call={"attempt": 2}))
+        assert result.ok
+        assert result.calls == [GaveUp(reason="2 attempt(s) made, ...")]
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
-from typing import Any
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self, cast
 
-from orchestrator import exceptions, rules
-from orchestrator.model import CallRef, CallStatus, Event
-from orchestrator.ruletest import RuleTestResult, RuleTestRun, run_rule_tests  # re-exported
+import httpx
+import structlog
+from structlog.testing import LogCapture
 
-#: The call an event made by :func:`make_event` is about, unless overridden.
-DEFAULT_CALL: Mapping[str, Any] = {
-    "id": "call_test",
-    "to": "+14155550100",
-    "from": "+16045550100",
-    "agent_id": None,
-    "campaign": None,
-    "metadata": {},
-    "attempt": 1,
-    "provider_call_id": None,
-}
-#: 2024-01-01T00:00:00Z: events made for tests have a fixed time unless told otherwise.
-DEFAULT_TIME = 1_704_067_200.0
-_EVENT_FIELDS = (
-    "id",
-    "type",
-    "occurred_at",
-    "call",
-    "status",
-    "duration",
-    "recording_url",
-    "transcript",
-    "error",
-    "data",
-    "seq",
-)
-
-
-def make_event(**overrides: Any) -> Event:
-    """An event with sensible defaults; ``overrides`` are fields of ``Event.to_json()``.
-
-    ``type`` defaults to ``call.completed``; ``status`` to the status a ``call.<status>`` type
-    announces; ``call`` is merged over :data:`DEFAULT_CALL` (``from`` or ``from_``);
-    ``occurred_at`` is epoch seconds or ISO 8601. An unknown field is a ValueError.
-    """
-    unknown = sorted(set(overrides) - set(_EVENT_FIELDS))
-    if unknown:
-        raise ValueError(
-            f"unknown event field(s) {', '.join(unknown)}; fields: {', '.join(_EVENT_FIELDS)}"
-        )
-    kind = str(overrides.get("type", "call.completed"))
-    given = dict(overrides.get("call") or {})
-    if "from_" in given:
-        given["from"] = given.pop("from_")
-    bad = sorted(set(given) - set(DEFAULT_CALL))
-    if bad:
-        raise ValueError(
-            f"unknown call field(s) {', '.join(bad)}; fields: {', '.join(DEFAULT_CALL)}"
-        )
-    call = {**DEFAULT_CALL, **given}
-    status = kind.removeprefix("call.")
-    default_status = status if status in set(CallStatus) - {CallStatus.DIALING} else None
-    occurred = overrides.get("occurred_at", DEFAULT_TIME)
-    if isinstance(occurred, str):
-        occurred = datetime.fromisoformat(occurred.replace("Z", "+00:00")).timestamp()
-    return Event(
-        id=str(overrides.get("id", "evt_test")),
-        type=kind,
-        occurred_at=float(occurred),
-        call=CallRef(
-            id=call["id"],
-            to=call["to"],
-            from_=call["from"],
-            agent_id=call["agent_id"],
-            campaign=call["campaign"],
-            metadata=dict(call["metadata"] or {}),
-            attempt=call["attempt"],
-            provider_call_id=call["provider_call_id"],
-        ),
-        status=overrides.get("status", default_status),
-        duration=overrides.get("duration"),
-        recording_url=overrides.get("recording_url"),
-        transcript=overrides.get("transcript"),
-        error=overrides.get("error"),
-        data=dict(overrides.get("data") or {}),
-        seq=int(overrides.get("seq", 0)),
-    )
-
-
-# ---- end of rule testing ----------------------------------------------------------------
-
-
-# ---- plugin testing: recording fakes and the Harness ------------------------------------
-#
-# What a plugin author needs to run a handler the way the daemon does, without a daemon:
-# :class:`Harness` builds the plugin from its options, runs ``handle`` against events with a
-# real :class:`orchestrator.plugin.Context` whose durable parts are recording fakes, and returns
-# a :class:`Result` saying what the daemon would make of the outcome::
-#
-#     from orchestrator.testing import GaveUp, Harness, make_event
-#
-#     async def test_gives_up_after_the_last_attempt() -> None:
-#         async with Harness(RetryHandler, {"max_attempts": 2}) as harness:
-#             result = await harness.run(make_event(type="call.busy", call={"attempt": 2}))
-#         assert result.ok
-#         assert result.calls == [GaveUp(reason="2 attempt(s) made, ...")]
-
-# (Imported here rather than at the top, so the two parts of this module can be edited apart;
-# Any, Mapping, Event, CallStatus, exceptions and rules come from the imports at the top.)
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from types import TracebackType  # noqa: E402
-from typing import Literal, Self, cast  # noqa: E402
-
-import httpx  # noqa: E402
-import structlog  # noqa: E402
-from structlog.testing import LogCapture  # noqa: E402
-
-from orchestrator import actions, plugin, templates  # noqa: E402
-from orchestrator.model import NewCall, iso, new_id  # noqa: E402
+from orchestrator import actions, exceptions, plugin, rules, templates
+from orchestrator.model import CallStatus, Event, NewCall, iso, new_id
+from orchestrator.testing.events import make_event
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -657,28 +557,3 @@ class Harness:
             emitted=list(emit.emitted),
             logs=[dict(line) for line in capture.entries],
         )
-
-
-__all__ = [
-    "DEFAULT_CALL",
-    "DEFAULT_TIME",
-    "CallAction",
-    "Canceled",
-    "Emitted",
-    "GaveUp",
-    "Harness",
-    "KvDeleted",
-    "KvSet",
-    "KvWrite",
-    "MemoryKeyValue",
-    "Outcome",
-    "Queued",
-    "RecordingCalls",
-    "RecordingEmitter",
-    "Result",
-    "Retried",
-    "RuleTestResult",
-    "RuleTestRun",
-    "make_event",
-    "run_rule_tests",
-]

@@ -35,6 +35,7 @@ from orchestrator import bus, config, exceptions, rules
 from orchestrator.conditions import equal
 from orchestrator.config import Problem
 from orchestrator.model import Event
+from orchestrator.testing.events import make_event
 
 
 class _Strict(BaseModel):
@@ -103,7 +104,6 @@ def run_rule_tests(path: str | Path) -> RuleTestRun:
     event_bus = bus.EventBus(loaded.subscriptions)
     routes = {sub.name: sub for sub in loaded.subscriptions}
     run = RuleTestRun()
-    from orchestrator.testing import make_event  # not at the top: testing re-exports this
 
     for index, case in enumerate(spec.tests):
         diff: list[str] = []

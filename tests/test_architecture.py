@@ -1,0 +1,219 @@
+"""The package's layers, read from the source: which module imports which (at the top or inside
+a function; ``TYPE_CHECKING`` blocks aside). No import cycles, connectors and the provider's
+client know nothing of the daemon, and the store's parts never reach up into the daemon."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+Graph = Mapping[str, set[str]]
+
+# Layer rules: a module whose name starts with the key may import, of the project's modules,
+# only those whose names start with one of the values (itself included).
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "orchestrator.connectors": ("orchestrator.connectors", "orchestrator.exceptions"),
+    "orchestrator.provider": (
+        "orchestrator.provider",
+        "orchestrator.exceptions",
+        "orchestrator.model",
+        "orchestrator.phone",
+    ),
+    "orchestrator.model": ("orchestrator.model",),
+    "orchestrator.exceptions": ("orchestrator.exceptions",),
+}
+# The daemon's parts: the store (and everything under it) never imports these.
+DAEMON = (
+    "orchestrator.app",
+    "orchestrator.dialer",
+    "orchestrator.reconciler",
+    "orchestrator.timers",
+    "orchestrator.intake",
+    "orchestrator.api",
+    "orchestrator.bus",
+    "orchestrator.cli",
+    "orchestrator.demo",
+    "orchestrator.remote",
+)
+STORE = (
+    "orchestrator.store",
+    "orchestrator.ledger",
+    "orchestrator.dialing",
+    "orchestrator.checks",
+    "orchestrator.campaigns",
+    "orchestrator.outbox",
+)
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of ``orchestrator`` and ``plugins`` by dotted name (a package by its
+    ``__init__``)."""
+    found: dict[str, Path] = {}
+    for package in ("orchestrator", "plugins"):
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports_of(source: str, name: str, modules: Iterable[str]) -> set[str]:
+    """The project's modules ``source`` imports (``TYPE_CHECKING`` blocks aside)."""
+    known = set(modules)
+    named: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            test = node.test
+            if (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+            ):
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level == 0 and node.module:
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    named.add(full if full in known else node.module)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            named.update(alias.name for alias in node.names)
+
+    Visitor().visit(ast.parse(source))
+    out: set[str] = set()
+    for target in named:
+        while target not in known and "." in target:
+            target = target.rsplit(".", 1)[0]
+        if target in known and target != name:
+            out.add(target)
+            # Importing a package's module runs the package's __init__ first, unless the
+            # importer is inside that package (then the package is being set up already).
+            parts = target.split(".")
+            for end in range(1, len(parts)):
+                package = ".".join(parts[:end])
+                if package in known and not _under(name, (package,)):
+                    out.add(package)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {
+        name: imports_of(path.read_text(encoding="utf-8"), name, modules)
+        for name, path in modules.items()
+    }
+
+
+def cycles(graph: Graph) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in sorted(graph.get(node, ())):
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def _under(name: str, prefixes: Iterable[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def violations(graph: Graph) -> list[str]:
+    """Each import that breaks a layer rule, as ``importer -> imported``."""
+    out = []
+    for name, imported in sorted(graph.items()):
+        for layer, allowed in ALLOWED.items():
+            if _under(name, (layer,)):
+                out += [
+                    f"{name} -> {other}"
+                    for other in sorted(imported)
+                    if other.startswith("orchestrator") and not _under(other, allowed)
+                ]
+        if _under(name, STORE):
+            out += [f"{name} -> {other}" for other in sorted(imported) if _under(other, DAEMON)]
+    return out
+
+
+def test_the_checks_see_what_they_check() -> None:
+    """The checker finds a cycle and a layer broken in a made-up graph (so the real tree
+    passing means something)."""
+    made_up = {
+        "orchestrator.connectors.sqlite": {"orchestrator.app"},
+        "orchestrator.app": {"orchestrator.store"},
+        "orchestrator.store": {"orchestrator.app"},
+    }
+    assert cycles(made_up) == [["orchestrator.app", "orchestrator.store"]]
+    assert violations(made_up) == [
+        "orchestrator.connectors.sqlite -> orchestrator.app",
+        "orchestrator.store -> orchestrator.app",
+    ]
+    deferred = imports_of(
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from orchestrator import app\n"
+        "def f():\n    from orchestrator import store\n",
+        "orchestrator.x",
+        ["orchestrator.app", "orchestrator.store", "orchestrator"],
+    )
+    assert deferred == {"orchestrator.store"}
+    # A module of a package brings in the package's __init__ (the way a package re-exporting
+    # a module that imports one of its submodules goes round in a circle).
+    through = imports_of(
+        "from orchestrator.testing.events import make_event\n",
+        "orchestrator.ruletest",
+        ["orchestrator", "orchestrator.testing", "orchestrator.testing.events"],
+    )
+    assert through == {"orchestrator.testing", "orchestrator.testing.events"}
+
+
+def test_no_module_imports_itself_round_about() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_each_layer_imports_only_what_it_may() -> None:
+    graph = import_graph()
+    assert {"orchestrator.connectors.sqlite", "orchestrator.provider.client"} <= set(graph)
+    assert violations(graph) == []
+
+
+@pytest.mark.parametrize("package", ["orchestrator.connectors", "orchestrator.provider"])
+def test_lower_layers_know_nothing_of_the_daemon(package: str) -> None:
+    graph = import_graph()
+    reached: set[str] = set()
+    todo = [name for name in graph if _under(name, (package,))]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += graph[name]
+    assert not [name for name in reached if _under(name, DAEMON + STORE)]
