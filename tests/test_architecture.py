@@ -50,12 +50,13 @@ STORE = (
 
 
 def project_modules() -> dict[str, Path]:
-    """Every module of ``orchestrator`` and ``plugins`` by dotted name (a package by its
-    ``__init__``)."""
+    """Every module of ``orchestrator`` and the built-in plugins by dotted name (a package by
+    its ``__init__``)."""
     found: dict[str, Path] = {}
-    for package in ("orchestrator", "plugins"):
-        for path in (ROOT / package).rglob("*.py"):
-            name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    # The built-ins live in plugins/ and are the package orchestrator_plugins.
+    for base, package in ((ROOT, "orchestrator"), (ROOT / "plugins", "orchestrator_plugins")):
+        for path in (base / package).rglob("*.py"):
+            name = ".".join(path.relative_to(base).with_suffix("").parts)
             found[name.removesuffix(".__init__")] = path
     return found
 

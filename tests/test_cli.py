@@ -498,3 +498,23 @@ def test_daemon_commands_without_a_daemon(tmp_path: Path) -> None:
     assert done.returncode == 2 and "api.token" in done.stderr
     done = run("campaign", "list")
     assert done.returncode == 2 and "--config" in done.stderr
+
+
+def test_a_plugins_folder_where_the_daemon_runs_hides_no_built_in(tmp_path: Path) -> None:
+    """The built-ins install as ``orchestrator_plugins``: run from a folder with a ``plugins``
+    package of its own (a user's, say), every built-in is still there."""
+    decoy = tmp_path / "plugins"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the decoy plugins package')\n")
+    (decoy / "http.py").write_text("raise ImportError('the decoy http module')\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "plugins", "list", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = {plugin["type"] for plugin in json.loads(done.stdout)}
+    assert {"log", "http", "slack", "hubspot", "retry"} <= listed, listed

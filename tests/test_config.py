@@ -151,9 +151,10 @@ rules:
 
 
 def load_all(text: str) -> list[str]:
+    from orchestrator_plugins.http import HttpHandler
+    from orchestrator_plugins.log import LogHandler
+
     from orchestrator import rules
-    from plugins.http import HttpHandler
-    from plugins.log import LogHandler
 
     loaded = rules.load(
         "orchestrator.yaml", text=text, environ={}, types={"http": HttpHandler, "log": LogHandler}

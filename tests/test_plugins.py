@@ -24,6 +24,9 @@ from typing import Any
 import httpx
 import pytest
 import structlog
+from orchestrator_plugins import hubspot, slack
+from orchestrator_plugins.http import HttpHandler
+from orchestrator_plugins.log import LogHandler
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
@@ -33,9 +36,6 @@ from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
 from orchestrator.store import Claim, Store
 from orchestrator.store import Webhook as StatusHook
-from plugins import hubspot, slack
-from plugins.http import HttpHandler
-from plugins.log import LogHandler
 from tests.fakes import (
     Answer,
     HubSpotFake,

@@ -9,6 +9,8 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 import pytest
+from orchestrator_plugins.http import HttpHandler
+from orchestrator_plugins.log import LogHandler
 from pydantic import Field, model_validator
 
 from orchestrator import bus, config, plugin, rules, templates, testing
@@ -16,8 +18,6 @@ from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import NewCall
 from orchestrator.store import Store
 from orchestrator.testing import make_event
-from plugins.http import HttpHandler
-from plugins.log import LogHandler
 
 
 class NoteOptions(plugin.Options):

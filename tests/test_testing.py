@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 
 import pytest
 from aiohttp import web
+from orchestrator_plugins.log import LogHandler
+from orchestrator_plugins.retry import RetryHandler, RetryOptions
 
 from orchestrator import (
     ConfigError,
@@ -37,8 +39,6 @@ from orchestrator.testing import (
     Retried,
     make_event,
 )
-from plugins.log import LogHandler
-from plugins.retry import RetryHandler, RetryOptions
 
 T0 = 1_704_067_200.0
 

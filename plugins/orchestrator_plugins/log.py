@@ -8,7 +8,7 @@ from pydantic import field_validator
 
 from orchestrator.model import Event
 from orchestrator.plugin import Context, Options
-from plugins.http import effective
+from orchestrator_plugins.http import effective
 
 
 class LogOptions(Options):

@@ -32,7 +32,7 @@ from orchestrator.config import Duration, OptionalSecret
 from orchestrator.model import Event
 from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
 from orchestrator.provider import client
-from plugins.http import check, check_url, effective, post, snippet
+from orchestrator_plugins.http import check, check_url, effective, post, snippet
 
 API_URL = "https://slack.com/api/chat.postMessage"
 EXCERPT = 300

@@ -35,8 +35,8 @@ from orchestrator.config import Duration
 from orchestrator.model import Event, finite, iso
 from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
 from orchestrator.provider import client
-from plugins.http import check, check_url, effective, post
-from plugins.slack import duration
+from orchestrator_plugins.http import check, check_url, effective, post
+from orchestrator_plugins.slack import duration
 
 BASE_URL = "https://api.hubapi.com"
 CALL_TO_CONTACT = 194
