@@ -11,6 +11,13 @@ there exactly as a third-party package does::
 Configured instances (``plugins: {ops: {use: slack, ...}}``) are built once with their options;
 each rule's ``with`` values are rendered against the event, merged over the instance's options
 and validated by the same model, and reach ``handle`` as ``ctx.options``.
+
+This module is also the plugin kit: everything the built-in plugins use is here (and in
+``orchestrator``), so a third-party plugin can do what they do. Option types (:data:`Duration`,
+:data:`OptionalSecret`), a call's statuses (:class:`CallStatus`), the options a delivery runs
+with (:func:`effective`), and for handlers
+that speak HTTP: :func:`check_url`, :func:`post`, :func:`check`, :func:`snippet`,
+:func:`retry_after`; for messages: :func:`iso`, :func:`finite`, :func:`human_duration`.
 """
 
 from __future__ import annotations
@@ -18,14 +25,47 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator import exceptions
-from orchestrator.model import Event, NewCall
+from orchestrator.config import Duration, OptionalSecret
+from orchestrator.model import CallStatus, Event, NewCall, finite, iso
+from orchestrator.provider.client import retry_after
+
+_retry_after = retry_after  # ``check`` has a parameter of that name
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RETRYABLE_4XX",
+    "CallActions",
+    "CallStatus",
+    "Context",
+    "DeliveryError",
+    "Duration",
+    "Emitter",
+    "Handler",
+    "HandlerGone",
+    "KeyValue",
+    "OptionalSecret",
+    "Options",
+    "PluginType",
+    "build",
+    "check",
+    "check_url",
+    "effective",
+    "finite",
+    "human_duration",
+    "installed",
+    "iso",
+    "options_of",
+    "post",
+    "retry_after",
+    "snippet",
+]
 
 ENTRY_POINT_GROUP = "orchestrator.plugins"
 
@@ -200,3 +240,84 @@ def build(name: str, spec: Mapping[str, Any], types: Mapping[str, PluginType]) -
         )
         raise exceptions.ConfigError(problems, plugin=name) from None
     return plugin_type(name, parsed)
+
+
+# -- the kit: what handlers that speak HTTP share -------------------------------------------
+
+#: 4xx answers that say "try again" rather than "this request is wrong".
+RETRYABLE_4XX = frozenset({408, 409, 425, 429})
+
+OptionsT = TypeVar("OptionsT", bound=Options)
+
+
+def effective(given: Options, own: OptionsT) -> OptionsT:
+    """The options a delivery runs with: the route's (instance options merged with the rule's
+    rendered ``with``) when it supplies them, else the instance's own."""
+    return given if isinstance(given, type(own)) else own
+
+
+def check_url(value: str) -> str:
+    """``value`` if it is an absolute http(s) URL, else ValueError (never echoing the URL,
+    which may carry a secret)."""
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError("not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    return value
+
+
+async def post(
+    ctx: Context, url: str, *, plugin: str, service: str, within: float, **kwargs: Any
+) -> httpx.Response:
+    """POST with the daemon's shared client, within ``within`` seconds; a transport failure
+    (refused, reset, timed out) becomes a retryable DeliveryError that names the service,
+    never the URL."""
+    try:
+        return await ctx.http.post(url, timeout=within, **kwargs)
+    except httpx.TransportError as exc:
+        raise DeliveryError(f"{type(exc).__name__} reaching {service}", plugin=plugin) from exc
+
+
+def check(
+    response: httpx.Response,
+    *,
+    plugin: str,
+    service: str,
+    detail: str = "",
+    retry_after: float | None = None,
+) -> None:
+    """Return on 2xx; otherwise raise what the status calls for.
+
+    410 is :class:`HandlerGone`; 429, 5xx and 408/409/425 are retried (after Retry-After, or
+    ``retry_after`` when the header is missing); any other answer (a 3xx redirect, a 4xx) is
+    permanent: sending the same request again cannot help.
+    """
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    message = f"{service} answered HTTP {status}" + (f": {detail}" if detail else "")
+    if status == 410:
+        raise HandlerGone(message, plugin=plugin)
+    if status in RETRYABLE_4XX or status >= 500:
+        wait = _retry_after(response.headers.get("retry-after"))
+        raise DeliveryError(
+            message, retry_after=wait if wait is not None else retry_after, plugin=plugin
+        )
+    raise DeliveryError(message, permanent=True, plugin=plugin)
+
+
+def snippet(response: httpx.Response, limit: int = 200) -> str:
+    """The start of a response body, for an error message."""
+    return response.content[:limit].decode("utf-8", "replace").strip()
+
+
+def human_duration(seconds: float) -> str:
+    """``42s``, ``2m 05s``, ``1h 02m``."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m {total % 60:02d}s"
+    return f"{total // 3600}h {total % 3600 // 60:02d}m"

@@ -218,3 +218,35 @@ def test_lower_layers_know_nothing_of_the_daemon(package: str) -> None:
             reached.add(name)
             todo += graph[name]
     assert not [name for name in reached if _under(name, DAEMON + STORE)]
+
+
+#: What plugins may import of the orchestrator: the public kit, nothing else.
+KIT = ("orchestrator", "orchestrator.plugin")
+
+
+def _kit_violations(paths: Iterable[Path]) -> list[str]:
+    out = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            out += [
+                f"{path.relative_to(ROOT)}: {name}"
+                for name in names
+                if _under(name, ("orchestrator",)) and name not in KIT
+            ]
+    return out
+
+
+def test_plugins_use_only_the_public_kit() -> None:
+    """The built-ins and the example plugin import only ``orchestrator`` and
+    ``orchestrator.plugin``: what they need, a third-party plugin can have too."""
+    built_in = sorted((ROOT / "plugins" / "orchestrator_plugins").glob("*.py"))
+    example = sorted((ROOT / "examples" / "orchestrator-teams" / "src").rglob("*.py"))
+    assert len(built_in) >= 5 and example
+    assert _kit_violations([*built_in, *example]) == []
+    made_up = ROOT / "tests" / "stores.py"  # imports the store: not a plugin's business
+    assert _kit_violations([made_up])

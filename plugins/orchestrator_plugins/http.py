@@ -1,8 +1,5 @@
 """The ``http`` handler: POSTs each event as JSON to any endpoint, signed per Standard Webhooks.
 
-It also holds the small HTTP helpers the other built-ins share (:func:`post`, :func:`check`,
-:func:`effective`): how a transport failure and each HTTP status map to a delivery outcome.
-
 Signing follows https://www.standardwebhooks.com: ``webhook-id`` (the event id, stable across
 redeliveries, so a receiver can drop repeats), ``webhook-timestamp`` (unix seconds of this
 try) and ``webhook-signature: v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``. A secret
@@ -20,84 +17,23 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any, ClassVar, TypeVar
+from typing import ClassVar
 
 import httpx
 from pydantic import SecretStr, field_validator
 
-from orchestrator.config import Duration, OptionalSecret
-from orchestrator.model import Event
-from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
-from orchestrator.provider import client
+from orchestrator import Context, Event, Options
+from orchestrator.plugin import (
+    Duration,
+    OptionalSecret,
+    check,
+    check_url,
+    effective,
+    post,
+    snippet,
+)
 
 KEY_PREFIX = "whsec_"
-#: 4xx answers that say "try again" rather than "this request is wrong".
-RETRYABLE_4XX = frozenset({408, 409, 425, 429})
-
-OptionsT = TypeVar("OptionsT", bound=Options)
-
-
-def effective(given: Options, own: OptionsT) -> OptionsT:
-    """The options a delivery runs with: the route's (instance options merged with the rule's
-    rendered ``with``) when it supplies them, else the instance's own."""
-    return given if isinstance(given, type(own)) else own
-
-
-def check_url(value: str) -> str:
-    """``value`` if it is an absolute http(s) URL, else ValueError (never echoing the URL,
-    which may carry a secret)."""
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError):
-        raise ValueError("not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an absolute http:// or https:// URL")
-    return value
-
-
-async def post(
-    ctx: Context, url: str, *, plugin: str, service: str, within: float, **kwargs: Any
-) -> httpx.Response:
-    """POST with the daemon's shared client, within ``within`` seconds; a transport failure
-    (refused, reset, timed out) becomes a retryable DeliveryError that names the service,
-    never the URL."""
-    try:
-        return await ctx.http.post(url, timeout=within, **kwargs)
-    except httpx.TransportError as exc:
-        raise DeliveryError(f"{type(exc).__name__} reaching {service}", plugin=plugin) from exc
-
-
-def check(
-    response: httpx.Response,
-    *,
-    plugin: str,
-    service: str,
-    detail: str = "",
-    retry_after: float | None = None,
-) -> None:
-    """Return on 2xx; otherwise raise what the status calls for.
-
-    410 is :class:`HandlerGone`; 429, 5xx and 408/409/425 are retried (after Retry-After, or
-    ``retry_after`` when the header is missing); any other answer (a 3xx redirect, a 4xx) is
-    permanent: sending the same request again cannot help.
-    """
-    status = response.status_code
-    if 200 <= status < 300:
-        return
-    message = f"{service} answered HTTP {status}" + (f": {detail}" if detail else "")
-    if status == 410:
-        raise HandlerGone(message, plugin=plugin)
-    if status in RETRYABLE_4XX or status >= 500:
-        wait = client.retry_after(response.headers.get("retry-after"))
-        raise DeliveryError(
-            message, retry_after=wait if wait is not None else retry_after, plugin=plugin
-        )
-    raise DeliveryError(message, permanent=True, plugin=plugin)
-
-
-def snippet(response: httpx.Response, limit: int = 200) -> str:
-    """The start of a response body, for an error message."""
-    return response.content[:limit].decode("utf-8", "replace").strip()
 
 
 def signing_key(secret: str) -> bytes:

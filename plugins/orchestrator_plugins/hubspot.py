@@ -31,12 +31,18 @@ from typing import Any, ClassVar
 import httpx
 from pydantic import SecretStr, field_validator
 
-from orchestrator.config import Duration
-from orchestrator.model import Event, finite, iso
-from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
-from orchestrator.provider import client
-from orchestrator_plugins.http import check, check_url, effective, post
-from orchestrator_plugins.slack import duration
+from orchestrator import Context, DeliveryError, Event, HandlerGone, Options
+from orchestrator.plugin import (
+    Duration,
+    check,
+    check_url,
+    effective,
+    finite,
+    human_duration,
+    iso,
+    post,
+    retry_after,
+)
 
 BASE_URL = "https://api.hubapi.com"
 CALL_TO_CONTACT = 194
@@ -245,7 +251,7 @@ def body(event: Event) -> str:
     seconds = finite(event.duration)
     outcome = [str(event.status).replace("_", " ")]
     if seconds is not None:
-        outcome.append(duration(seconds))
+        outcome.append(human_duration(seconds))
     outcome.append(f"attempt {call.attempt}")
     parts = [f"<p><strong>Outcome:</strong> {html.escape(' · '.join(outcome))}</p>"]
     if call.campaign:
@@ -284,7 +290,7 @@ def _json(response: httpx.Response) -> dict[str, Any] | None:
 
 def _rate_wait(response: httpx.Response, error: dict[str, Any]) -> float:
     """Seconds to wait after a 429: Retry-After, else the policy's window."""
-    header = client.retry_after(response.headers.get("retry-after"))
+    header = retry_after(response.headers.get("retry-after"))
     if header is not None:
         return header
     policy = str(error.get("policyName") or "")

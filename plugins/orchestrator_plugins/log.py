@@ -6,9 +6,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator
 
-from orchestrator.model import Event
-from orchestrator.plugin import Context, Options
-from orchestrator_plugins.http import effective
+from orchestrator import Context, Event, Options
+from orchestrator.plugin import effective
 
 
 class LogOptions(Options):

@@ -20,21 +20,20 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from orchestrator import config
-from orchestrator.model import CallStatus, Event
-from orchestrator.plugin import Context, Options
+from orchestrator import Context, Event, Options
+from orchestrator.plugin import CallStatus, Duration
 
 
 class RetryOptions(Options):
     """Options of the retry handler."""
 
-    delay: config.Duration = Field(default=600.0, description="wait before the 2nd attempt")
+    delay: Duration = Field(default=600.0, description="wait before the 2nd attempt")
     backoff: float = Field(default=2.0, ge=1.0, description="each later wait is this x longer")
     max_attempts: int = Field(default=3, ge=1, le=50, description="attempts in all, the 1st too")
-    min_gap: config.Duration = Field(
+    min_gap: Duration = Field(
         default=60.0, description="never dial the same call again sooner than this"
     )
-    max_delay: config.Duration = Field(default=86400.0, description="cap on any single wait")
+    max_delay: Duration = Field(default=86400.0, description="cap on any single wait")
 
 
 class RetryHandler:

@@ -28,11 +28,18 @@ from typing import Any, ClassVar
 
 from pydantic import model_validator
 
-from orchestrator.config import Duration, OptionalSecret
-from orchestrator.model import Event
-from orchestrator.plugin import Context, DeliveryError, HandlerGone, Options
-from orchestrator.provider import client
-from orchestrator_plugins.http import check, check_url, effective, post, snippet
+from orchestrator import Context, DeliveryError, Event, HandlerGone, Options
+from orchestrator.plugin import (
+    Duration,
+    OptionalSecret,
+    check,
+    check_url,
+    effective,
+    human_duration,
+    post,
+    retry_after,
+    snippet,
+)
 
 API_URL = "https://slack.com/api/chat.postMessage"
 EXCERPT = 300
@@ -161,7 +168,7 @@ class SlackHandler:
         if error in TRANSIENT:
             raise DeliveryError(
                 f"Slack answered {error}",
-                retry_after=client.retry_after(response.headers.get("retry-after")),
+                retry_after=retry_after(response.headers.get("retry-after")),
                 plugin=self.name,
             )
         raise DeliveryError(f"Slack refused the message: {error}", permanent=True, plugin=self.name)
@@ -193,7 +200,7 @@ def message(event: Event, *, text: str | None = None, name_key: str = "name") ->
     who = call.to + (f" ({name})" if name else "")
     summary = f"{emoji} Call to {escape(who)}: {status.replace('_', ' ')}"
     if event.duration is not None:
-        summary += f" after {duration(event.duration)}"
+        summary += f" after {human_duration(event.duration)}"
     blocks: list[dict[str, Any]] = []
     if text:
         blocks.append(_section(text[:3000]))
@@ -203,7 +210,7 @@ def message(event: Event, *, text: str | None = None, name_key: str = "name") ->
     if call.campaign:
         fields.append(f"*Campaign*\n{escape(call.campaign)}")
     if event.duration is not None:
-        fields.append(f"*Duration*\n{duration(event.duration)}")
+        fields.append(f"*Duration*\n{human_duration(event.duration)}")
     fields.append(f"*Attempt*\n{call.attempt}")
     if event.error:
         reason = event.error.get("message") or event.error.get("code")
@@ -245,13 +252,3 @@ def excerpt(transcript: str, limit: int = EXCERPT) -> str:
         cut = text[:limit]
         text = (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2 :] else cut).rstrip() + "…"
     return escape(text)
-
-
-def duration(seconds: float) -> str:
-    """``42s``, ``2m 05s``, ``1h 02m``."""
-    total = round(seconds)
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m {total % 60:02d}s"
-    return f"{total // 3600}h {total % 3600 // 60:02d}m"

@@ -27,16 +27,13 @@ The webhook URL carries its own credentials: it is a secret, never logged or put
 
 from __future__ import annotations
 
-import email.utils
-import math
-import time
-from datetime import UTC
 from typing import Any, ClassVar
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 
 from orchestrator import Context, DeliveryError, Event, HandlerGone, Options
+from orchestrator.plugin import retry_after
 
 __all__ = ["TeamsHandler", "TeamsOptions", "card", "retry_after"]
 
@@ -150,20 +147,3 @@ def card(
             }
         ],
     }
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), else None."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
