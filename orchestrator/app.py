@@ -233,7 +233,6 @@ class Daemon:
                     reconciler.ReconcileSettings(
                         max_per_minute=cfg.magpipe.reconcile.max_per_minute,
                         hangup_on_timeout=cfg.dialer.hangup_on_timeout,
-                        every=cfg.magpipe.reconcile.every,
                     ),
                     publish=self.publish,
                     metrics=self.metrics,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.connectors.protocol import Row
+from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.dialing import Dialing, Pacing
 from orchestrator.ledger import WATCHDOG
 from orchestrator.model import CallStatus, Event, new_id
@@ -231,7 +231,7 @@ class Checks(Dialing):
 
     async def _end(
         self,
-        tx: Any,
+        tx: Transaction,
         attempt: Row,
         status: CallStatus,
         code: str,
@@ -247,7 +247,7 @@ class Checks(Dialing):
         )  # fmt: skip
 
     async def _redial(
-        self, tx: Any, attempt: Row, noted: dict[str, Any], finding: Finding, now: float
+        self, tx: Transaction, attempt: Row, noted: dict[str, Any], finding: Finding, now: float
     ) -> Applied:
         """The placement was never created (its search found no record): nobody was rung, so
         it goes back to the queue, as it is, and is dialed again (unless its campaign was
@@ -283,7 +283,7 @@ class Checks(Dialing):
         await self._notify(tx, "dial")
         return Applied(events=[event] if event is not None else [], redialed=True)
 
-    async def expire(self, attempt: Row, final_grace: float, tx: Any, now: float) -> bool:
+    async def expire(self, attempt: Row, final_grace: float, tx: Transaction, now: float) -> bool:
         """The watchdog fired on a live attempt: with look-ups on, its last look-up is due at
         once and the watchdog comes back ``final_grace`` later to end it regardless (True);
         False when it must be ended now (look-ups off, or this is that second firing)."""

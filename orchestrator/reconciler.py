@@ -44,7 +44,6 @@ class ReconcileSettings:
 
     max_per_minute: int = 60
     hangup_on_timeout: bool = True
-    every: float = 60.0
     # A look-up taken is due again this long after, unless its finding is recorded first.
     lease: float = 60.0
     # With this many live calls due at once, one list-calls answers for all of them.
@@ -74,9 +73,13 @@ class Reconciler:
         publish: Publish,
         metrics: Metrics | None = None,
     ) -> None:
+        if store.checks is None:
+            raise ValueError("the reconciler needs a store that schedules look-ups (checks)")
         self.store = store
         self.magpipe = magpipe
         self.settings = settings
+        # How often a live call is looked up: the store schedules by the same timing.
+        self.every = store.checks.every
         self.publish = publish
         self.metrics = metrics
         self.pacing = settings.pacing()
@@ -122,7 +125,7 @@ class Reconciler:
                     # Still being placed: nothing to ask yet. If it must end, its answer brings
                     # the look-up (and the hang-up) due at once.
                     del pending[check["id"]]
-                    await self.store.schedule_check(check["id"], at=now + self._every())
+                    await self.store.schedule_check(check["id"], at=now + self.every)
             for check in [c for c in checks if c["id"] in pending and c["ending"]]:
                 if not await self._final(check):
                     return 0
@@ -142,9 +145,6 @@ class Reconciler:
             for check_id in pending:
                 await self.store.schedule_check(check_id, at=again)
         return len(checks)
-
-    def _every(self) -> float:
-        return self.store.checks.every if self.store.checks is not None else self.settings.every
 
     # -- the budget ----------------------------------------------------------------------
 
@@ -264,7 +264,7 @@ class Reconciler:
         if failure is not None:
             # Not forgotten: looked up and hung up again shortly (the watchdog's second firing
             # ends it here should the provider never let us).
-            retry = max(self._starved, min(self._every(), 5.0))
+            retry = max(self._starved, min(self.every, 5.0))
             log.warning(
                 "reconciler.hangup_failed",
                 call_id=attempt["call_id"],

@@ -518,20 +518,16 @@ def _placed(data: Mapping[str, Any]) -> PlacedCall | None:
     if not isinstance(call_id, str) or not call_id:
         return None
 
-    def text(key: str) -> str | None:
-        value = data.get(key)
-        return value if isinstance(value, str) else None
-
     return PlacedCall(
         call_id=call_id,
-        status=text("status") or "initiated",
-        from_number=text("from_number"),
-        to_number=text("to_number"),
-        agent_id=text("agent_id"),
+        status=_text(data, "status") or "initiated",
+        from_number=_text(data, "from_number"),
+        to_number=_text(data, "to_number"),
+        agent_id=_text(data, "agent_id"),
         created_at=_timestamp(data.get("created_at")),
-        call_sid=text("call_sid"),
-        agent_call_sid=text("agent_call_sid"),
-        call_record_id=text("call_record_id"),
+        call_sid=_text(data, "call_sid"),
+        agent_call_sid=_text(data, "agent_call_sid"),
+        call_record_id=_text(data, "call_record_id"),
         raw=dict(data),
     )
 
@@ -543,19 +539,15 @@ def _provider_call(data: Mapping[str, Any]) -> ProviderCall | None:
     if not isinstance(record_id, str) or not record_id or not isinstance(status, str):
         return None
 
-    def text(key: str) -> str | None:
-        value = data.get(key)
-        return value if isinstance(value, str) else None
-
     duration = data.get("duration")
     metadata = data.get("metadata")
     return ProviderCall(
         id=record_id,
         status=status,
         state=CallStatus.from_record(status),
-        from_number=text("from_number"),
-        to_number=text("to_number"),
-        direction=text("direction"),
+        from_number=_text(data, "from_number"),
+        to_number=_text(data, "to_number"),
+        direction=_text(data, "direction"),
         duration=(
             float(duration)
             if isinstance(duration, int | float)
@@ -564,9 +556,9 @@ def _provider_call(data: Mapping[str, Any]) -> ProviderCall | None:
             and duration >= 0
             else None
         ),
-        recording_url=text("recording_url"),
-        transcript=text("transcript"),
-        summary=text("call_summary"),
+        recording_url=_text(data, "recording_url"),
+        transcript=_text(data, "transcript"),
+        summary=_text(data, "call_summary"),
         metadata=dict(metadata) if isinstance(metadata, dict) else None,
         created_at=_timestamp(data.get("created_at")),
         started_at=_timestamp(data.get("started_at")),
@@ -583,6 +575,12 @@ def _iso(when: datetime | None) -> str | None:
     # Microseconds, as the provider's records have them: a bound cut to milliseconds would
     # leave out the records of the instants it cut off (paging by window would skip them).
     return when.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _text(data: Mapping[str, Any], key: str) -> str | None:
+    """``data[key]`` if it is a string, else None (a field missing or of another type)."""
+    value = data.get(key)
+    return value if isinstance(value, str) else None
 
 
 def _timestamp(value: object) -> datetime | None:

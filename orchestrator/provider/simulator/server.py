@@ -39,13 +39,9 @@ from orchestrator.provider.simulator.answers import (
     plain_error as _plain_error,
 )
 from orchestrator.provider.simulator.model import (
-    DEFAULT_OUTCOME_MIX,
     CallRecord,
     Dialect,
-    Faults,
     Outcome,
-    RawAnswer,
-    Script,
     SimulatorConfig,
     WebhookRecord,
     draw_plan,
@@ -54,21 +50,15 @@ from orchestrator.provider.simulator.model import (
 from orchestrator.provider.simulator.records import Records
 
 __all__ = [
-    "DEFAULT_OUTCOME_MIX",
     "GET_CALL_PATH",
     "LIST_CALLS_PATH",
     "PLACE_CALL_PATH",
+    "SIGNATURE_HEADER",
     "TERMINATE_CALL_PATH",
-    "CallRecord",
-    "Dialect",
-    "Faults",
-    "Outcome",
-    "RawAnswer",
-    "Script",
     "Simulator",
-    "SimulatorConfig",
-    "WebhookRecord",
     "build_app",
+    "is_valid_e164",
+    "sign",
 ]
 
 log = structlog.get_logger(__name__)
