@@ -30,11 +30,12 @@ from typing import Any
 import httpx
 from _common import LoopLag, SimulatorProcess, cpu, emit, number, quiet
 
-from orchestrator import app, config, connectors
-from orchestrator.campaigns import CampaignSettings
+from orchestrator import config, connectors
+from orchestrator.daemon.supervisor import Daemon
 from orchestrator.model import CORRELATION_KEY, NewCall, new_id
 from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
 from orchestrator.store import Store
+from orchestrator.store.campaigns import CampaignSettings
 
 TARGET = 0.9
 CALLER = "+16045551234"
@@ -146,7 +147,7 @@ async def daemon(sim: SimulatorProcess, offset: int, calls: int, tmp: Path) -> d
         }
     )
     start = int((await sim.aprobe())["stats"]["placed"])
-    daemon = app.Daemon(cfg, subscriptions=[])
+    daemon = Daemon(cfg, subscriptions=[])
     runner = asyncio.create_task(daemon.run())
     try:
         while "api" not in daemon.urls:  # up: the dialer starts claiming right after

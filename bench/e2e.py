@@ -39,13 +39,14 @@ import httpx
 from _common import LoopLag, SimulatorProcess, cpu, emit, number, percentile, quiet
 from aiohttp import web
 
-from orchestrator import app, config, connectors, intake
-from orchestrator.campaigns import CampaignSettings
+from orchestrator import config, connectors, intake
+from orchestrator.daemon.supervisor import Daemon, subscriptions_from
 from orchestrator.model import Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.provider.client import PLACE_CALL_PATH, CallRequest, MagpipeClient
 from orchestrator.provider.simulator.model import Outcome
 from orchestrator.store import Store, Webhook
+from orchestrator.store.campaigns import CampaignSettings
 
 TARGETS = {"calls_per_s": 500.0, "cpu_ms_per_call": 1.0, "latency_p99_ms": 50.0}
 CALLER = "+16045551234"
@@ -137,10 +138,10 @@ async def daemon(
         }
     )
     arrivals = _stamp_arrivals()
-    subs = app.subscriptions_from(cfg)
+    subs = subscriptions_from(cfg)
     timed = Timed(subs[0].handler, arrivals, calls)
     subs = [dataclasses.replace(subs[0], handler=timed)]
-    daemon = app.Daemon(cfg, subscriptions=subs)
+    daemon = Daemon(cfg, subscriptions=subs)
     sim0 = await sim.aprobe()
     cpu0, began = cpu(), time.perf_counter()
     runner = asyncio.create_task(daemon.run())

@@ -37,11 +37,11 @@ from _common import cpu, emit, number, percentile, quiet
 from aiohttp import web
 
 from orchestrator import bus, connectors, metrics
-from orchestrator.campaigns import CampaignSettings
 from orchestrator.intake import PATH, Intake
 from orchestrator.model import CORRELATION_KEY, NewCall
 from orchestrator.provider.simulator import SIGNATURE_HEADER, sign
 from orchestrator.store import ClaimRules, Store
+from orchestrator.store.campaigns import CampaignSettings
 
 TARGET = 0.7
 CALLER = "+16045551234"

@@ -44,10 +44,10 @@ from _common import cpu, emit, max_rss_mb, number, quiet
 from aiohttp import ClientSession, ClientTimeout, web
 
 from orchestrator import connectors
-from orchestrator.campaigns import CampaignSettings
 from orchestrator.connectors import protocol as connector
 from orchestrator.model import NewCall, new_id, new_token
 from orchestrator.store import ClaimRules, Store
+from orchestrator.store.campaigns import CampaignSettings
 
 TARGETS = {"import_seconds": 30.0, "peak_rss_mb": 200.0, "claim_flat_ratio": 2.0}
 CALLER = "+16045551234"

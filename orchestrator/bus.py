@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import structlog
 
-from orchestrator import actions, exceptions, plugin
+from orchestrator import exceptions, plugin
 from orchestrator.metrics import Metrics
 from orchestrator.model import Event, matches
-from orchestrator.store import Delivery, Store
+from orchestrator.store import Delivery, Store, actions
 
 log = structlog.get_logger(__name__)
 

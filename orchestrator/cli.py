@@ -288,13 +288,13 @@ def _simulator(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
-    from orchestrator import app
+    from orchestrator.daemon.supervisor import Daemon
 
     loaded = rules.load(args.config)
     if not loaded.ok or loaded.config is None:
         raise loaded.error()
     redactor.add(*loaded.config.secrets())
-    daemon = app.Daemon(
+    daemon = Daemon(
         loaded.config,
         subscriptions=loaded.subscriptions,
         shutdown_grace=args.shutdown_grace,

@@ -31,14 +31,15 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from orchestrator import app, bus, config, connectors, exceptions, phone
-from orchestrator.campaigns import CampaignSettings, RowError
+from orchestrator import bus, config, connectors, exceptions, phone
+from orchestrator.daemon.supervisor import Daemon, subscriptions_from
 from orchestrator.model import RESERVED_PREFIX, CallStatus, Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.progress import Snapshot, Summary, View, make_view
 from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import Faults, Outcome, Script, SimulatorConfig
 from orchestrator.store import Store
+from orchestrator.store.campaigns import CampaignSettings, RowError
 
 __all__ = [
     "SCRIPTS",
@@ -474,7 +475,7 @@ async def _run(
                       "delivery.exhausted"),
             policy=bus.DeliveryPolicy(concurrency=32),
         )  # fmt: skip
-        daemon = app.Daemon(cfg, subscriptions=[*app.subscriptions_from(cfg), watcher])
+        daemon = Daemon(cfg, subscriptions=[*subscriptions_from(cfg), watcher])
         _introduce(view, imported, magpipe_url, slack_url)
         summary = await _drive(daemon, current)
     finally:
@@ -508,7 +509,7 @@ def _introduce(view: View, imported: Imported, magpipe: str, slack: str) -> None
         view.note(line)
 
 
-async def _drive(daemon: app.Daemon, run: _Run) -> Summary:
+async def _drive(daemon: Daemon, run: _Run) -> Summary:
     """Run the daemon until the campaign has ended, showing progress; the summary is taken
     while the store is still open."""
     runner = asyncio.create_task(daemon.run(), name="daemon")
@@ -532,7 +533,7 @@ async def _drive(daemon: app.Daemon, run: _Run) -> Summary:
     return summary
 
 
-async def _watch(daemon: app.Daemon, runner: asyncio.Task[int], run: _Run) -> None:
+async def _watch(daemon: Daemon, runner: asyncio.Task[int], run: _Run) -> None:
     """Poll the store and redraw the progress until the campaign has ended; DemoError if
     the daemon stops first or the deadline passes."""
     deadline = run.started + DEADLINE
@@ -555,7 +556,7 @@ async def _watch(daemon: app.Daemon, runner: asyncio.Task[int], run: _Run) -> No
         await asyncio.sleep(POLL)
 
 
-def _alive(daemon: app.Daemon, runner: asyncio.Task[int]) -> None:
+def _alive(daemon: Daemon, runner: asyncio.Task[int]) -> None:
     """Raise unless the daemon is still running (and not stopping)."""
     if daemon.stopping.is_set():
         # SIGINT or SIGTERM: the daemon stops gracefully, the campaign is left unfinished.

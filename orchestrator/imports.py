@@ -19,7 +19,7 @@ Columns
 Rows
     Each row is validated as ``POST /v1/calls`` validates a call: the numbers must already be
     canonical E.164 (no guessing at ``(415) 555-1234``: a wrong guess rings a stranger) and
-    metadata flat. A bad row becomes a :class:`~orchestrator.campaigns.RowError` with the line
+    metadata flat. A bad row becomes a :class:`~orchestrator.store.campaigns.RowError` with the line
     the user sees in the file: the physical line where the record starts, the header being
     line 1. Valid rows proceed. The same number may appear on several rows: each is a call, and
     the dialer never has two live calls to one number (the per-person daily cap applies too).
@@ -39,8 +39,8 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator import exceptions, phone
-from orchestrator.campaigns import RowError
 from orchestrator.model import RESERVED_PREFIX, NewCall, load_json, unstorable
+from orchestrator.store.campaigns import RowError
 
 #: Rows (calls and refused rows) per chunk: one transaction each.
 CHUNK_ROWS = 1000

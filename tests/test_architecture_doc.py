@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import ledger, model, store
+from orchestrator import model, store
+from orchestrator.store import ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "architecture.md"

@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import app, bus, config, plugin
-from orchestrator.campaigns import CampaignSettings
+from orchestrator import bus, config, plugin
+from orchestrator.daemon.supervisor import Daemon
 from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import Faults, Outcome, Script, SimulatorConfig
+from orchestrator.store.campaigns import CampaignSettings
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ class Events:
 class Running:
     """A daemon and a simulator running in this process."""
 
-    def __init__(self, sim: Simulator, daemon: app.Daemon, events: Events) -> None:
+    def __init__(self, sim: Simulator, daemon: Daemon, events: Events) -> None:
         self.sim = sim
         self.daemon = daemon
         self.events = events
@@ -73,7 +74,7 @@ Start = Callable[..., Any]
 
 @pytest.fixture
 async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    running: list[tuple[Simulator, app.Daemon, asyncio.Task[int]]] = []
+    running: list[tuple[Simulator, Daemon, asyncio.Task[int]]] = []
 
     async def go(*, sim_config: SimulatorConfig, dialer: dict[str, Any]) -> Running:
         sim = Simulator(sim_config)
@@ -90,7 +91,7 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
         )
         events = Events()
         sub = bus.Subscription(name="events", handler=events, patterns=("*",))
-        daemon = app.Daemon(cfg, subscriptions=[sub], shutdown_grace=2.0)
+        daemon = Daemon(cfg, subscriptions=[sub], shutdown_grace=2.0)
         task = asyncio.create_task(daemon.run())
         running.append((sim, daemon, task))
         deadline = time.monotonic() + 10

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 import httpx
 
-from orchestrator import dialer, windows
-from orchestrator.campaigns import CampaignSettings
+from orchestrator import windows
+from orchestrator.daemon import dialer
 from orchestrator.model import NewCall
 from orchestrator.provider import client
 from orchestrator.store import Store
+from orchestrator.store.campaigns import CampaignSettings
 from tests.stores import FakeClock
 
 NEW_YORK, LOS_ANGELES, LONDON, SYDNEY = (

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from orchestrator import exceptions
-from orchestrator.campaigns import CampaignSettings, RowError
-from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.model import CallStatus, NewCall
 from orchestrator.store import Claim, Store, Webhook
+from orchestrator.store.campaigns import CampaignSettings, RowError
+from orchestrator.store.claims import Admit, ClaimRules, Defer, Refuse, Screening
 from tests.stores import T0, FakeClock
 
 POOL = ("+16045551234", "+16045551235")

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from orchestrator import exceptions
-from orchestrator.campaigns import CampaignSettings
-from orchestrator.checks import Finding
-from orchestrator.dialing import Pacing
-from orchestrator.ledger import CheckTiming
 from orchestrator.model import CallStatus
 from orchestrator.provider.client import ProviderCall
 from orchestrator.store import Ingest, Store
+from orchestrator.store.campaigns import CampaignSettings
+from orchestrator.store.claims import Pacing
+from orchestrator.store.ledger import CheckTiming
+from orchestrator.store.lookups import Finding
 from tests.stores import T0, Env, FakeClock
 from tests.test_store import attempt_of, call_row, dialing, events_of, hook
 

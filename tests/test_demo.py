@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator import demo, exceptions
-from orchestrator.campaigns import RowError
 from orchestrator.model import NewCall
 from orchestrator.progress import PlainView, RichView, Snapshot, Summary
+from orchestrator.store.campaigns import RowError
 
 # The sample's invalid rows (line numbers count the header as line 1).
 INVALID_LINES = [5, 8, 12, 17, 20, 53, 98, 144, 202, 267]

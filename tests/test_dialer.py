@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from orchestrator import dialer
 from orchestrator.connectors.memory import MemoryConnector
+from orchestrator.daemon import dialer
 from orchestrator.model import NewCall
 from orchestrator.provider import client
 from orchestrator.store import ClaimBatch, ClaimRules, Store

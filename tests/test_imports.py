@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from orchestrator.campaigns import RowError
 from orchestrator.imports import (
     MAX_LINE,
     ColumnMap,
@@ -20,6 +19,7 @@ from orchestrator.imports import (
     detect_format,
 )
 from orchestrator.model import NewCall
+from orchestrator.store.campaigns import RowError
 
 FROM = "+16045551234"
 

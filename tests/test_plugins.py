@@ -30,11 +30,11 @@ from orchestrator_plugins.log import LogHandler
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from structlog.testing import capture_logs
 
-from orchestrator import actions, bus, exceptions, plugin, rules
+from orchestrator import bus, exceptions, plugin, rules
 from orchestrator.connectors.memory import MemoryConnector
 from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
-from orchestrator.store import Claim, Store
+from orchestrator.store import Claim, Store, actions
 from orchestrator.store import Webhook as StatusHook
 from tests.fakes import (
     Answer,

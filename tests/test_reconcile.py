@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import app, config
+from orchestrator import config
+from orchestrator.daemon.supervisor import Daemon
 from orchestrator.model import CallStatus, NewCall
 from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import Dialect, Faults, Outcome, Script, SimulatorConfig
@@ -30,7 +31,7 @@ FAST_LOOKUPS = {"after": "0.2s", "every": "0.3s", "ambiguous_grace": "0.5s", "ma
 class Rig:
     """A daemon running in this process against a simulator."""
 
-    def __init__(self, daemon: app.Daemon, sim: Simulator, task: asyncio.Task[int]) -> None:
+    def __init__(self, daemon: Daemon, sim: Simulator, task: asyncio.Task[int]) -> None:
         self.daemon = daemon
         self.sim = sim
         self.task = task
@@ -121,7 +122,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[StartRig]:
                 "rules": rules or [],
             }
         )
-        daemon = app.Daemon(cfg, lease=5.0)
+        daemon = Daemon(cfg, lease=5.0)
         task = asyncio.create_task(daemon.run())
         while "api" not in daemon.urls:
             if task.done():

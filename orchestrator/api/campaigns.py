@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions, imports
 from orchestrator.api.common import error, invalid, parse_limit, read_json
-from orchestrator.campaigns import CampaignSettings, CampaignStatus, RowError
 from orchestrator.connectors.protocol import Row
 from orchestrator.model import finite, iso, load_json, unstorable
+from orchestrator.store.campaigns import CampaignSettings, CampaignStatus, RowError
 
 if TYPE_CHECKING:
     from orchestrator.api.server import ControlApi

@@ -28,8 +28,9 @@ import httpx
 import structlog
 from structlog.testing import LogCapture
 
-from orchestrator import actions, exceptions, plugin, rules, templates
+from orchestrator import exceptions, plugin, rules, templates
 from orchestrator.model import CallStatus, Event, NewCall, iso, new_id
+from orchestrator.store import actions
 from orchestrator.testing.events import make_event
 
 

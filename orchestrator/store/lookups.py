@@ -4,7 +4,7 @@ look-up's finding does to them.
 The provider's records are the second source of truth beside webhooks. A finding is applied
 exactly as a webhook would be (the same event types, once per attempt and status), so rules,
 retries, budgets and slots behave the same whichever source spoke first; the first terminal
-status seen wins. The look-ups themselves are made by :mod:`orchestrator.reconciler`; every
+status seen wins. The look-ups themselves are made by :mod:`orchestrator.daemon.reconciler`; every
 method here is one transaction.
 """
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.connectors.protocol import Row, Transaction
-from orchestrator.dialing import Dialing, Pacing
-from orchestrator.ledger import WATCHDOG
 from orchestrator.model import CallStatus, Event, new_id
 from orchestrator.provider.client import ProviderCall
+from orchestrator.store.claims import Dialing, Pacing
+from orchestrator.store.ledger import WATCHDOG
 
 LOOKUP_BUCKET = "lookup"  # the pacing row of the fleet's look-up budget
 

@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.campaigns import settings_of
 from orchestrator.connectors.protocol import Row, Transaction
-from orchestrator.ledger import Ledger
 from orchestrator.model import CallStatus, Event, iso
+from orchestrator.store.campaigns import settings_of
+from orchestrator.store.ledger import Ledger
 
 EXHAUSTED = "delivery.exhausted"
 

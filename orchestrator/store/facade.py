@@ -3,8 +3,8 @@
 The store is the source of truth. Each method here is one transaction over named queries
 (:mod:`orchestrator.connectors.protocol`), so the same logic runs on SQLite, PostgreSQL and in memory.
 Events are written in the same transaction as the change they announce, together with one
-outbox row per route (:mod:`orchestrator.ledger`); nothing is published that is not already
-durable. Deliveries and handler actions are in :mod:`orchestrator.outbox`.
+outbox row per route (:mod:`orchestrator.store.ledger`); nothing is published that is not already
+durable. Deliveries and handler actions are in :mod:`orchestrator.store.outbox`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator import exceptions
-from orchestrator.campaigns import Campaigns
-from orchestrator.checks import LOOKUP_BUCKET, Applied, Checks, Finding
 from orchestrator.connectors.protocol import Row, Transaction
-from orchestrator.dialing import (
+from orchestrator.model import CallStatus, Event, NewCall, new_id
+from orchestrator.store.campaigns import Campaigns
+from orchestrator.store.claims import (
     DIAL_BUCKET,
     Claim,
     ClaimBatch,
@@ -28,9 +28,9 @@ from orchestrator.dialing import (
     Pacing,
     Throttled,
 )
-from orchestrator.ledger import WATCHDOG, CheckTiming, Clock, Router
-from orchestrator.model import CallStatus, Event, NewCall, new_id
-from orchestrator.outbox import EXHAUSTED, Delivery, Outbox
+from orchestrator.store.ledger import WATCHDOG, CheckTiming, Clock, Router
+from orchestrator.store.lookups import LOOKUP_BUCKET, Applied, Checks, Finding
+from orchestrator.store.outbox import EXHAUSTED, Delivery, Outbox
 
 __all__ = [
     "DIAL_BUCKET",

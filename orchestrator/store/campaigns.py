@@ -19,8 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator import exceptions, phone
 from orchestrator.connectors.protocol import Row
-from orchestrator.ledger import Ledger
 from orchestrator.model import NewCall, new_id, new_token
+from orchestrator.store.ledger import Ledger
 from orchestrator.windows import CallingWindow
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.model import Event, NewCall
-from orchestrator.store import Store
+from orchestrator.store.facade import Store
 
 # A custom event name: what follows plugin.<instance>. in its type.
 _NAME = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")

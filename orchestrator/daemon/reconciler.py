@@ -25,13 +25,13 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from orchestrator import bus, exceptions
-from orchestrator.checks import ENDING_CANCELED, Finding
 from orchestrator.connectors.protocol import Row
-from orchestrator.dialing import Pacing
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, LEGACY_CORRELATION_KEY, CallStatus, Event
 from orchestrator.provider.client import MagpipeClient, ProviderCall
 from orchestrator.store import Store
+from orchestrator.store.claims import Pacing
+from orchestrator.store.lookups import ENDING_CANCELED, Finding
 
 log = structlog.get_logger(__name__)
 

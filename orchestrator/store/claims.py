@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator import exceptions
-from orchestrator.campaigns import settings_of
 from orchestrator.connectors.protocol import Row, Transaction
-from orchestrator.ledger import WATCHDOG, Ledger
 from orchestrator.model import CallStatus, Event, new_id
+from orchestrator.store.campaigns import settings_of
+from orchestrator.store.ledger import WATCHDOG, Ledger
 
 DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
 DAY = 86400.0

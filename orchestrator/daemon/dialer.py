@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 
 import structlog
 
-from orchestrator import bus, campaigns, dnc, exceptions, windows
+from orchestrator import bus, dnc, exceptions, windows
 from orchestrator.connectors.protocol import Row
-from orchestrator.dialing import Admit, ClaimRules, Defer, Refuse, Screening
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, Event
 from orchestrator.provider import client
-from orchestrator.store import Claim, Pacing, Store
+from orchestrator.store import Claim, Pacing, Store, campaigns
+from orchestrator.store.claims import Admit, ClaimRules, Defer, Refuse, Screening
 
 log = structlog.get_logger(__name__)
 

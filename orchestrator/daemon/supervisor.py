@@ -25,17 +25,15 @@ from orchestrator import (
     bus,
     config,
     connectors,
-    dialer,
     dnc,
     exceptions,
     intake,
     metrics,
     plugin,
-    reconciler,
     rules,
-    timers,
 )
 from orchestrator.connectors import protocol as connector
+from orchestrator.daemon import dialer, reconciler, timers
 from orchestrator.model import CallStatus, Event, new_id
 from orchestrator.provider import client
 from orchestrator.store import CheckTiming, Store
