@@ -15,6 +15,7 @@ import pytest
 
 from orchestrator import bus, model, plugin
 from orchestrator.connectors.sqlite import SQLiteConnector
+from orchestrator.daemon import delivery
 from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.store import Store, Webhook
 
@@ -55,11 +56,13 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def run_bus(
     store: Store, subs: list[bus.Subscription]
-) -> tuple[bus.EventBus, list[asyncio.Task[None]], list[bus.DeliveryWorker], httpx.AsyncClient]:
+) -> tuple[
+    bus.EventBus, list[asyncio.Task[None]], list[delivery.DeliveryWorker], httpx.AsyncClient
+]:
     event_bus = bus.EventBus(subs)
     store.router = event_bus.route
     http = httpx.AsyncClient()
-    workers = event_bus.workers(store, "test-owner", http)
+    workers = delivery.workers(event_bus, store, "test-owner", http)
     for w in workers:
         w.poll = 0.05
     tasks = [asyncio.create_task(w.run()) for w in workers]
@@ -67,7 +70,7 @@ async def run_bus(
 
 
 async def stop(
-    tasks: list[asyncio.Task[None]], workers: list[bus.DeliveryWorker], http: httpx.AsyncClient
+    tasks: list[asyncio.Task[None]], workers: list[delivery.DeliveryWorker], http: httpx.AsyncClient
 ) -> None:
     loop = asyncio.get_running_loop()
     await asyncio.gather(*(w.stop(loop.time() + 1) for w in workers))

@@ -32,7 +32,7 @@ def at(text: str) -> float:
 
 
 def make_dialer(store: Store, window: windows.CallingWindow | None = OFFICE) -> dialer.Dialer:
-    settings = dialer.DialerSettings(
+    settings = dialer.DialerParams(
         max_live_calls=100,
         calls_per_second=1000,
         max_call_duration=600,

@@ -55,13 +55,14 @@ def test_record_status_spellings(spelling: str, ours: CallStatus | None) -> None
 
 async def test_get_call_reads_the_record_as_it_moves(start_simulator: StartSimulator) -> None:
     sim = await start_simulator(
-        dialect=Dialect.DEPLOYED, scripts={TO: Script(duration=30, ring=2)}, time_scale=0.01
+        dialect=Dialect.DEPLOYED, scripts={TO: Script(duration=30, ring=100)}, time_scale=0.01
     )
     metadata = {"orchestrator_attempt": "a-1", "_private": "dropped", "tier": "gold"}
     async with magpipe(sim.url) as c:
         placed = await c.place_call(client.CallRequest(to=TO, from_=FROM, metadata=metadata))
         first = await c.get_call(placed.call_id)
         assert first.id == placed.call_id and first.to_number == TO and first.from_number == FROM
+        # Ringing lasts a scaled second: the first look-up comes well before it ends.
         assert first.status in ("in-progress", "initiated")
         assert first.state is CallStatus.INITIATED and not first.terminal and not first.answered
         # get-call drops metadata keys starting with "_": the correlation key must not.

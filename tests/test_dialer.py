@@ -44,7 +44,7 @@ async def store() -> AsyncIterator[GatedStore]:
 
 
 def make_dialer(store: Store, magpipe: client.MagpipeClient, rate: float = 100.0) -> dialer.Dialer:
-    settings = dialer.DialerSettings(
+    settings = dialer.DialerParams(
         max_live_calls=5,
         calls_per_second=rate,
         max_call_duration=60.0,

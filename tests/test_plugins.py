@@ -33,6 +33,7 @@ from structlog.testing import capture_logs
 from orchestrator import bus, exceptions, plugin, rules
 from orchestrator.connectors.memory import MemoryConnector
 from orchestrator.connectors.sqlite import SQLiteConnector
+from orchestrator.daemon import delivery
 from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
 from orchestrator.store import Claim, Store, actions
 from orchestrator.store import Webhook as StatusHook
@@ -237,7 +238,7 @@ async def run(
     event_bus = bus.EventBus(subs)
     store.router = event_bus.route
     async with httpx.AsyncClient() as client:
-        workers = event_bus.workers(store, "test-owner", client)
+        workers = delivery.workers(event_bus, store, "test-owner", client)
         for worker in workers:
             worker.poll = 0.02
         tasks = [asyncio.create_task(w.run()) for w in workers]

@@ -14,6 +14,7 @@ import pytest
 
 from orchestrator import bus, plugin, rules
 from orchestrator.connectors.memory import MemoryConnector
+from orchestrator.daemon import delivery
 from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.store import Claim, Store, Webhook
 from tests.daemons import (
@@ -74,7 +75,7 @@ async def _deliver_all(store: Store, subs: list[bus.Subscription]) -> None:
     event_bus = bus.EventBus(subs)
     store.router = event_bus.route
     async with httpx.AsyncClient() as http:
-        [worker] = event_bus.workers(store, "t", http)
+        [worker] = delivery.workers(event_bus, store, "t", http)
         await worker.run_due()
 
 

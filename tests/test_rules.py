@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from orchestrator import bus, config, plugin, rules, templates, testing
 from orchestrator.connectors.sqlite import SQLiteConnector
+from orchestrator.daemon import delivery
 from orchestrator.model import NewCall
 from orchestrator.store import Store
 from orchestrator.testing import make_event
@@ -341,7 +342,7 @@ async def test_a_rule_delivers_rendered_options_through_the_bus(tmp_path: Path) 
     event_bus = bus.EventBus(subs)
     store.router = event_bus.route
     http = httpx.AsyncClient()
-    workers = event_bus.workers(store, "owner", http)
+    workers = delivery.workers(event_bus, store, "owner", http)
     for worker in workers:
         worker.poll = 0.05
     tasks = [asyncio.create_task(w.run()) for w in workers]

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from orchestrator import bus, dnc, exceptions, windows
+from orchestrator import dnc, exceptions, windows
 from orchestrator.connectors.protocol import Row
+from orchestrator.daemon.loop import ClaimLoop, wait_any
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, Event
 from orchestrator.provider import client
@@ -31,8 +32,8 @@ Publish = Callable[[Iterable[Event]], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class DialerSettings:
-    """What the dialer needs from the config."""
+class DialerParams:
+    """What the dialer is handed (built from the config by :mod:`orchestrator.daemon.settings`)."""
 
     max_live_calls: int
     calls_per_second: float
@@ -54,28 +55,28 @@ class DialerSettings:
     unauthorized_probe: float = 300.0  # wait after UNAUTHORIZED before trying once more
 
 
-class Dialer:
+class Dialer(ClaimLoop):
     """Claims attempts and places them, one task per placement."""
 
-    poll = 1.0
+    crash_event = "dialer.placement_crashed"
 
     def __init__(
         self,
         store: Store,
         magpipe: client.MagpipeClient,
-        settings: DialerSettings,
+        settings: DialerParams,
         *,
         owner: str,
         publish: Publish,
         metrics: Metrics | None = None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.metrics = metrics
         self.magpipe = magpipe
         self.settings = settings
         self.owner = owner
         self.publish = publish
-        self.wake = asyncio.Event()
         burst = settings.burst or max(1.0, settings.calls_per_second / 10)
         self.pacing = Pacing(rate=settings.calls_per_second, burst=burst)
         self.rules = ClaimRules(
@@ -90,9 +91,7 @@ class Dialer:
         )
         self._balance_wait = settings.balance_probe
         self.last_error: exceptions.MagpipeError | None = None
-        self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
-        self._inflight: set[asyncio.Task[None]] = set()
         #: The attempts being placed right now (their leases are kept alive by the heartbeat).
         self.placing: set[str] = set()
 
@@ -117,12 +116,12 @@ class Dialer:
                 except exceptions.StoreError as exc:
                     # A database hiccup is not a crash: the claim rolled back; try again.
                     log.error("dialer.store_failed", error=str(exc))
-                    await bus.wait_any(self._stopping, within=self.poll)
+                    await self._pause(self.poll)
                     continue
                 self.publish(batch.events)  # refusals (do-not-call...) decided at the claim
                 if not batch.claims:
                     if batch.wait is not None:
-                        await bus.wait_any(self._stopping, within=batch.wait)
+                        await self._pause(batch.wait)
                     else:
                         await self._idle()
                     continue
@@ -136,9 +135,7 @@ class Dialer:
                     break
                 for claim in batch.claims:
                     self.placing.add(claim.attempt_id)
-                    task = asyncio.create_task(self._place(claim), name=f"place:{claim.attempt_id}")
-                    self._inflight.add(task)
-                    task.add_done_callback(self._done)
+                    self._spawn(self._place(claim), name=f"place:{claim.attempt_id}")
         finally:
             self._stopped.set()
 
@@ -170,15 +167,6 @@ class Dialer:
         if opens is None:  # not within the next week: look again in a day
             return Defer(until=now + 86400.0, reason="calling window closed for a week")
         return Defer(until=opens.timestamp(), reason="calling window closed")
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        self.wake.set()  # room for another placement
-        if not task.cancelled() and task.exception() is not None:
-            log.error("dialer.placement_crashed", error=repr(task.exception()))
-
-    async def _idle(self) -> None:
-        await bus.wait_any(self.wake, self._stopping, within=self.poll)
 
     def request(self, claim: Claim) -> client.CallRequest:
         """The provider request for a claimed attempt."""
@@ -305,10 +293,5 @@ class Dialer:
         never sent twice.
         """
         self._stopping.set()
-        await bus.wait_any(self._stopped, within=max(0.0, deadline - time.monotonic()))
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=max(0.0, deadline - time.monotonic()))
-        for task in self._inflight:
-            task.cancel()
-        if self._inflight:
-            await asyncio.wait(set(self._inflight), timeout=1.0)
+        await wait_any(self._stopped, within=max(0.0, deadline - time.monotonic()))
+        await self._drain(deadline)

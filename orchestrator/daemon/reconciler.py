@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from orchestrator import bus, exceptions
+from orchestrator import exceptions
 from orchestrator.connectors.protocol import Row
+from orchestrator.daemon.loop import wait_any
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, LEGACY_CORRELATION_KEY, CallStatus, Event
 from orchestrator.provider.client import MagpipeClient, ProviderCall
@@ -39,8 +40,9 @@ Publish = Callable[[Iterable[Event]], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReconcileSettings:
-    """How the reconciler spends its budget (``magpipe.reconcile``, ``dialer``)."""
+class ReconcilerParams:
+    """How the reconciler spends its budget (built by :mod:`orchestrator.daemon.settings` from
+    ``magpipe.reconcile`` and ``dialer``)."""
 
     max_per_minute: int = 60
     hangup_on_timeout: bool = True
@@ -68,7 +70,7 @@ class Reconciler:
         self,
         store: Store,
         magpipe: MagpipeClient,
-        settings: ReconcileSettings,
+        settings: ReconcilerParams,
         *,
         publish: Publish,
         metrics: Metrics | None = None,
@@ -101,7 +103,7 @@ class Reconciler:
                 log.error("reconciler.store_failed", error=str(exc))
                 done = 0
             if not done:
-                await bus.wait_any(self.wake, self._stopping, within=self.poll)
+                await wait_any(self.wake, self._stopping, within=self.poll)
 
     def stop(self) -> None:
         """Stop after the look-up in hand."""
@@ -161,7 +163,7 @@ class Reconciler:
             if time.monotonic() + wait > self._deadline:
                 self._starved = wait
                 return False
-            await bus.wait_any(self._stopping, within=wait)
+            await wait_any(self._stopping, within=wait)
         return False
 
     def _count(self, endpoint: str, outcome: str) -> None:

@@ -33,10 +33,9 @@ from orchestrator import (
     rules,
 )
 from orchestrator.connectors import protocol as connector
-from orchestrator.daemon import dialer, reconciler, timers
+from orchestrator.daemon import delivery, dialer, reconciler, settings, timers
 from orchestrator.model import CallStatus, Event, new_id
-from orchestrator.provider import client
-from orchestrator.store import CheckTiming, Store
+from orchestrator.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -90,19 +89,11 @@ class Daemon:
         self.cfg = cfg
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.bus = bus.EventBus(subscriptions_from(cfg) if subscriptions is None else subscriptions)
-        lookups = cfg.magpipe.reconcile
-        checks = (
-            CheckTiming(
-                after=lookups.after,
-                every=lookups.every,
-                ambiguous_grace=max(lookups.ambiguous_grace, cfg.magpipe.timeout),
-                # The last look-up (and hang-up) before the watchdog ends a call regardless.
-                final_grace=max(30.0, 4 * cfg.magpipe.timeout),
-            )
-            if lookups.enabled
-            else None
+        self.store = Store(
+            connectors.connect(cfg.store),
+            router=self.bus.route,
+            checks=settings.check_timing(cfg),
         )
-        self.store = Store(connectors.connect(cfg.store), router=self.bus.route, checks=checks)
         self.shutdown_grace = shutdown_grace
         # Work this daemon holds is leased for this long and kept alive by the heartbeat.
         self.lease = lease
@@ -113,7 +104,14 @@ class Daemon:
         self._dialer: dialer.Dialer | None = None
         self._reconciler: reconciler.Reconciler | None = None
         self._reload = asyncio.Event()
-        self._workers: list[bus.DeliveryWorker] = []
+        self._workers: list[delivery.DeliveryWorker] = []
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        self._magpipe = settings.magpipe_client(cfg)
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._keeper: timers.Timekeeper | None = None
+        self._heartbeat: timers.Heartbeat | None = None
+        self._signals = False
         self._worker_tasks: list[asyncio.Task[None]] = []
         self._do_not_call: dnc.DoNotCall | None = None
 
@@ -156,152 +154,155 @@ class Daemon:
         return detail["store"] == "ok" and usable, detail
 
     async def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or :attr:`stopping` is set); return the exit status."""
-        cfg = self.cfg
+        """Run until SIGTERM/SIGINT (or :attr:`stopping` is set); return the exit status.
+
+        Once the store is open, three phases: :meth:`_start` starts every part as a named task,
+        :meth:`_watch` waits for a signal or a crash, :meth:`_shut_down` drains in order. Each
+        part :meth:`_start` managed to open is closed by :meth:`_tear_down`, whatever happened.
+        """
+        status = 0
         await self.store.open()
+        try:
+            await self._start()
+            status = await self._watch(self._tasks, self._http)
+            await self._shut_down()
+        finally:
+            await self._tear_down()
+        log.info("daemon.stopped", status=status)
+        return status
+
+    async def _start(self) -> None:
+        """Bind the intake and the control API, start every task (the store is open)."""
+        cfg = self.cfg
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
-        magpipe = client.MagpipeClient(
-            token=cfg.magpipe.token,
-            base_url=cfg.magpipe.base_url,
-            timeout=cfg.magpipe.timeout,
-            send_aliases=cfg.magpipe.send_aliases,
-        )
-        runners: list[web.AppRunner] = []
-        tasks: list[asyncio.Task[None]] = []
-        status = 0
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        self._signals = True
         if cfg.dialer.do_not_call:
             self._do_not_call = await asyncio.to_thread(dnc.DoNotCall.load, cfg.dialer.do_not_call)
-        try:
-            webhook_host, webhook_port = _address(cfg.webhooks.listen)
-            secret = cfg.magpipe.webhook_secret
-            intake_app = intake.Intake(
-                self.store,
-                publish=self.publish,
-                secret=secret.get_secret_value() if secret else None,
-                max_body=cfg.webhooks.max_body,
-                metrics=self.metrics,
-            ).app()
-            self.urls["webhooks"] = await self._serve(
-                intake_app, webhook_host, webhook_port, runners
-            )
-            public = (cfg.webhooks.public_url or self.urls["webhooks"]).rstrip("/")
-            self._dialer = dialer.Dialer(
-                self.store,
-                magpipe,
-                dialer.DialerSettings(
-                    max_live_calls=cfg.dialer.max_live_calls,
-                    calls_per_second=cfg.dialer.calls_per_second,
-                    max_call_duration=cfg.dialer.max_call_duration,
-                    webhook_base=public + intake.PATH,
-                    agent_id=cfg.defaults.agent_id,
-                    lease=self.lease,
-                    max_live_per_caller_id=cfg.dialer.max_live_per_caller_id,
-                    max_attempts_per_person_per_day=cfg.dialer.max_attempts_per_person_per_day,
-                    window=cfg.dialer.window,
-                    default_time_zone=cfg.dialer.default_time_zone,
-                    do_not_call=self._do_not_call,
-                    balance_probe=cfg.dialer.balance_probe,
-                    unauthorized_probe=cfg.dialer.unauthorized_probe,
-                ),
-                owner=self.owner,
-                publish=self.publish,
-                metrics=self.metrics,
-            )
-            api_token = cfg.api.token
-            control = api.ControlApi(
-                self.store,
-                token=api_token.get_secret_value() if api_token else None,
-                defaults=cfg.defaults,
-                on_queued=self._dialer.wake.set,
-                ready=self._ready,
-                metrics=self.metrics,
-            )
-            api_host, api_port = _address(cfg.api.listen)
-            self.urls["api"] = await self._serve(control.app(), api_host, api_port, runners)
-            await self.bus.start_handlers()
-            self._workers = self.bus.workers(self.store, self.owner, http, self.metrics)
-            if self.store.checks is not None:
-                self._reconciler = reconciler.Reconciler(
-                    self.store,
-                    magpipe,
-                    reconciler.ReconcileSettings(
-                        max_per_minute=cfg.magpipe.reconcile.max_per_minute,
-                        hangup_on_timeout=cfg.dialer.hangup_on_timeout,
-                    ),
-                    publish=self.publish,
-                    metrics=self.metrics,
-                )
-            keeper = timers.Timekeeper(
-                self.store,
-                publish=self.publish,
-                fired=self._reconciler.wake.set if self._reconciler else None,
-            )
-            heartbeat = timers.Heartbeat(
-                self.store,
-                owner=self.owner,
+        webhook_host, webhook_port = _address(cfg.webhooks.listen)
+        secret = cfg.magpipe.webhook_secret
+        intake_app = intake.Intake(
+            self.store,
+            publish=self.publish,
+            secret=secret.get_secret_value() if secret else None,
+            max_body=cfg.webhooks.max_body,
+            metrics=self.metrics,
+        ).app()
+        self.urls["webhooks"] = await self._serve(intake_app, webhook_host, webhook_port)
+        public = (cfg.webhooks.public_url or self.urls["webhooks"]).rstrip("/")
+        self._dialer = dialer.Dialer(
+            self.store,
+            self._magpipe,
+            settings.dialer_params(
+                cfg,
+                webhook_base=public + intake.PATH,
                 lease=self.lease,
-                inflight=lambda: (
-                    list(self._dialer.placing) if self._dialer else [],
-                    [d for w in self._workers for d in w.delivering],
-                ),
+                do_not_call=self._do_not_call,
+            ),
+            owner=self.owner,
+            publish=self.publish,
+            metrics=self.metrics,
+        )
+        api_token = cfg.api.token
+        control = api.ControlApi(
+            self.store,
+            token=api_token.get_secret_value() if api_token else None,
+            defaults=cfg.defaults,
+            on_queued=self._dialer.wake.set,
+            ready=self._ready,
+            metrics=self.metrics,
+        )
+        api_host, api_port = _address(cfg.api.listen)
+        self.urls["api"] = await self._serve(control.app(), api_host, api_port)
+        await self.bus.start_handlers()
+        self._workers = delivery.workers(self.bus, self.store, self.owner, self._http, self.metrics)
+        if self.store.checks is not None:
+            self._reconciler = reconciler.Reconciler(
+                self.store,
+                self._magpipe,
+                settings.reconciler_params(cfg),
+                publish=self.publish,
+                metrics=self.metrics,
             )
-            tasks.append(self._task("dialer", self._dialer.run()))
-            tasks.append(self._task("timers", keeper.run()))
-            if self._reconciler is not None:
-                tasks.append(self._task("reconciler", self._reconciler.run()))
-            tasks.append(self._task("heartbeat", heartbeat.run()))
-            if isinstance(self.store.connector, connector.Notifier):
-                tasks.append(self._task("listener", self.store.connector.listen(self._notified)))
-            if self._do_not_call is not None:
-                tasks.append(self._task("do-not-call", self._refresh_do_not_call()))
-            self._worker_tasks = [
-                self._task(f"deliveries:{w.sub.name}", w.run()) for w in self._workers
-            ]
-            log.info(
-                "daemon.started",
-                owner=self.owner,
-                store=connector.redact_url(cfg.store),
-                handlers=[s.name for s in self.bus.subscriptions],
-                **self.urls,
-            )
-            status = await self._watch(tasks, http)
-            log.info("daemon.stopping", grace=self.shutdown_grace)
-            deadline = time.monotonic() + self.shutdown_grace
-            keeper.stop()
-            if self._reconciler is not None:
-                self._reconciler.stop()
-            await asyncio.gather(
-                self._dialer.stop(deadline),
-                *(w.stop(deadline) for w in self._workers),
-                return_exceptions=True,
-            )
-            heartbeat.stop()
-            everything = [*tasks, *self._worker_tasks]
+        self._keeper = timers.Timekeeper(
+            self.store,
+            publish=self.publish,
+            fired=self._reconciler.wake.set if self._reconciler else None,
+        )
+        self._heartbeat = timers.Heartbeat(
+            self.store,
+            owner=self.owner,
+            lease=self.lease,
+            inflight=lambda: (
+                list(self._dialer.placing) if self._dialer else [],
+                [d for w in self._workers for d in w.delivering],
+            ),
+        )
+        self._tasks.append(self._task("dialer", self._dialer.run()))
+        self._tasks.append(self._task("timers", self._keeper.run()))
+        if self._reconciler is not None:
+            self._tasks.append(self._task("reconciler", self._reconciler.run()))
+        self._tasks.append(self._task("heartbeat", self._heartbeat.run()))
+        if isinstance(self.store.connector, connector.Notifier):
+            self._tasks.append(self._task("listener", self.store.connector.listen(self._notified)))
+        if self._do_not_call is not None:
+            self._tasks.append(self._task("do-not-call", self._refresh_do_not_call()))
+        self._worker_tasks = [
+            self._task(f"deliveries:{w.sub.name}", w.run()) for w in self._workers
+        ]
+        log.info(
+            "daemon.started",
+            owner=self.owner,
+            store=connector.redact_url(cfg.store),
+            handlers=[s.name for s in self.bus.subscriptions],
+            **self.urls,
+        )
+
+    async def _shut_down(self) -> None:
+        """Drain, in order: stop the timers and look-ups (nothing new becomes due), stop the
+        claim loops and let their work finish until the grace runs out, then stop the heartbeat
+        (it kept that work's leases alive) and the handlers."""
+        log.info("daemon.stopping", grace=self.shutdown_grace)
+        deadline = time.monotonic() + self.shutdown_grace
+        if self._keeper is not None:
+            self._keeper.stop()
+        if self._reconciler is not None:
+            self._reconciler.stop()
+        await asyncio.gather(
+            *([self._dialer.stop(deadline)] if self._dialer is not None else []),
+            *(w.stop(deadline) for w in self._workers),
+            return_exceptions=True,
+        )
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        everything = [*self._tasks, *self._worker_tasks]
+        if everything:
             await asyncio.wait(everything, timeout=max(0.1, deadline - time.monotonic()))
-            await self.bus.stop_handlers()
-        finally:
-            tasks = [*tasks, *self._worker_tasks]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=2.0)
-            try:
-                await self.store.release(self.owner)
-            except exceptions.StoreError as exc:
-                log.error("daemon.release_failed", error=str(exc))
-            for runner in runners:
-                await runner.cleanup()
-            await magpipe.aclose()
-            await http.aclose()
-            await self.store.close()
+        await self.bus.stop_handlers()
+
+    async def _tear_down(self) -> None:
+        """Cancel what is left, release this daemon's leases (another daemon takes its work
+        over at once), close the servers, the clients and the store; then the signals."""
+        tasks = [*self._tasks, *self._worker_tasks]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        try:
+            await self.store.release(self.owner)
+        except exceptions.StoreError as exc:
+            log.error("daemon.release_failed", error=str(exc))
+        for runner in self._runners:
+            await runner.cleanup()
+        await self._magpipe.aclose()
+        await self._http.aclose()
+        await self.store.close()
+        if self._signals:
+            loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        log.info("daemon.stopped", status=status)
-        return status
 
     async def _watch(self, tasks: list[asyncio.Task[None]], http: httpx.AsyncClient) -> int:
         """Wait for SIGTERM/SIGINT (0), a crashed task (1), or SIGHUP (reload, go on)."""
@@ -348,7 +349,7 @@ class Daemon:
         self.bus = bus.EventBus(loaded.subscriptions)
         self.store.router = self.bus.route
         await self.bus.start_handlers()
-        self._workers = self.bus.workers(self.store, self.owner, http, self.metrics)
+        self._workers = delivery.workers(self.bus, self.store, self.owner, http, self.metrics)
         self._worker_tasks = [
             self._task(f"deliveries:{w.sub.name}", w.run()) for w in self._workers
         ]
@@ -371,12 +372,10 @@ class Daemon:
     def _task(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.create_task(coro, name=name)
 
-    async def _serve(
-        self, app: web.Application, host: str, port: int, runners: list[web.AppRunner]
-    ) -> str:
+    async def _serve(self, app: web.Application, host: str, port: int) -> str:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        runners.append(runner)
+        self._runners.append(runner)
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:
             await site.start()
