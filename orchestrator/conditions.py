@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from orchestrator.config import Invalid, KeyPath, Problem
+from orchestrator.config import KeyPath, Problem, invalid
 
 #: A compiled condition: true if the event (its JSON) satisfies it.
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -298,11 +298,11 @@ def compile_condition(
 
     ``where`` is the key path of ``spec`` in the config (problems are reported under it).
     ``shape`` lists the fields paths may name (default: an event's; None: anything). Raises
-    :class:`orchestrator.config.Invalid` with every problem found.
+    :class:`orchestrator.exceptions.InvalidConfig` with every problem found.
     """
     base: KeyPath = (where,) if isinstance(where, str) else tuple(where)
     compiler = _Compiler(shape)
     predicate = compiler.condition(spec, base)
     if compiler.problems:
-        raise Invalid(compiler.problems)
+        raise invalid(compiler.problems)
     return predicate

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from orchestrator import exceptions, phone
+from orchestrator.exceptions import InvalidConfig
 from orchestrator.provider import client
 from orchestrator.windows import CallingWindow
 
@@ -330,12 +331,9 @@ class Problem:
         return f"{head}{dotted(self.path)}: {self.message}"
 
 
-class Invalid(exceptions.ConfigError):
-    """A ConfigError whose problems are data (:attr:`problems`), each with its key path."""
-
-    def __init__(self, problems: Sequence[Problem], *, name: str | None = None) -> None:
-        self.problems = list(problems)
-        super().__init__(report(self.problems, name=name))
+def invalid(problems: Sequence[Problem], *, name: str | None = None) -> InvalidConfig:
+    """The error that reports every one of ``problems`` (``name``: the file's)."""
+    return InvalidConfig(report(problems, name=name), problems=problems)
 
 
 def report(problems: Sequence[Problem], *, name: str | None = None) -> str:
@@ -447,11 +445,11 @@ def load(
     :func:`orchestrator.rules.load`); raise :class:`Invalid` listing every problem."""
     doc, problems = read(source, environ=environ, text=text)
     if doc is None:
-        raise Invalid(problems)
+        raise invalid(problems)
     cfg, problems = validate(doc)
     problems = [*doc.unset, *problems]
     if cfg is None or problems:
-        raise Invalid(problems, name=doc.name)
+        raise invalid(problems, name=doc.name)
     return cfg
 
 

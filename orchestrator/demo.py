@@ -33,6 +33,7 @@ from aiohttp import web
 
 from orchestrator import bus, config, connectors, exceptions, phone
 from orchestrator.daemon.supervisor import Daemon, subscriptions_from
+from orchestrator.exceptions import DemoError, DemoInterrupted
 from orchestrator.model import RESERVED_PREFIX, CallStatus, Event, NewCall
 from orchestrator.plugin import Context
 from orchestrator.progress import Snapshot, Summary, View, make_view
@@ -44,8 +45,8 @@ from orchestrator.store.campaigns import CampaignSettings, RowError
 __all__ = [
     "SCRIPTS",
     "DemoError",
+    "DemoInterrupted",
     "Imported",
-    "Interrupted",
     "SlackStandIn",
     "Tracker",
     "demo_config",
@@ -93,14 +94,6 @@ RETRIED = ("call.busy", "call.no_answer")
 NEEDS_A_HUMAN = ("call.failed", "call.timed_out", "call.retries_exhausted")
 GIVEN_UP = ("call.timed_out", "call.retries_exhausted")
 TERMINAL_TYPES = tuple(s.event_type for s in CallStatus if s.terminal)
-
-
-class DemoError(Exception):
-    """The demo could not run to its end (the message says why)."""
-
-
-class Interrupted(DemoError):
-    """SIGINT or SIGTERM stopped the daemon before the campaign ended."""
 
 
 # -- the campaign file -----------------------------------------------------------------------
@@ -417,7 +410,7 @@ async def run(
     except (DemoError, exceptions.OrchestratorError) as exc:
         view.stop()
         print(f"orchestrator demo: {exc}", file=sys.stderr)
-        return 130 if isinstance(exc, Interrupted) else 1
+        return 130 if isinstance(exc, DemoInterrupted) else 1
 
 
 async def _run(
@@ -560,7 +553,7 @@ def _alive(daemon: Daemon, runner: asyncio.Task[int]) -> None:
     """Raise unless the daemon is still running (and not stopping)."""
     if daemon.stopping.is_set():
         # SIGINT or SIGTERM: the daemon stops gracefully, the campaign is left unfinished.
-        raise Interrupted("interrupted: the campaign did not end")
+        raise DemoInterrupted("interrupted: the campaign did not end")
     if runner.done():
         raise DemoError(f"the daemon stopped on its own (status {runner.result()})")
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import exceptions, phone
+from orchestrator.exceptions import DncFileError
 
 _SEPARATORS = str.maketrans("", "", " \t-.()\u00a0")
 _E164 = re.compile(r"\+[1-9][0-9]{9,14}")
@@ -62,16 +63,6 @@ class LineProblem:
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.reason}: {self.text!r}"
-
-
-class DncFileError(exceptions.ConfigError):
-    """A do-not-call file could not be read, or has lines that are not valid numbers."""
-
-    code = "INVALID_DNC_FILE"
-
-    def __init__(self, message: str, *, problems: tuple[LineProblem, ...] = ()) -> None:
-        super().__init__(message)
-        self.problems = problems
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,9 +5,20 @@ ever catch these::
 
     OrchestratorError                 code, message, call_id, rule, plugin
     ├── ConfigError                   a config file or value is wrong (file, line, key)
+    │   ├── InvalidConfig             every problem found, each with its key path
+    │   ├── RenderError               a template failed on an event       (templates)
+    │   └── DncFileError              a do-not-call file is unreadable    INVALID_DNC_FILE
     ├── InputError                    refused locally: nothing was sent
     │   ├── InvalidNumber             not a valid, dialable E.164 number   INVALID_PHONE_NUMBER
-    │   └── InvalidMetadata           metadata is not a flat JSON object   INVALID_METADATA
+    │   ├── InvalidMetadata           metadata is not a flat JSON object   INVALID_METADATA
+    │   ├── UnknownTimeZone           cannot tell the person's local time  UNKNOWN_TIME_ZONE
+    │   └── InvalidImport             a campaign file cannot be read       INVALID_IMPORT
+    │       └── UnsupportedFormat     neither CSV nor JSON lines           UNSUPPORTED_FORMAT
+    ├── DeliveryError                 a handler's delivery failed (retry_after, permanent)
+    │   └── HandlerGone               HTTP 410: the handler instance is disabled
+    ├── CommandFailed                 a CLI command against the daemon failed (exit status)
+    ├── DemoError                     the demo could not run to its end
+    │   └── DemoInterrupted           SIGINT or SIGTERM before the campaign ended
     ├── StoreError                    the store (SQLite, PostgreSQL) failed
     │   └── StoreBusy                 no transaction could begin in time (database held)
     ├── IdempotencyConflict           an Idempotency-Key reused for another request
@@ -38,7 +49,9 @@ a webhook or the watchdog), POINTLESS means the same request will be refused aga
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
+from typing import Any
 
 
 class Retry(StrEnum):
@@ -90,6 +103,31 @@ class ConfigError(OrchestratorError):
     code = "CONFIG_ERROR"
 
 
+class InvalidConfig(ConfigError):
+    """A ConfigError whose problems are data (:attr:`problems`: each with its key path), so a
+    caller can report every one, not only the first."""
+
+    def __init__(self, message: str, *, problems: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        #: Each a :class:`orchestrator.config.Problem` (kept untyped here: exceptions import
+        #: nothing of the project).
+        self.problems: list[Any] = list(problems)
+
+
+class RenderError(ConfigError):
+    """A template could not be rendered against an event (the message names its key)."""
+
+
+class DncFileError(ConfigError):
+    """A do-not-call file could not be read, or has lines that are not valid numbers."""
+
+    code = "INVALID_DNC_FILE"
+
+    def __init__(self, message: str, *, problems: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems
+
+
 class InputError(OrchestratorError):
     """Input refused by local validation; nothing was sent to the provider."""
 
@@ -106,6 +144,81 @@ class InvalidMetadata(InputError):
     """Call metadata that is not a flat JSON object of scalar values."""
 
     code = "INVALID_METADATA"
+
+
+class UnknownTimeZone(InputError):
+    """We cannot tell what time it is where the person is, so we cannot tell if we may call."""
+
+    code = "UNKNOWN_TIME_ZONE"
+
+
+class InvalidImport(InputError):
+    """A campaign file as a whole cannot be imported (its rows are not looked at)."""
+
+    code = "INVALID_IMPORT"
+
+
+class UnsupportedFormat(InvalidImport):
+    """Neither the Content-Type nor ``format`` names a format we read."""
+
+    code = "UNSUPPORTED_FORMAT"
+
+
+class DeliveryError(OrchestratorError):
+    """A handler's delivery failed.
+
+    ``retry_after`` asks for a minimum wait before the next try (an endpoint's Retry-After);
+    ``permanent`` says retrying cannot help (a 4xx that is the request's fault): the delivery
+    is dead at once and ``delivery.exhausted`` is emitted.
+    """
+
+    code = "DELIVERY_FAILED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        permanent: bool = False,
+        plugin: str | None = None,
+    ) -> None:
+        super().__init__(message, plugin=plugin)
+        self.retry_after = retry_after
+        self.permanent = permanent
+
+
+class HandlerGone(DeliveryError):
+    """The endpoint is gone for good (HTTP 410): the handler instance is disabled, a
+    ``handler.disabled`` event says so, and its deliveries wait until it is enabled again
+    (a config reload or a restart)."""
+
+    code = "HANDLER_GONE"
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message, permanent=True, plugin=plugin)
+
+
+class CommandFailed(OrchestratorError):
+    """A command against the running daemon did not succeed, with the exit status it calls
+    for (the CLI exits with it)."""
+
+    code = "COMMAND_FAILED"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DemoError(OrchestratorError):
+    """The demo could not run to its end (the message says why)."""
+
+    code = "DEMO_FAILED"
+
+
+class DemoInterrupted(DemoError):
+    """SIGINT or SIGTERM stopped the daemon before the campaign ended."""
+
+    code = "DEMO_INTERRUPTED"
 
 
 class StoreError(OrchestratorError):

@@ -39,6 +39,7 @@ from enum import StrEnum
 from typing import Any
 
 from orchestrator import exceptions, phone
+from orchestrator.exceptions import InvalidImport, UnsupportedFormat
 from orchestrator.model import RESERVED_PREFIX, NewCall, load_json, unstorable
 from orchestrator.store.campaigns import RowError
 
@@ -81,18 +82,6 @@ MEDIA_TYPES: Mapping[str, Format] = {
     "application/x-jsonlines": Format.JSONL,
     "application/jsonlines": Format.JSONL,
 }
-
-
-class InvalidImport(exceptions.InputError):
-    """The file as a whole cannot be imported (its rows are not looked at)."""
-
-    code = "INVALID_IMPORT"
-
-
-class UnsupportedFormat(InvalidImport):
-    """Neither the Content-Type nor ``format`` names a format we read."""
-
-    code = "UNSUPPORTED_FORMAT"
 
 
 def detect_format(content_type: str | None, requested: str | None = None) -> Format:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from orchestrator import exceptions
 from orchestrator.config import Duration, OptionalSecret
+from orchestrator.exceptions import DeliveryError, HandlerGone
 from orchestrator.model import CallStatus, Event, NewCall, finite, iso
 from orchestrator.provider.client import retry_after
 
@@ -169,40 +170,6 @@ class PluginType(Protocol):
     options_model: ClassVar[type[Options]]
 
     def __call__(self, name: str, options: Any) -> Handler: ...
-
-
-class DeliveryError(exceptions.OrchestratorError):
-    """A handler's delivery failed.
-
-    ``retry_after`` asks for a minimum wait before the next try (an endpoint's Retry-After);
-    ``permanent`` says retrying cannot help (a 4xx that is the request's fault): the delivery
-    is dead at once and ``delivery.exhausted`` is emitted.
-    """
-
-    code = "DELIVERY_FAILED"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        retry_after: float | None = None,
-        permanent: bool = False,
-        plugin: str | None = None,
-    ) -> None:
-        super().__init__(message, plugin=plugin)
-        self.retry_after = retry_after
-        self.permanent = permanent
-
-
-class HandlerGone(DeliveryError):
-    """The endpoint is gone for good (HTTP 410): the handler instance is disabled, a
-    ``handler.disabled`` event says so, and its deliveries wait until it is enabled again
-    (a config reload or a restart)."""
-
-    code = "HANDLER_GONE"
-
-    def __init__(self, message: str, *, plugin: str | None = None) -> None:
-        super().__init__(message, permanent=True, plugin=plugin)
 
 
 def installed() -> dict[str, PluginType]:

@@ -15,6 +15,7 @@ from typing import IO, Any
 import httpx
 
 from orchestrator import config, exceptions
+from orchestrator.exceptions import CommandFailed
 
 COMMANDS = ("campaign", "status", "deliveries", "dnc")
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 4
@@ -31,15 +32,6 @@ examples:
 CSV: a header row; to (or phone, number), from, agent_id, purpose, goal, template_id and
 metadata.KEY columns are read; --map FIELD=COLUMN names another column. JSON lines: one object
 per line, metadata may be a nested object. Refused rows are listed with their line."""
-
-
-class Failed(Exception):
-    """A request that did not succeed, with the exit status it calls for."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class DaemonApi:
@@ -69,11 +61,11 @@ class DaemonApi:
         self.http.close()
 
     def request(self, method: str, path: str, **options: Any) -> Any:
-        """The JSON answer of a 2xx, else :class:`Failed`."""
+        """The JSON answer of a 2xx, else :class:`~orchestrator.exceptions.CommandFailed`."""
         try:
             response = self.http.request(method, path, **options)
         except httpx.TransportError as exc:
-            raise Failed(
+            raise CommandFailed(
                 EXIT_UNAVAILABLE, f"cannot reach the daemon at {self.base}: {type(exc).__name__}"
             ) from None
         try:
@@ -86,7 +78,7 @@ class DaemonApi:
         code = error.get("code") or f"HTTP_{response.status_code}"
         message = error.get("message") or response.text[:200]
         status = EXIT_UNAVAILABLE if response.status_code >= 500 else EXIT_REFUSED
-        raise Failed(status, f"{code}: {message}")
+        raise CommandFailed(status, f"{code}: {message}")
 
 
 # -- arguments ---------------------------------------------------------------------------------
@@ -249,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "deliveries":
                 return _deliveries(api, args)
             return _dnc(api, args)
-    except Failed as exc:
+    except CommandFailed as exc:
         print(f"orchestrator: {exc.message}", file=sys.stderr)
         return exc.status
 
@@ -282,9 +274,9 @@ def _deliveries(api: DaemonApi, args: argparse.Namespace) -> int:
             params["route"] = args.route
         return _print(args, api.request("GET", "/v1/deliveries", params=params), _deliveries_text)
     if bool(args.ids) == args.all_dead:
-        raise Failed(EXIT_USAGE, "give delivery ids or --all-dead")
+        raise CommandFailed(EXIT_USAGE, "give delivery ids or --all-dead")
     if args.route and not args.all_dead:
-        raise Failed(EXIT_USAGE, "--route goes with --all-dead")
+        raise CommandFailed(EXIT_USAGE, "--route goes with --all-dead")
     body: dict[str, Any] = {"ids": args.ids} if args.ids else {"all_dead": True}
     if args.route:
         body["route"] = args.route
@@ -336,13 +328,13 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 text = Path(text[1:]).read_text()
             except OSError as exc:
-                raise Failed(EXIT_USAGE, f"cannot read {text[1:]}: {exc.strerror}") from None
+                raise CommandFailed(EXIT_USAGE, f"cannot read {text[1:]}: {exc.strerror}") from None
         try:
             settings = json.loads(text)
         except ValueError as exc:
-            raise Failed(EXIT_USAGE, f"--settings is not JSON: {exc}") from None
+            raise CommandFailed(EXIT_USAGE, f"--settings is not JSON: {exc}") from None
         if not isinstance(settings, dict):
-            raise Failed(EXIT_USAGE, "--settings must be a JSON object")
+            raise CommandFailed(EXIT_USAGE, "--settings must be a JSON object")
     flags = {
         "from_numbers": args.from_ or None,
         "agent_id": args.agent,
@@ -373,7 +365,7 @@ def _source(name: str) -> IO[bytes]:
     try:
         return Path(name).open("rb")
     except OSError as exc:
-        raise Failed(EXIT_USAGE, f"cannot read {name}: {exc.strerror}") from None
+        raise CommandFailed(EXIT_USAGE, f"cannot read {name}: {exc.strerror}") from None
 
 
 def _chunks(source: IO[bytes]) -> Iterator[bytes]:
@@ -386,7 +378,7 @@ def _import(args: argparse.Namespace) -> int:
         Path(args.file).suffix.lower()
     )
     if fmt is None:
-        raise Failed(EXIT_USAGE, f"cannot tell the format of {args.file}: pass --format")
+        raise CommandFailed(EXIT_USAGE, f"cannot tell the format of {args.file}: pass --format")
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
     params = [(f"map.{field}", column) for field, column in args.map]
     headers = {"Content-Type": media}
@@ -394,7 +386,7 @@ def _import(args: argparse.Namespace) -> int:
         path = f"/v1/campaigns/{args.into}/rows"
         flags = [args.settings, args.window, args.days, args.time_zone, *_flag_values(args)]
         if any(v is not None for v in flags):
-            raise Failed(EXIT_USAGE, "settings go with --name (a new campaign), not --into")
+            raise CommandFailed(EXIT_USAGE, "settings go with --name (a new campaign), not --into")
     else:
         path = "/v1/campaigns"
         params.append(("name", args.name))

@@ -34,9 +34,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator
 from pydantic.json_schema import models_json_schema
 
-from orchestrator import bus, config, plugin, templates
+from orchestrator import bus, config, exceptions, plugin, templates
 from orchestrator.conditions import Predicate, compile_condition, hint
-from orchestrator.config import Invalid, KeyPath, Problem
+from orchestrator.config import KeyPath, Problem, invalid
+from orchestrator.exceptions import InvalidConfig
 from orchestrator.model import EVENT_TYPES, Event, matches
 
 _PATTERNS_SCHEMA = {
@@ -173,13 +174,15 @@ class RouteOptions:
                     return self.model.model_validate({**self.base, **plain})
                 except ValidationError:
                     raise first from None
-        except templates.RenderError as exc:
-            raise templates.RenderError(exc.message, rule=self.rule, plugin=self.instance) from None
+        except exceptions.RenderError as exc:
+            raise exceptions.RenderError(
+                exc.message, rule=self.rule, plugin=self.instance
+            ) from None
         except ValidationError as exc:
             problems = "; ".join(
                 f"with.{config.dotted(_loc(e))}: {config.message(e)}" for e in exc.errors()
             )
-            raise templates.RenderError(problems, rule=self.rule, plugin=self.instance) from None
+            raise exceptions.RenderError(problems, rule=self.rule, plugin=self.instance) from None
 
 
 def _loc(error: Any) -> KeyPath:
@@ -277,7 +280,7 @@ class _Builder:
         if raw.get("if") is not None:
             try:
                 condition = compile_condition(raw["if"], (*where, "if"))
-            except Invalid as exc:
+            except InvalidConfig as exc:
                 self.problems.extend(exc.problems)
         compiled = templates.Compiled({}, ())
         if isinstance(raw.get("with"), Mapping):
@@ -412,9 +415,9 @@ class Loaded:
         """True if nothing is wrong."""
         return not self.problems
 
-    def error(self) -> Invalid:
+    def error(self) -> InvalidConfig:
         """The problems as one ConfigError (to raise)."""
-        return Invalid(self.problems, name=self.name)
+        return invalid(self.problems, name=self.name)
 
 
 def load(

@@ -34,9 +34,9 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from orchestrator import exceptions
 from orchestrator.conditions import EVENT_SHAPE, Shape, hint, unknown_field
-from orchestrator.config import Invalid, KeyPath, Problem, dotted
+from orchestrator.config import KeyPath, Problem, dotted, invalid
+from orchestrator.exceptions import RenderError
 
 _MARKERS = ("{{", "{%", "{#")
 
@@ -51,10 +51,6 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
 
 ENV = _Sandbox(undefined=ChainableUndefined, autoescape=False)
-
-
-class RenderError(exceptions.ConfigError):
-    """A template could not be rendered against an event (the message names its key)."""
 
 
 def is_template(value: Any) -> bool:
@@ -132,7 +128,7 @@ def compile_value(
     """Compile every template string in ``value`` (through mappings and lists).
 
     ``where`` is the value's key path in the config; ``shape`` the fields templates may name.
-    Raises :class:`orchestrator.config.Invalid` listing every problem with its key path, or,
+    Raises :class:`orchestrator.exceptions.InvalidConfig` listing every problem with its key path, or,
     given a ``problems`` list, appends them there and returns the value with each broken
     template as a piece that cannot render (so the rest can still be checked).
     """
@@ -153,7 +149,7 @@ def compile_value(
 
     compiled = visit(value, base)
     if found and problems is None:
-        raise Invalid(found)
+        raise invalid(found)
     if problems is not None:
         problems.extend(found)
     return Compiled(compiled, tuple(pieces))

@@ -58,7 +58,8 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator import exceptions, phone
+from orchestrator import phone
+from orchestrator.exceptions import UnknownTimeZone
 
 #: What phonenumbers answers for a number it cannot place in a zone.
 UNKNOWN_ZONE = "Etc/Unknown"
@@ -70,12 +71,6 @@ DEFAULT_HORIZON = timedelta(days=8)
 _NOT_PLACES = frozenset({"localtime", "posixrules", "Factory", UNKNOWN_ZONE})
 _TIME = re.compile(r"([01]?[0-9]|2[0-3]):([0-5][0-9])")
 _HOUR = 3600
-
-
-class UnknownTimeZone(exceptions.InputError):
-    """We cannot tell what time it is where the person is, so we cannot tell if we may call."""
-
-    code = "UNKNOWN_TIME_ZONE"
 
 
 class Weekday(StrEnum):

@@ -187,3 +187,48 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             _run_sync(lambda url=url, schema=schema: drop_schema(url, schema))
         except Exception as exc:
             print(f"could not drop the scratch schema {schema}: {exc}")
+
+
+# The tiers a newcomer can run on their own (README, "Development"): each test module is in
+# exactly one. ``store``: the store's behaviour on every connector (memory, SQLite, and
+# PostgreSQL where it runs). ``acceptance``: whole daemons (in-process or real subprocesses,
+# some killed with SIGKILL) against the simulator. ``unit``: everything else, each part alone.
+STORE_TIER = frozenset(
+    {
+        "test_store",
+        "test_sqlite",
+        "test_postgres",
+        "test_checks",
+        "test_group_commit",
+        "test_campaigns",
+    }
+)
+ACCEPTANCE_TIER = frozenset(
+    {
+        "test_acceptance",
+        "test_backpressure",
+        "test_campaign_api",
+        "test_cli",
+        "test_crash",
+        "test_demo",
+        "test_fleet",
+        "test_provider_records",
+        "test_reconcile",
+        "test_reload",
+    }
+)
+
+
+def tier_of(module: str) -> str:
+    """The tier marker of a test module (by its name, without the package)."""
+    if module in STORE_TIER:
+        return "store"
+    if module in ACCEPTANCE_TIER:
+        return "acceptance"
+    return "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        item.add_marker(getattr(pytest.mark, tier_of(module)))

@@ -240,3 +240,42 @@ def test_plugins_use_only_the_public_kit() -> None:
     assert _kit_violations([*built_in, *example]) == []
     made_up = ROOT / "tests" / "stores.py"  # imports the store: not a plugin's business
     assert _kit_violations([made_up])
+
+
+def stray_errors(modules: Iterable[str]) -> list[str]:
+    """Public exception classes defined outside ``orchestrator.exceptions``, or outside the one
+    tree. Private ones (``_Name``: control flow inside a module) and the simulator's (it plays
+    the provider, not us) are left alone."""
+    import importlib
+    import inspect
+
+    from orchestrator.exceptions import OrchestratorError
+
+    out = []
+    for name in sorted(modules):
+        if _under(name, ("orchestrator.provider.simulator",)):
+            continue
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if not (inspect.isclass(value) and issubclass(value, BaseException)):
+                continue
+            if value.__module__ != name or attr.startswith("_"):
+                continue  # imported from elsewhere, or private
+            if name != "orchestrator.exceptions" or not issubclass(value, OrchestratorError):
+                out.append(f"{name}.{attr}")
+    return out
+
+
+def test_every_error_is_in_the_one_tree() -> None:
+    """Every public error is defined in ``orchestrator/exceptions.py`` and descends from
+    ``OrchestratorError``: a caller catching the root catches everything we raise."""
+    modules = [
+        m for m in project_modules() if m.startswith("orchestrator.") and not m.endswith("__main__")
+    ]
+    assert stray_errors(modules) == []
+    # The check sees a stray: this module defines one.
+    assert stray_errors([__name__]) == [f"{__name__}.StrayError"]
+
+
+class StrayError(Exception):
+    """Defined here so the check above has something to find."""

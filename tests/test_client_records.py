@@ -62,9 +62,11 @@ async def test_get_call_reads_the_record_as_it_moves(start_simulator: StartSimul
         placed = await c.place_call(client.CallRequest(to=TO, from_=FROM, metadata=metadata))
         first = await c.get_call(placed.call_id)
         assert first.id == placed.call_id and first.to_number == TO and first.from_number == FROM
-        # Ringing lasts a scaled second: the first look-up comes well before it ends.
-        assert first.status in ("in-progress", "initiated")
-        assert first.state is CallStatus.INITIATED and not first.terminal and not first.answered
+        # Ringing lasts a scaled second, so the first look-up comes before the answer (the
+        # dial itself takes only milliseconds at this scale: it may already be ringing).
+        assert first.status in ("in-progress", "initiated", "ringing")
+        assert first.state in (CallStatus.INITIATED, CallStatus.RINGING)
+        assert not first.terminal and not first.answered
         # get-call drops metadata keys starting with "_": the correlation key must not.
         assert first.metadata == {"orchestrator_attempt": "a-1", "tier": "gold"}
         assert first.created_at is not None and first.created_at.tzinfo is not None

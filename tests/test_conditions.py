@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import config
+from orchestrator import exceptions
 from orchestrator.conditions import (
     EVENT_SHAPE,
     MISSING,
@@ -33,7 +33,7 @@ def holds(spec: Any, body: Any = GOLD) -> bool:
 
 
 def problems(spec: Any, **kwargs: Any) -> list[str]:
-    with pytest.raises(config.Invalid) as info:
+    with pytest.raises(exceptions.InvalidConfig) as info:
         compile_condition(spec, **kwargs)
     return [str(p) for p in info.value.problems]
 
@@ -173,7 +173,9 @@ def test_unknown_top_level_fields_are_caught_but_open_ones_are_not() -> None:
 
 
 def test_the_error_is_a_config_error() -> None:
-    with pytest.raises(config.Invalid, match=r"if.status.lt: lt takes a number or a string"):
+    with pytest.raises(
+        exceptions.InvalidConfig, match=r"if.status.lt: lt takes a number or a string"
+    ):
         compile_condition({"status": {"lt": None}})
 
 

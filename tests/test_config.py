@@ -265,7 +265,7 @@ def test_problem_helpers() -> None:
         str(config.Problem(None, "invalid YAML: x", "f.yaml:1:2")) == "f.yaml:1:2 invalid YAML: x"
     )
     assert config.dotted(()) == "(top level)"
-    error = config.Invalid([problem, config.Problem(("a",), "b")], name="f.yaml")
+    error = config.invalid([problem, config.Problem(("a",), "b")], name="f.yaml")
     assert error.message == (
         "2 problem(s) in f.yaml:\n  f.yaml:3:4 rules[1].if['call.attempt'].gte: bad\n  a: b"
     )

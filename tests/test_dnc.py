@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator import dnc, exceptions, phone
-from orchestrator.dnc import DncFileError, DoNotCall, LineProblem
+from orchestrator.dnc import DoNotCall, LineProblem
+from orchestrator.exceptions import DncFileError
 
 SF, NYC, LONDON, PARIS = "+14155551234", "+12125551234", "+442079460000", "+33123456789"
 EXAMPLES = sorted(

@@ -13,7 +13,7 @@ from orchestrator_plugins.http import HttpHandler
 from orchestrator_plugins.log import LogHandler
 from pydantic import Field, model_validator
 
-from orchestrator import bus, config, plugin, rules, templates, testing
+from orchestrator import bus, config, exceptions, plugin, rules, testing
 from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.daemon import delivery
 from orchestrator.model import NewCall
@@ -218,11 +218,11 @@ def test_options_that_cannot_be_rendered_or_validated_raise_a_config_error() -> 
     )
     assert problems == []  # both may be right for some event
     routes = by_name(subs)
-    with pytest.raises(templates.RenderError) as info:
+    with pytest.raises(exceptions.RenderError) as info:
         routes["bad count"].options(make_event())
     assert info.value.rule == "bad count" and info.value.plugin == "n"
     assert "with.count: Input should be a valid integer" in info.value.message
-    with pytest.raises(templates.RenderError, match=r"rules\[1\].with.text: cannot render"):
+    with pytest.raises(exceptions.RenderError, match=r"rules\[1\].with.text: cannot render"):
         routes["bad sum"].options(make_event())
     assert routes["bad sum"].options(make_event(data={"n": 1})).text == "2"  # type: ignore[attr-defined]
 
@@ -401,7 +401,7 @@ def test_load_reports_unset_variables_as_problems_or_warnings() -> None:
         "c.yaml:3:21 plugins.ops.webhook_url: environment variable HOOK is not set",
     ]
     assert not strict.ok
-    with pytest.raises(config.Invalid, match=r"2 problem\(s\) in c.yaml"):
+    with pytest.raises(exceptions.InvalidConfig, match=r"2 problem\(s\) in c.yaml"):
         raise strict.error()
     lenient = rules.load("c.yaml", text=CONFIG, types=TYPES, environ={}, require_env=False)
     assert lenient.ok and len(lenient.warnings) == 2

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from jinja2.exceptions import SecurityError
 
-from orchestrator import config, templates
+from orchestrator import config, exceptions, templates
 from orchestrator.testing import make_event
 
 EVENT = make_event(
@@ -24,7 +24,7 @@ def render(value: Any, *, native: bool = True, body: dict[str, Any] = EVENT) -> 
 
 
 def load_problems(value: Any) -> list[str]:
-    with pytest.raises(config.Invalid) as info:
+    with pytest.raises(exceptions.InvalidConfig) as info:
         templates.compile_value(value, ("rules", 3, "with"))
     return [str(p) for p in info.value.problems]
 
@@ -81,7 +81,7 @@ def test_missing_values_render_as_empty_or_none() -> None:
 
 def test_computing_with_a_missing_value_fails_at_render_naming_the_key() -> None:
     compiled = templates.compile_value({"n": "{{ data.count + 1 }}"}, ("rules", 1, "with"))
-    with pytest.raises(templates.RenderError, match=r"rules\[1\].with.n: cannot render"):
+    with pytest.raises(exceptions.RenderError, match=r"rules\[1\].with.n: cannot render"):
         compiled.render(EVENT)
 
 
@@ -127,7 +127,7 @@ def test_a_broken_template_does_not_hide_the_others_when_collecting() -> None:
         "expected 'end of print statement'. (line 1)"
     ]
     assert compiled.static(0) == {"bad": 0, "good": 0}
-    with pytest.raises(templates.RenderError, match="did not compile"):
+    with pytest.raises(exceptions.RenderError, match="did not compile"):
         compiled.render(EVENT)
 
 
@@ -157,9 +157,9 @@ def test_sandbox_escapes_are_refused_at_load(source: str) -> None:
 )
 def test_sandbox_escapes_fail_safely_at_render(source: str, message: str) -> None:
     compiled = templates.compile_value({"x": source})
-    with pytest.raises(templates.RenderError, match=f"SecurityError: {message}"):
+    with pytest.raises(exceptions.RenderError, match=f"SecurityError: {message}"):
         compiled.render(EVENT)
-    with pytest.raises(templates.RenderError, match="SecurityError"):
+    with pytest.raises(exceptions.RenderError, match="SecurityError"):
         compiled.render(EVENT, native=False)
     assert EVENT["call"]["metadata"]["tags"] == ["a", "b"]  # nothing changed
 

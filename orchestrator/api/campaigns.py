@@ -176,9 +176,9 @@ class CampaignRoutes:
                 request.headers.get("Content-Type"), request.query.get("format")
             )
             mapping = imports.ColumnMap.parse(request.query.items())
-        except imports.UnsupportedFormat as exc:
+        except exceptions.UnsupportedFormat as exc:
             return error(415, exc.code, exc.message)
-        except imports.InvalidImport as exc:
+        except exceptions.InvalidImport as exc:
             return error(400, exc.code, exc.message)
         pool = (
             body.settings.from_numbers
@@ -225,7 +225,7 @@ class CampaignRoutes:
                 if batch.calls:
                     self.api.on_queued()
                 batch = await anext(batches, None)
-        except imports.InvalidImport as exc:  # the file as a whole, before any row
+        except exceptions.InvalidImport as exc:  # the file as a whole, before any row
             return error(400, exc.code, exc.message)
         except exceptions.InputError as exc:  # canceled while importing
             return error(

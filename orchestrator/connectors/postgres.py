@@ -303,23 +303,17 @@ class PostgresConnector:
                 if self.schema:
                     # The name was checked against _IDENTIFIER: a plain quoted identifier.
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-                await conn.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
-                    "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-                )
+                await conn.execute(connector.MIGRATIONS_TABLE.format(real="DOUBLE PRECISION"))
                 applied = await conn.fetch("SELECT version FROM schema_migrations")
-                done = {row["version"] for row in applied}
-                for migration in connector.migrations():
-                    if migration.version in done:
-                        continue
-                    sql = migration.sql.replace("{serial}", "BIGSERIAL")
-                    for statement in connector.statements(sql):
+                done = [row["version"] for row in applied]
+                for step in connector.pending(done, serial="BIGSERIAL"):
+                    for statement in step.statements:
                         await conn.execute(statement)
                     await conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at) "
                         "VALUES ($1, $2, $3)",
-                        migration.version,
-                        migration.name,
+                        step.version,
+                        step.name,
                         time.time(),
                     )
         except _DRIVER_ERRORS as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from importlib import resources
@@ -134,6 +134,38 @@ def queries(dialect: str) -> dict[str, str]:
             sql = sql.replace(placeholder, clauses.get(placeholder, ""))
         found[name] = sql
     return found
+
+
+#: The table that records which migrations a database has; ``{real}`` is the dialect's float.
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations "
+    "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at {real} NOT NULL)"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    """One pending migration, split into statements in a dialect's words."""
+
+    version: int
+    name: str
+    statements: list[str]
+
+
+def pending(applied: Iterable[int], *, serial: str) -> list[Step]:
+    """The migrations not yet ``applied``, in order: the one migration runner. A connector
+    runs ``MIGRATIONS_TABLE``, reads the applied versions, then executes each step and records
+    it, all in one transaction; ``serial`` is its auto-increment integer type."""
+    done = set(applied)
+    return [
+        Step(
+            version=m.version,
+            name=m.name,
+            statements=statements(m.sql.replace("{serial}", serial)),
+        )
+        for m in migrations()
+        if m.version not in done
+    ]
 
 
 def statements(sql: str) -> list[str]:

@@ -227,20 +227,14 @@ class SQLiteConnector:
         conn = self._require()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for migration in connector.migrations():
-                if migration.version in done:
-                    continue
-                sql = migration.sql.replace("{serial}", "INTEGER")
-                for statement in connector.statements(sql):
+            conn.execute(connector.MIGRATIONS_TABLE.format(real="REAL"))
+            done = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+            for step in connector.pending(done, serial="INTEGER"):
+                for statement in step.statements:
                     conn.execute(statement)
                 conn.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                    (migration.version, migration.name, time.time()),
+                    (step.version, step.name, time.time()),
                 )
             conn.execute("COMMIT")
         except BaseException:
