@@ -62,7 +62,7 @@ async def _daemon(url: str, owner: str, start_at: float) -> list[float]:
             provider_call_id=provider_id,
             duration=30.0,
         )
-        await store.ingest(hook, token=claim.attempt["webhook_token"])
+        await store.ingest(hook, token=claim.attempt.webhook_token)
 
     try:
         await asyncio.sleep(max(0.0, start_at - time.time()))

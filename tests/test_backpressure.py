@@ -65,7 +65,7 @@ class Running:
         out = []
         for call_id in ids:
             found = await self.store.get_call(call_id)
-            out.append(found[0]["status"])
+            out.append(found[0].status)
         return out
 
 
@@ -126,7 +126,7 @@ async def queue(run: Running, count: int, start: int = 0, **kw: Any) -> list[str
         call, _ = await run.store.create_call(
             NewCall(to=f"+1415555{start + n:04d}", from_=FROM, agent_id=AGENT, **kw)
         )
-        ids.append(call["id"])
+        ids.append(call.id)
     run.daemon._dialer.wake.set()  # as the API would
     return ids
 

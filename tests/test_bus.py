@@ -93,7 +93,7 @@ async def lifecycle(store: Store, n: int) -> list[str]:
     ids = []
     for i in range(n):
         call, _ = await store.create_call(NewCall(to=f"+1415555{1000 + i}", from_="+16045551234"))
-        ids.append(call["id"])
+        ids.append(call.id)
     for i in range(n):
         claim = await store.claim_attempt("d", max_live=1000, lease=60, watchdog_after=60)
         assert claim is not None
@@ -141,7 +141,7 @@ async def test_a_failing_handler_is_retried_then_succeeds(store: Store) -> None:
     await stop(tasks, workers, http)
     assert rec.calls == 4
     [row] = await store.list_deliveries()
-    assert row["state"] == "done" and row["tries"] == 4
+    assert row.state == "done" and row.tries == 4
 
 
 async def test_dead_letter_after_max_attempts_and_others_unaffected(store: Store) -> None:
@@ -160,7 +160,7 @@ async def test_dead_letter_after_max_attempts_and_others_unaffected(store: Store
     await stop(tasks, workers, http)
     assert bad.calls == 3  # no fourth try
     [dead] = await store.list_deliveries(state="dead")
-    assert dead["handler"] == "bad" and "failure 3" in dead["last_error"]
+    assert dead.handler == "bad" and "failure 3" in dead.last_error
 
 
 async def test_a_hanging_handler_times_out_and_delays_nobody(store: Store) -> None:
@@ -182,9 +182,9 @@ async def test_a_hanging_handler_times_out_and_delays_nobody(store: Store) -> No
     await asyncio.sleep(0.3)
     await stop(tasks, workers, http)
     rows = await store.list_deliveries(handler="hung")
-    timed_out = [r for r in rows if r["last_error"] and "timed out" in r["last_error"]]
+    timed_out = [r for r in rows if r.last_error and "timed out" in r.last_error]
     assert timed_out, rows
-    assert all(r["state"] == "pending" for r in rows)  # retried later, not lost
+    assert all(r.state == "pending" for r in rows)  # retried later, not lost
 
 
 async def test_routing_by_pattern(store: Store) -> None:
@@ -248,7 +248,7 @@ async def test_permanent_failure_is_dead_at_once_and_exhaustion_is_routable(
     assert exhausted.data["route"] == "crm" and exhausted.data["event_type"] == "call.queued"
     assert exhausted.error is not None and "bad payload" in exhausted.error["message"]
     [dead] = await store.list_deliveries(state="dead")
-    assert dead["handler"] == "crm"
+    assert dead.handler == "crm"
 
 
 async def test_exhaustion_of_an_exhaustion_event_does_not_loop(store: Store) -> None:
@@ -312,8 +312,8 @@ async def test_circuit_opens_after_failures_and_recovers_by_itself(store: Store)
     assert {e.call.to for e in flaky.seen[3:]} == {f"+141555512{n:02}" for n in range(5)}
     # Those claimed ahead and put back while the circuit was open were not counted as tries.
     rows = await store.list_deliveries(handler="crm")
-    assert sorted(int(r["tries"]) for r in rows) == [1, 1, 2, 2, 2]
-    assert {r["state"] for r in rows} == {"done"}
+    assert sorted(int(r.tries) for r in rows) == [1, 1, 2, 2, 2]
+    assert {r.state for r in rows} == {"done"}
 
 
 def test_breaker_trial_failure_doubles_the_cooldown() -> None:
@@ -384,7 +384,7 @@ async def test_context_actions_are_durable_and_routable(store: Store) -> None:
     assert await store.kv_get("act", "count") == 2
     [follow_up] = actor.queued
     found = await store.get_call(follow_up)
-    assert found is not None and found[0]["status"] == "queued"
+    assert found is not None and found[0].status == "queued"
 
 
 async def test_a_disabled_handlers_worker_still_records_what_was_handled_and_put_back(
@@ -401,8 +401,8 @@ async def test_a_disabled_handlers_worker_still_records_what_was_handled_and_put
 
     async def settled() -> bool:
         rows = await store.list_deliveries(handler="hook")
-        leased = [r for r in rows if r["lease_owner"] is not None]
-        return len(gone.seen) == 2 and not leased and any(r["state"] == "done" for r in rows)
+        leased = [r for r in rows if r.lease_owner is not None]
+        return len(gone.seen) == 2 and not leased and any(r.state == "done" for r in rows)
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
@@ -412,7 +412,7 @@ async def test_a_disabled_handlers_worker_still_records_what_was_handled_and_put
     rows = await store.list_deliveries(handler="hook")
     await stop(tasks, workers, http)
     assert len(gone.seen) == 2
-    assert [(r["state"], int(r["tries"])) for r in rows] == [
+    assert [(r.state, int(r.tries)) for r in rows] == [
         ("done", 1),  # handled before the 410
         ("pending", 1),  # the 410 itself, due again later
         ("pending", 0),  # claimed ahead, put back untried

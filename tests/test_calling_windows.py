@@ -45,7 +45,7 @@ def make_dialer(store: Store, window: windows.CallingWindow | None = OFFICE) -> 
 
 async def claimed(store: Store, the_dialer: dialer.Dialer) -> set[str]:
     batch = await store.claim_batch("w", the_dialer.rules, limit=100)
-    return {c.call["to_number"] for c in batch.claims}
+    return {c.call.to_number for c in batch.claims}
 
 
 async def test_each_recipient_is_called_in_their_own_office_hours(
@@ -59,9 +59,9 @@ async def test_each_recipient_is_called_in_their_own_office_hours(
     the_dialer = make_dialer(store)
     assert await claimed(store, the_dialer) == {NEW_YORK, LONDON}
     waiting = {
-        a["to_number"]: a["not_before"]
+        a.to_number: a.not_before
         for call in await store.list_calls(status="queued")
-        for a in await store.attempts_of(call["id"])
+        for a in await store.attempts_of(call.id)
     }
     assert waiting == {
         LOS_ANGELES: at("2026-03-09T16:00:00"),  # 09:00 PDT
@@ -82,8 +82,8 @@ async def test_the_same_utc_time_differs_across_a_dst_change(
     await store.create_call(NewCall(to=NEW_YORK, from_="+16045551234"))
     assert await claimed(store, the_dialer) == set()
     [call] = await store.list_calls(status="queued")
-    [attempt] = await store.attempts_of(call["id"])
-    assert attempt["not_before"] == at("2026-03-02T14:00:00")  # 09:00 EST
+    [attempt] = await store.attempts_of(call.id)
+    assert attempt.not_before == at("2026-03-02T14:00:00")  # 09:00 EST
     clock.now = at("2026-03-09T13:30:00")
     await store.create_call(NewCall(to="+12125550124", from_="+16045551234"))
     assert await claimed(store, the_dialer) == {NEW_YORK, "+12125550124"}
@@ -102,5 +102,5 @@ async def test_weekends_wait_for_monday_and_campaign_windows_win(
     await store.import_rows(campaign["id"], [NewCall(to="+12125550125", from_="")])
     assert await claimed(store, the_dialer) == {"+12125550125"}  # its own window: any day
     [call] = await store.list_calls(status="queued")
-    [attempt] = await store.attempts_of(call["id"])
-    assert attempt["not_before"] == at("2026-03-16T13:00:00")  # Monday 09:00 EDT
+    [attempt] = await store.attempts_of(call.id)
+    assert attempt.not_before == at("2026-03-16T13:00:00")  # Monday 09:00 EDT

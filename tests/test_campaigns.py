@@ -30,7 +30,7 @@ async def finish(store: Store, claim: Claim, status: CallStatus = CallStatus.COM
                  duration: float | None = None) -> None:  # fmt: skip
     raw = f"{claim.attempt_id}:{status}".encode()
     await store.ingest(
-        Webhook(raw=raw, status=status, duration=duration), token=claim.attempt["webhook_token"]
+        Webhook(raw=raw, status=status, duration=duration), token=claim.attempt.webhook_token
     )
 
 
@@ -54,8 +54,8 @@ async def test_import_queues_rows_in_bulk_and_records_bad_rows(store: Store) -> 
     batch = await store.claim_batch("w", rules(), limit=10)
     assert len(batch.claims) == 5
     claim = batch.claims[0]
-    assert claim.call["purpose"] == "reminder" and claim.call["agent_id"] == "agent-1"
-    assert claim.call["campaign"] == campaign["id"] and claim.attempt["from_number"] in POOL
+    assert claim.call.purpose == "reminder" and claim.call.agent_id == "agent-1"
+    assert claim.call.campaign == campaign["id"] and claim.attempt.from_number in POOL
 
 
 async def test_each_import_keeps_its_own_refused_lines(store: Store) -> None:
@@ -90,7 +90,7 @@ async def test_campaigns_share_the_dialer_by_weight(store: Store) -> None:
     await store.import_rows(big["id"], calls(40))
     await store.import_rows(small["id"], calls(40, start=100))
     batch = await store.claim_batch("w", rules(), limit=20)
-    share = Counter(c.call["campaign"] for c in batch.claims)
+    share = Counter(c.call.campaign for c in batch.claims)
     assert share == {big["id"]: 15, small["id"]: 5}
 
 
@@ -100,21 +100,19 @@ async def test_priority_first_then_fairness(store: Store) -> None:
     await store.import_rows(normal["id"], calls(5))
     await store.import_rows(urgent["id"], calls(3, start=50))
     batch = await store.claim_batch("w", rules(), limit=4)
-    assert [c.call["campaign"] for c in batch.claims] == [urgent["id"]] * 3 + [normal["id"]]
+    assert [c.call.campaign for c in batch.claims] == [urgent["id"]] * 3 + [normal["id"]]
 
 
 async def test_caller_id_pool_spreads_and_caps_live_calls(store: Store) -> None:
     campaign = await store.create_campaign("pool", CampaignSettings(from_numbers=POOL))
     await store.import_rows(campaign["id"], calls(10))
     batch = await store.claim_batch("w", rules(per_from=2), limit=10)
-    assert Counter(c.attempt["from_number"] for c in batch.claims) == {POOL[0]: 2, POOL[1]: 2}
-    assert all(c.call["from_number"] == c.attempt["from_number"] for c in batch.claims)
+    assert Counter(c.attempt.from_number for c in batch.claims) == {POOL[0]: 2, POOL[1]: 2}
+    assert all(c.call.from_number == c.attempt.from_number for c in batch.claims)
     assert (await store.claim_batch("w", rules(per_from=2), limit=10)).claims == []
     await finish(store, batch.claims[0])
     again = await store.claim_batch("w", rules(per_from=2), limit=10)
-    assert [c.attempt["from_number"] for c in again.claims] == [
-        batch.claims[0].attempt["from_number"]
-    ]
+    assert [c.attempt.from_number for c in again.claims] == [batch.claims[0].attempt.from_number]
 
 
 async def test_daily_cap_per_person_defers(store: Store, clock: FakeClock) -> None:
@@ -137,10 +135,10 @@ async def test_screen_defers_and_refuses(store: Store, clock: FakeClock) -> None
     }
 
     def screen(call: Any, attempt: Any, campaign: Any, now: float) -> Screening:
-        return decided.get(attempt["to_number"], Admit())
+        return decided.get(attempt.to_number, Admit())
 
     batch = await store.claim_batch("w", rules(screen=screen), limit=10)
-    assert [c.call["to_number"] for c in batch.claims] == ["+14155550102"]
+    assert [c.call.to_number for c in batch.claims] == ["+14155550102"]
     assert [(e.type, (e.error or {}).get("code")) for e in batch.events] == [
         ("call.rejected", "DO_NOT_CALL")
     ]
@@ -148,7 +146,7 @@ async def test_screen_defers_and_refuses(store: Store, clock: FakeClock) -> None
     clock.advance(3600)
     decided.clear()
     later = await store.claim_batch("w", rules(screen=screen), limit=10)
-    assert [c.call["to_number"] for c in later.claims] == ["+14155550100"]
+    assert [c.call.to_number for c in later.claims] == ["+14155550100"]
 
 
 async def test_do_not_call_table_refuses_at_claim(store: Store) -> None:
@@ -203,7 +201,7 @@ async def test_campaign_attempt_cap_ends_retries(store: Store) -> None:
     raw = f"{claim.attempt_id}:busy".encode()
     [busy] = (
         await store.ingest(
-            Webhook(raw=raw, status=CallStatus.BUSY), token=claim.attempt["webhook_token"]
+            Webhook(raw=raw, status=CallStatus.BUSY), token=claim.attempt.webhook_token
         )
     ).events
     second = await store.schedule_retry(busy, at=busy.occurred_at)
@@ -212,10 +210,10 @@ async def test_campaign_attempt_cap_ends_retries(store: Store) -> None:
     raw = f"{again.attempt_id}:busy".encode()
     [busy2] = (
         await store.ingest(
-            Webhook(raw=raw, status=CallStatus.BUSY), token=again.attempt["webhook_token"]
+            Webhook(raw=raw, status=CallStatus.BUSY), token=again.attempt.webhook_token
         )
     ).events
     assert await store.schedule_retry(busy2, at=busy2.occurred_at) is None
-    found = await store.get_call(claim.call["id"])
+    found = await store.get_call(claim.call.id)
     assert found is not None
     assert [e.type for e in found[2]][-1] == "call.retries_exhausted"

@@ -54,13 +54,13 @@ async def test_a_placement_is_due_a_look_up_after_the_set_delay(
     assert await checked.claim_checks(limit=10, lease=60) == []
     clock.advance(TIMING.after)
     (due,) = await checked.claim_checks(limit=10, lease=60)
-    assert due["id"] == attempt_id
+    assert due.id == attempt_id
     # Taken: no other daemon gets it within its lease; after the lease it is due again.
     assert await checked.claim_checks(limit=10, lease=60) == []
     clock.advance(59)
     assert await checked.claim_checks(limit=10, lease=60) == []
     clock.advance(1)
-    assert [r["id"] for r in await checked.claim_checks(limit=10, lease=60)] == [attempt_id]
+    assert [r.id for r in await checked.claim_checks(limit=10, lease=60)] == [attempt_id]
 
 
 async def test_without_check_timing_nothing_is_ever_due(store: Store, clock: FakeClock) -> None:
@@ -81,11 +81,11 @@ async def test_a_terminal_record_ends_the_call_as_its_webhook_would(
     assert (event.type, event.status) == ("call.no_answer", "no_answer")
     assert event.data == {"source": "lookup", "endpoint": "get-call"}
     row = await attempt_of(checked, call_id)
-    assert (row["status"], row["live"], row["settled_by"], row["check_at"]) == (
+    assert (row.status, row.live, row.settled_by, row.check_at) == (
         "no_answer", 0, "lookup", None,
     )  # fmt: skip
-    assert (row["checks"], row["checked_at"], row["provider_status"]) == (1, T0 + 6, "no_answer")
-    assert (await call_row(checked, call_id))["status"] == "no_answer"
+    assert (row.checks, row.checked_at, row.provider_status) == (1, T0 + 6, "no_answer")
+    assert (await call_row(checked, call_id)).status == "no_answer"
     # The record later overwritten to completed (the deployed quirk), the webhook that says so,
     # or the same finding again: nothing changes, no second terminal event.
     again = await checked.apply_finding(
@@ -115,7 +115,7 @@ async def test_a_live_record_moves_the_call_forward_and_schedules_the_next(
     )
     assert [e.type for e in first.events] == ["call.initiated"]
     row = await attempt_of(checked, call_id)
-    assert (row["status"], row["check_at"], row["provider_status"]) == (
+    assert (row.status, row.check_at, row.provider_status) == (
         "initiated", T0 + TIMING.every, "in-progress",
     )  # fmt: skip
     same = await checked.apply_finding(
@@ -126,7 +126,7 @@ async def test_a_live_record_moves_the_call_forward_and_schedules_the_next(
         attempt_id, Finding(endpoint="get-call", record=record("in_progress"))
     )
     assert [e.type for e in answered.events] == ["call.in_progress"]
-    assert (await attempt_of(checked, call_id))["checks"] == 3
+    assert (await attempt_of(checked, call_id)).checks == 3
 
 
 async def test_errors_and_missing_records_are_noted_and_asked_again(
@@ -138,11 +138,11 @@ async def test_errors_and_missing_records_are_noted_and_asked_again(
     )
     assert failed.events == []
     row = await attempt_of(checked, call_id)
-    assert row["check_result"] == "error (get-call): LOOKUP_FAILED: 503"
-    assert row["check_at"] == T0 + TIMING.every and row["live"] == 1
+    assert row.check_result == "error (get-call): LOOKUP_FAILED: 503"
+    assert row.check_at == T0 + TIMING.every and row.live == 1
     await checked.apply_finding(attempt_id, Finding(endpoint="get-call", missing=True))
     row = await attempt_of(checked, call_id)
-    assert row["check_result"] == "no record (get-call)" and row["status"] == "dialing"
+    assert row.check_result == "no record (get-call)" and row.status == "dialing"
 
 
 async def test_an_ambiguous_placement_adopts_its_one_record(
@@ -151,13 +151,13 @@ async def test_an_ambiguous_placement_adopts_its_one_record(
     call_id, got = await dialing(checked)
     await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("dropped"))
     row = await attempt_of(checked, call_id)
-    assert (row["ambiguous"], row["check_at"]) == (1, T0 + TIMING.ambiguous_grace)
+    assert (row.ambiguous, row.check_at) == (1, T0 + TIMING.ambiguous_grace)
     applied = await checked.apply_finding(
         got.attempt_id, Finding(endpoint="list-calls", record=record("ringing", id="R9"))
     )
     assert [e.type for e in applied.events] == ["call.ringing"]
     row = await attempt_of(checked, call_id)
-    assert (row["ambiguous"], row["provider_call_id"], row["status"]) == (0, "R9", "ringing")
+    assert (row.ambiguous, row.provider_call_id, row.status) == (0, "R9", "ringing")
 
 
 async def test_a_record_of_another_attempt_is_never_adopted(checked: Store) -> None:
@@ -169,8 +169,8 @@ async def test_a_record_of_another_attempt_is_never_adopted(checked: Store) -> N
     )
     assert applied.events == []
     row = await attempt_of(checked, call_id)
-    assert (row["ambiguous"], row["provider_call_id"], row["status"]) == (1, None, "dialing")
-    assert row["check_result"] == "record TAKEN is another call's"
+    assert (row.ambiguous, row.provider_call_id, row.status) == (1, None, "dialing")
+    assert row.check_result == "record TAKEN is another call's"
 
 
 async def test_a_placement_never_created_goes_back_to_the_queue_once(
@@ -187,10 +187,10 @@ async def test_a_placement_never_created_goes_back_to_the_queue_once(
     assert event.type == "call.requeued" and event.status is None
     assert event.error is not None and event.error["code"] == "NOT_PLACED"
     row = await attempt_of(checked, call_id)
-    assert (row["status"], row["live"], row["ambiguous"], row["not_before"]) == (
+    assert (row.status, row.live, row.ambiguous, row.not_before) == (
         "queued", 0, 0, T0 + 30,
     )  # fmt: skip
-    assert (await call_row(checked, call_id))["status"] == "queued"
+    assert (await call_row(checked, call_id)).status == "queued"
     assert await checked.next_timer() is None  # its watchdog went with it
     # The same finding again (a second daemon's stale look-up) does nothing: not live.
     again = await checked.apply_finding(
@@ -212,11 +212,11 @@ async def test_several_candidates_stay_ambiguous_until_the_watchdog(
     )
     assert applied.events == [] and not applied.redialed
     row = await attempt_of(checked, call_id)
-    assert (row["ambiguous"], row["live"], row["check_at"]) == (1, 1, None)
+    assert (row.ambiguous, row.live, row.check_at) == (1, 1, None)
     clock.advance(600)  # the watchdog: the last look-up is due at once, before ending it
     assert await checked.fire_next() == []
     row = await attempt_of(checked, call_id)
-    assert (row["ending"], row["check_at"], row["live"]) == ("watchdog", 0.0, 1)
+    assert (row.ending, row.check_at, row.live) == ("watchdog", 0.0, 1)
     final = await checked.apply_finding(
         got.attempt_id, Finding(endpoint="list-calls", candidates=2)
     )
@@ -240,7 +240,7 @@ async def test_the_watchdog_ends_the_call_if_its_last_look_up_never_comes(
     assert event.type == "call.timed_out" and event.error is not None
     assert event.error["code"] == "NO_TERMINAL_WEBHOOK"
     assert "last look-up: ringing (get-call)" in event.error["message"]
-    assert (await attempt_of(checked, call_id))["settled_by"] == "watchdog"
+    assert (await attempt_of(checked, call_id)).settled_by == "watchdog"
 
 
 async def test_a_call_live_at_the_provider_when_it_must_end_is_hung_up(
@@ -253,7 +253,7 @@ async def test_a_call_live_at_the_provider_when_it_must_end_is_hung_up(
         attempt_id, Finding(endpoint="get-call", record=record("in_progress"))
     )
     assert applied.events == [] and applied.hang_up is not None
-    assert applied.hang_up["provider_status"] == "in_progress"
+    assert applied.hang_up.provider_status == "in_progress"
     (event,) = await checked.end_attempt(attempt_id, CallStatus.TIMED_OUT, "HUNG_UP", "hung up")
     assert (event.type, event.error) == (
         "call.timed_out",
@@ -261,7 +261,7 @@ async def test_a_call_live_at_the_provider_when_it_must_end_is_hung_up(
     )
     assert await checked.end_attempt(attempt_id, CallStatus.TIMED_OUT, "X", "again") == []
     assert await checked.fire_next() is None and await checked.live_count() == 0
-    assert (await call_row(checked, call_id))["reason"] == "HUNG_UP"
+    assert (await call_row(checked, call_id)).reason == "HUNG_UP"
 
 
 async def test_a_terminal_record_found_at_the_end_wins_over_the_watchdog(
@@ -290,7 +290,7 @@ async def test_an_unreachable_provider_at_the_end_means_a_blind_hang_up(
         attempt_id, Finding(endpoint="get-call", error="CONNECT_FAILED: down")
     )
     assert applied.events == [] and applied.hang_up is not None
-    assert applied.hang_up["check_result"] == "error (get-call): CONNECT_FAILED: down"
+    assert applied.hang_up.check_result == "error (get-call): CONNECT_FAILED: down"
 
 
 async def test_look_ups_spend_a_fleet_wide_budget(checked: Store, clock: FakeClock) -> None:
@@ -324,8 +324,8 @@ async def test_a_webhook_naming_another_calls_record_is_applied_to_neither(
     assert result.outcome is Ingest.MISMATCH and result.events == ()
     for call_id in (first_id, second_id):
         row = await attempt_of(checked, call_id)
-        assert (row["status"], row["check_at"]) == ("dialing", T0 + 2)
-    due = {r["id"] for r in await checked.claim_checks(limit=10, lease=60)}
+        assert (row.status, row.check_at) == ("dialing", T0 + 2)
+    due = {r.id for r in await checked.claim_checks(limit=10, lease=60)}
     assert due == {first, second}
 
 
@@ -337,7 +337,7 @@ async def test_a_canceled_campaigns_calls_are_ended_not_redialed(
     await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
     assert await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
     (due,) = await checked.claim_checks(limit=10, lease=60)
-    assert (due["ending"], due["id"]) == ("canceled", got.attempt_id)
+    assert (due.ending, due.id) == ("canceled", got.attempt_id)
     applied = await checked.apply_finding(
         got.attempt_id, Finding(endpoint="list-calls", missing=True)
     )
@@ -345,7 +345,7 @@ async def test_a_canceled_campaigns_calls_are_ended_not_redialed(
     (event,) = applied.events
     assert event.type == "call.canceled" and event.error is not None
     assert event.error["code"] == "CAMPAIGN_CANCELED"
-    assert (await call_row(checked, call_id))["status"] == "canceled"
+    assert (await call_row(checked, call_id)).status == "canceled"
 
 
 # -- what the mutation run of checks.py showed the tests did not pin ----------------------------
@@ -365,8 +365,8 @@ async def test_a_look_up_settling_the_call_carries_what_the_record_says(checked:
     )  # fmt: skip
     row = await attempt_of(checked, call_id)
     # The lost answer's error is history once the provider's record has spoken.
-    assert (row["error_code"], row["error_message"], row["duration"]) == (None, None, 42.0)
-    assert (await call_row(checked, call_id))["reason"] is None
+    assert (row.error_code, row.error_message, row.duration) == (None, None, 42.0)
+    assert (await call_row(checked, call_id)).reason is None
 
 
 async def test_a_record_in_an_unknown_spelling_is_noted_not_applied(checked: Store) -> None:
@@ -376,7 +376,7 @@ async def test_a_record_in_an_unknown_spelling_is_noted_not_applied(checked: Sto
     )
     assert applied.events == [] and applied.hang_up is None
     row = await attempt_of(checked, call_id)
-    assert (row["status"], row["provider_status"], row["checks"]) == ("dialing", "paused", 1)
+    assert (row.status, row.provider_status, row.checks) == ("dialing", "paused", 1)
 
 
 async def test_a_same_status_record_updates_what_the_provider_said(checked: Store) -> None:
@@ -387,7 +387,7 @@ async def test_a_same_status_record_updates_what_the_provider_said(checked: Stor
     assert first.events[0].data == {"source": "lookup", "endpoint": "list-calls"}
     await checked.apply_finding(attempt_id, Finding(endpoint="get-call", record=record("ringing ")))
     row = await attempt_of(checked, call_id)
-    assert (row["provider_status"], row["checks"]) == ("ringing ", 2)
+    assert (row.provider_status, row.checks) == ("ringing ", 2)
 
 
 async def test_a_placement_still_in_flight_is_never_redialed(
@@ -402,7 +402,7 @@ async def test_a_placement_still_in_flight_is_never_redialed(
     )
     assert not applied.redialed and applied.events == []
     row = await attempt_of(checked, call_id)
-    assert (row["status"], row["live"]) == ("dialing", 1)
+    assert (row.status, row.live) == ("dialing", 1)
 
 
 async def test_a_finding_for_an_attempt_no_longer_live_changes_nothing(
@@ -413,7 +413,7 @@ async def test_a_finding_for_an_attempt_no_longer_live_changes_nothing(
     clock.advance(TIMING.ambiguous_grace)
     await checked.apply_finding(got.attempt_id, Finding(endpoint="list-calls", missing=True))
     before = await attempt_of(checked, call_id)
-    assert before["status"] == "queued"
+    assert before.status == "queued"
     clock.advance(5)
     for finding in (
         Finding(endpoint="get-call", record=record("busy")),
@@ -449,10 +449,10 @@ async def test_a_placement_never_created_twice_is_requeued_twice(
         )
         assert applied.redialed and applied.events[0].data["source"] == "lookup"
         row = await attempt_of(checked, call_id)
-        assert (row["checks"], row["error_code"], row["lease_owner"], row["ending"]) == (
+        assert (row.checks, row.error_code, row.lease_owner, row.ending) == (
             2 * round_, "NOT_PLACED", None, None,
         )  # fmt: skip
-        assert "nobody was rung" in row["error_message"]
+        assert "nobody was rung" in row.error_message
     assert (await events_of(checked, call_id)).count("call.requeued") == 2
 
 
@@ -464,13 +464,13 @@ async def test_ending_a_call_records_why_and_by_what(checked: Store, clock: Fake
         attempt_id, Finding(endpoint="get-call", record=record("in_progress"))
     )
     assert applied.hang_up is not None
-    assert (applied.hang_up["checks"], applied.hang_up["check_result"]) == (
+    assert (applied.hang_up.checks, applied.hang_up.check_result) == (
         1,
         "in_progress (get-call)",
     )
     await checked.end_attempt(attempt_id, CallStatus.TIMED_OUT, "HUNG_UP", "hung up there")
     row = await attempt_of(checked, call_id)
-    assert (row["settled_by"], row["error_code"], row["error_message"], row["live"]) == (
+    assert (row.settled_by, row.error_code, row.error_message, row.live) == (
         "watchdog", "HUNG_UP", "hung up there", 0,
     )  # fmt: skip
 
@@ -490,7 +490,7 @@ async def test_a_canceled_campaigns_live_call_the_provider_cannot_be_asked_about
     )
     assert event.type == "call.canceled"
     row = await attempt_of(checked, call_id)
-    assert (row["settled_by"], row["error_code"]) == ("cancel", "CAMPAIGN_CANCELED")
+    assert (row.settled_by, row.error_code) == ("cancel", "CAMPAIGN_CANCELED")
 
 
 async def test_the_look_up_budget_at_its_edges(checked: Store, clock: FakeClock) -> None:
@@ -522,7 +522,7 @@ async def test_look_ups_can_be_moved_and_provider_ids_told(
     clock.advance(99)
     assert await checked.claim_checks(limit=5, lease=10) == []
     clock.advance(1)
-    assert [r["id"] for r in await checked.claim_checks(limit=5, lease=10)] == [attempt_id]
+    assert [r.id for r in await checked.claim_checks(limit=5, lease=10)] == [attempt_id]
     assert await checked.known_provider_ids(["P5", "P6"]) == {"P5"}
     await checked.apply_finding(
         attempt_id, Finding(endpoint="get-call", record=record("busy", id="P5"))
@@ -551,7 +551,7 @@ async def test_why_the_watchdog_ended_a_known_call(
     assert event.error is not None and event.error["code"] == code
     assert says in event.error["message"]
     row = await attempt_of(checked, call_id)
-    assert (row["checks"], row["check_result"]) == (1, finding.summary)
+    assert (row.checks, row.check_result) == (1, finding.summary)
 
 
 @pytest.mark.parametrize(
@@ -613,12 +613,12 @@ async def test_a_webhook_matched_only_by_numbers_never_ties_a_record_to_a_call(
     )  # fmt: skip
     assert result.outcome is Ingest.MISMATCH and result.events == ()
     b_row = await attempt_of(checked, b_call)
-    assert (b_row["provider_call_id"], b_row["status"]) == (None, "dialing")
+    assert (b_row.provider_call_id, b_row.status) == (None, "dialing")
     clock.advance(TIMING.ambiguous_grace)
     found = Finding(endpoint="list-calls", record=record("busy", id="R_A"))
     applied = await checked.apply_finding(a.attempt_id, found)
     assert [e.type for e in applied.events] == ["call.busy"]
-    assert (await attempt_of(checked, a_call))["provider_call_id"] == "R_A"
+    assert (await attempt_of(checked, a_call)).provider_call_id == "R_A"
 
 
 async def test_a_finding_about_an_earlier_placement_is_stale(
@@ -633,17 +633,17 @@ async def test_a_finding_about_an_earlier_placement_is_stale(
     (first,) = await checked.claim_checks(limit=10, lease=60)
     clock.advance(61)
     (second,) = await checked.claim_checks(limit=10, lease=60)
-    missing = Finding(endpoint="list-calls", missing=True, placed_at=second["placed_at"])
+    missing = Finding(endpoint="list-calls", missing=True, placed_at=second.placed_at)
     assert (await checked.apply_finding(got.attempt_id, missing)).redialed
     again = await checked.claim_attempt("w1", max_live=10, lease=30, watchdog_after=600)
     assert getattr(again, "attempt_id", None) == got.attempt_id
     await checked.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
     clock.advance(TIMING.ambiguous_grace)
-    stale = Finding(endpoint="list-calls", missing=True, placed_at=first["placed_at"])
+    stale = Finding(endpoint="list-calls", missing=True, placed_at=first.placed_at)
     late = await checked.apply_finding(got.attempt_id, stale)
     assert not late.redialed and late.events == []
     row = await attempt_of(checked, call_id)
-    assert (row["status"], row["live"], row["ambiguous"]) == ("dialing", 1, 1)
+    assert (row.status, row.live, row.ambiguous) == ("dialing", 1, 1)
 
 
 async def test_a_placement_never_created_in_a_canceled_campaign_ends_canceled(
@@ -659,7 +659,7 @@ async def test_a_placement_never_created_in_a_canceled_campaign_ends_canceled(
     )
     assert not applied.redialed
     assert [e.type for e in applied.events] == ["call.canceled"]
-    assert (await call_row(checked, call_id))["status"] == "canceled"
+    assert (await call_row(checked, call_id)).status == "canceled"
 
 
 async def test_cancel_with_hangup_waits_for_a_placement_in_flight(
@@ -671,13 +671,13 @@ async def test_cancel_with_hangup_waits_for_a_placement_in_flight(
     call_id, got = await dialing(checked, campaign=campaign["id"])
     assert await checked.cancel_campaign(campaign["id"], reason="stop", hangup=True)
     (due,) = await checked.claim_checks(limit=10, lease=60)
-    assert (due["ending"], due["provider_call_id"]) == ("canceled", None)
+    assert (due.ending, due.provider_call_id) == ("canceled", None)
     await checked.schedule_check(got.attempt_id, at=clock.now + TIMING.every)  # nothing to ask
     clock.advance(1)
     await checked.placed(got.attempt_id, provider_call_id="P9", provider_status="queued")
     (due,) = await checked.claim_checks(limit=10, lease=60)
-    assert (due["ending"], due["provider_call_id"], due["live"]) == ("canceled", "P9", 1)
-    assert (await attempt_of(checked, call_id))["status"] == "dialing"
+    assert (due.ending, due.provider_call_id, due.live) == ("canceled", "P9", 1)
+    assert (await attempt_of(checked, call_id)).status == "dialing"
 
 
 async def test_a_canceled_campaigns_lost_placement_that_cannot_be_searched(

@@ -73,9 +73,9 @@ async def test_claim_finishing_after_stop_is_handed_back(
         runner.cancel()
         await magpipe.aclose()
     assert sim.stats()["placed"] == 0, "a placement started after shutdown began"
-    _, [attempt], _ = await store.get_call(call["id"]) or (None, [], None)
-    assert (attempt["status"], attempt["live"], attempt["ambiguous"]) == ("queued", 0, 0)
-    assert attempt["error_code"] is None
+    _, [attempt], _ = await store.get_call(call.id) or (None, [], None)
+    assert (attempt.status, attempt.live, attempt.ambiguous) == ("queued", 0, 0)
+    assert attempt.error_code is None
     assert await store.live_count() == 0
     assert await store.next_timer() is None  # the watchdog went with the claim
 

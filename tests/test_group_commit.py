@@ -29,7 +29,7 @@ async def tokens(store: Store, n: int) -> list[str]:
     """n calls created and claimed: their webhook tokens."""
     for i in range(n):
         await store.create_call(new_call(f"+1555000{i:04}"))
-    return [(await claim(store, max_live=n)).attempt["webhook_token"] for _ in range(n)]
+    return [(await claim(store, max_live=n)).attempt.webhook_token for _ in range(n)]
 
 
 async def test_a_burst_is_written_in_few_commits_and_each_gets_its_own_result(
@@ -44,7 +44,7 @@ async def test_a_burst_is_written_in_few_commits_and_each_gets_its_own_result(
     assert [r.outcome for r in results] == [Ingest.APPLIED] * 40 + [Ingest.UNMATCHED]
     assert commit.written == 41 and commit.commits < 10  # 1, then batches of up to 16
     calls = await store.list_calls(limit=100)
-    assert {c["status"] for c in calls} == {"ringing"}
+    assert {c.status for c in calls} == {"ringing"}
 
 
 async def test_a_lone_webhook_is_written_at_once(store: Store) -> None:
@@ -64,7 +64,7 @@ async def test_a_request_that_goes_away_does_not_disturb_the_others(store: Store
     assert isinstance(done[1], asyncio.CancelledError)
     assert [r.outcome for r in (done[0], done[2])] == [Ingest.APPLIED, Ingest.APPLIED]  # type: ignore[union-attr]
     # The webhook of the request that went away was written all the same.
-    statuses = [c["status"] for c in await store.list_calls(limit=10)]
+    statuses = [c.status for c in await store.list_calls(limit=10)]
     assert statuses == ["ringing"] * 3
 
 

@@ -37,6 +37,7 @@ from orchestrator.daemon import delivery
 from orchestrator.model import CallRef, CallStatus, Event, NewCall, new_id
 from orchestrator.store import Claim, Store, actions
 from orchestrator.store import Webhook as StatusHook
+from orchestrator.store.rows import DeliveryRecord
 from tests.fakes import (
     Answer,
     HubSpotFake,
@@ -171,8 +172,8 @@ class Run:
     call_id: str
     store: Store
 
-    async def deliveries(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in await self.store.list_deliveries(handler="rule")]
+    async def deliveries(self) -> list[DeliveryRecord]:
+        return await self.store.list_deliveries(handler="rule")
 
     async def events(self) -> list[Event]:
         found = await self.store.get_call(self.call_id)
@@ -215,7 +216,7 @@ async def finish_call(
             transcript=TRANSCRIPT,
         )
     )
-    return str(call["id"])
+    return str(call.id)
 
 
 async def run(
@@ -255,12 +256,12 @@ async def run(
 
 async def done(state: Run) -> bool:
     rows = await state.deliveries()
-    return bool(rows) and rows[0]["state"] == "done"
+    return bool(rows) and rows[0].state == "done"
 
 
 async def dead(state: Run) -> bool:
     rows = await state.deliveries()
-    return bool(rows) and rows[0]["state"] == "dead"
+    return bool(rows) and rows[0].state == "dead"
 
 
 async def disabled(state: Run) -> bool:
@@ -422,7 +423,7 @@ async def test_http_end_to_end_retry_after_then_success_each_try_signed(store: S
     for request in (first, second):
         Webhook(secret).verify(request.raw, request.headers)
     [row] = await state.deliveries()
-    assert row["tries"] == 2
+    assert row.tries == 2
 
 
 async def test_http_end_to_end_400_is_dead_at_once_with_delivery_exhausted(store: Store) -> None:
@@ -431,7 +432,7 @@ async def test_http_end_to_end_400_is_dead_at_once_with_delivery_exhausted(store
         state = await run(store, {"use": "http", "url": receiver.endpoint}, until=dead)
     assert len(receiver.requests) == 1
     [row] = await state.deliveries()
-    assert row["tries"] == 1 and "HTTP 400" in row["last_error"]
+    assert row.tries == 1 and "HTTP 400" in row.last_error
     [event] = exhausted(await state.events())
     assert event.data["handler"] == "inst" and event.data["event_type"] == "call.completed"
 
@@ -442,7 +443,7 @@ async def test_http_end_to_end_410_disables_the_instance(store: Store) -> None:
         state = await run(store, {"use": "http", "url": receiver.endpoint}, until=disabled)
     assert "inst" in state.bus.disabled
     [row] = await state.deliveries()
-    assert row["state"] == "pending"  # waits for the instance to be enabled again, not lost
+    assert row.state == "pending"  # waits for the instance to be enabled again, not lost
     [gone] = [e for e in await state.events() if e.type == "handler.disabled"]
     assert gone.data["handler"] == "inst"
 
@@ -632,7 +633,7 @@ async def test_slack_webhook_end_to_end_rate_limited_then_posted(store: Store) -
     assert (first.answered, second.answered) == (429, 200)
     assert second.at - first.at >= 0.95
     assert len(fake.messages) == 1
-    assert (await state.deliveries())[0]["tries"] == 2
+    assert (await state.deliveries())[0].tries == 2
 
 
 async def test_slack_end_to_end_the_rules_templated_text_arrives_rendered(store: Store) -> None:
@@ -655,7 +656,7 @@ async def test_slack_webhook_end_to_end_a_revoked_webhook_disables_the_instance(
         revoked = fake.url + "/services/T0FAKE/B0FAKE/revoked"
         state = await run(store, {"use": "slack", "webhook_url": revoked}, until=disabled)
     assert "no_service" in state.bus.disabled["inst"]
-    assert (await state.deliveries())[0]["state"] == "pending"
+    assert (await state.deliveries())[0].state == "pending"
     assert not exhausted(await state.events())
 
 
@@ -668,7 +669,7 @@ async def test_slack_web_api_end_to_end_unknown_channel_is_dead_and_secrets_stay
             state = await run(store, spec, until=dead, with_={"channel": "C0NOPE"})
     assert fake.of("api")[0].json["channel"] == "C0NOPE"  # the rule's channel
     [row] = await state.deliveries()
-    assert row["tries"] == 1 and "channel_not_found" in row["last_error"]
+    assert row.tries == 1 and "channel_not_found" in row.last_error
     events = await state.events()
     assert exhausted(events)
     seen = json.dumps([logs, row, [e.to_json() for e in events]], default=str)
@@ -954,7 +955,7 @@ async def test_hubspot_end_to_end_rate_limited_then_logged(store: Store, crm: Hu
     assert second.at - first.at >= 0.95
     assert len(crm.calls) == 1
     assert len(crm.of("search_calls")) == 1  # the second try looked first
-    assert (await state.deliveries())[0]["tries"] == 2
+    assert (await state.deliveries())[0].tries == 2
 
 
 async def test_hubspot_end_to_end_validation_error_is_dead(store: Store, crm: HubSpotFake) -> None:
@@ -962,7 +963,7 @@ async def test_hubspot_end_to_end_validation_error_is_dead(store: Store, crm: Hu
         store, hubspot_spec(crm), until=dead, metadata={"hubspot_contact_id": "424242"}
     )
     [row] = await state.deliveries()
-    assert row["tries"] == 1 and "associations are invalid" in row["last_error"]
+    assert row.tries == 1 and "associations are invalid" in row.last_error
     assert exhausted(await state.events())
     assert not crm.calls
 

@@ -560,7 +560,7 @@ async def test_placed_answer_racing_a_final_webhook_loses_nothing(
     claim = await _claimed(fast, "+14155550101")
     await asyncio.gather(
         slow.placed(claim.attempt_id, provider_call_id="P1", provider_status="initiated"),
-        _later(0.1, fast.ingest(_hook("failed", "P1"), token=claim.attempt["webhook_token"])),
+        _later(0.1, fast.ingest(_hook("failed", "P1"), token=claim.attempt.webhook_token)),
     )
     attempt, events, timer = await _state(conn, claim.attempt_id)
     assert attempt == {"status": "failed", "live": 0, "ambiguous": 0}
@@ -581,7 +581,7 @@ async def test_two_webhooks_on_two_connections_keep_the_final_one(
     fast, slow = Store(conn), Store(_Slow(conn, {"lock_attempt": 0.3}))
     claim = await _claimed(fast, "+14155550102")
     await fast.placed(claim.attempt_id, provider_call_id="P2", provider_status="initiated")
-    token = claim.attempt["webhook_token"]
+    token = claim.attempt.webhook_token
     await asyncio.gather(
         slow.ingest(_hook("in_progress", "P2"), token=token),
         _later(0.1, fast.ingest(_hook("completed", "P2"), token=token)),
@@ -603,7 +603,7 @@ async def test_timed_out_answer_racing_a_webhook_is_not_left_live(
     claim = await _claimed(fast, "+14155550103")
     await asyncio.gather(
         slow.ambiguous(claim.attempt_id, exc.AmbiguousPlacement("read timed out")),
-        _later(0.1, fast.ingest(_hook("busy", "P3"), token=claim.attempt["webhook_token"])),
+        _later(0.1, fast.ingest(_hook("busy", "P3"), token=claim.attempt.webhook_token)),
     )
     attempt, _, timer = await _state(conn, claim.attempt_id)
     assert attempt == {"status": "busy", "live": 0, "ambiguous": 0}
@@ -629,7 +629,7 @@ async def test_watchdog_and_requeue_or_webhook_never_deadlock(postgres: Postgres
     other = await _claimed(fast, "+14155550105", watchdog_after=0)
     fired, ingested = await asyncio.gather(
         slow_fire.fire_next(),
-        _later(0.05, fast.ingest(_hook("completed", "P5"), token=other.attempt["webhook_token"])),
+        _later(0.05, fast.ingest(_hook("completed", "P5"), token=other.attempt.webhook_token)),
         return_exceptions=True,
     )
     assert not isinstance(fired, BaseException) and not isinstance(ingested, BaseException)

@@ -44,7 +44,7 @@ class Rig:
         call, _ = await self.store.create_call(NewCall(to=to, from_=FROM, **extra))
         assert self.daemon._dialer is not None
         self.daemon._dialer.wake.set()
-        return str(call["id"])
+        return str(call.id)
 
     async def final(self, call_id: str, timeout: float = 20.0) -> tuple[Any, list[Any], list[Any]]:
         """The call once terminal (and no retry pending), with attempts and events."""
@@ -55,7 +55,7 @@ class Rig:
             found = await self.store.get_call(call_id)
             assert found is not None
             call, attempts, _events = found
-            if CallStatus(call["status"]).terminal:
+            if CallStatus(call.status).terminal:
                 return found
             if time.monotonic() > deadline:
                 raise AssertionError(f"call not terminal: {call}, {attempts}")
@@ -164,18 +164,18 @@ async def test_unanswered_calls_end_in_their_true_outcome_from_the_records(
     assert time.monotonic() - started < 10
     for to, (call, attempts, events) in results.items():
         expected = script[to].outcome.value.replace("-", "_")
-        assert call["status"] == expected, (to, call)
+        assert call.status == expected, (to, call)
         (attempt,) = attempts
         (sim_call,) = r.sim_calls(to)
-        assert attempt["provider_call_id"] == sim_call.id
-        assert attempt["agent_call_sid"] == sim_call.agent_call_sid
+        assert attempt.provider_call_id == sim_call.id
+        assert attempt.agent_call_sid == sim_call.agent_call_sid
         final = events[-1]
         assert final.type == f"call.{expected}"
         if expected != "completed":
             assert final.data["source"] == "lookup"
             assert final.data["endpoint"] in ("get-call", "list-calls")
-            assert attempt["settled_by"] == "lookup"
-            assert attempt["check_result"].startswith(sim_call.record_status)
+            assert attempt.settled_by == "lookup"
+            assert attempt.check_result.startswith(sim_call.record_status)
     transcript = results["+14155550104"][2][-1].transcript
     assert transcript and "calling about" in transcript  # from the webhook or get-call
     assert await r.store.live_count() == 0  # no slot held once the outcome is known
@@ -189,7 +189,7 @@ async def test_unanswered_calls_end_in_their_true_outcome_from_the_records(
     assert len(late) == 3 and all(w.http_status == 200 for w in late), late
     for to, call_id in ids.items():
         call, _, events = await r.final(call_id)
-        assert call["status"] == script[to].outcome.value.replace("-", "_")
+        assert call.status == script[to].outcome.value.replace("-", "_")
         assert len([e for e in events if e.status and CallStatus(e.status).terminal]) == 1
 
 
@@ -212,18 +212,18 @@ async def test_busy_number_is_redialed_by_the_retry_rule(rig: StartRig) -> None:
     r = await rig(scripts=scripts, rules=rules)
     busy_id, later_id = await r.queue(busy), await r.queue(later)
     call, attempts, _ = await r.final(busy_id)
-    while len(attempts) < 3 or not CallStatus(attempts[-1]["status"]).terminal:
+    while len(attempts) < 3 or not CallStatus(attempts[-1].status).terminal:
         call, attempts, _ = await r.final(busy_id)
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)  # no fourth attempt comes
     call, attempts, _ = await r.final(busy_id)
-    assert call["status"] == "busy" and len(attempts) == 3
+    assert call.status == "busy" and len(attempts) == 3
     assert len(r.sim_calls(busy)) == 3
     call, attempts, _ = await r.final(later_id)
-    while call["status"] != "completed":
+    while call.status != "completed":
         call, attempts, _ = await r.final(later_id)
         await asyncio.sleep(0.05)
-    assert [a["status"] for a in attempts] == ["no_answer", "completed"]
+    assert [a.status for a in attempts] == ["no_answer", "completed"]
     assert len(r.sim_calls(later)) == 2
 
 
@@ -239,8 +239,8 @@ async def test_misattributed_webhooks_are_settled_by_lookups(rig: StartRig) -> N
     for number, call_id in zip(numbers, ids, strict=True):
         call, (attempt,), events = await r.final(call_id)
         (sim_call,) = r.sim_calls(number)
-        assert call["status"] == "completed"
-        assert attempt["provider_call_id"] == sim_call.id
+        assert call.status == "completed"
+        assert attempt.provider_call_id == sim_call.id
         assert events[-1].transcript and events[-1].data.get("source") == "lookup"
     sent = [w.payload["data"] for c in r.sim.calls for w in c.webhooks]
     wrong = [d for d in sent if r.sim_calls(d["caller_number"])[0].id != d["call_record_id"]]
@@ -262,14 +262,14 @@ async def test_watchdog_hangs_up_a_call_still_live_at_the_provider(rig: StartRig
     call_id = await r.queue(stuck)
     call, (attempt,), events = await r.final(call_id, timeout=15)
     (sim_call,) = r.sim_calls(stuck)
-    assert call["status"] == "timed_out" and call["reason"] == "HUNG_UP", call
+    assert call.status == "timed_out" and call.reason == "HUNG_UP", call
     assert sim_call.hung_up and sim_call.terminal and sim_call.status == "completed"
     assert "hung up at the provider" in events[-1].error["message"]
-    assert attempt["settled_by"] == "watchdog"
+    assert attempt.settled_by == "watchdog"
     assert r.sim.stats()["live"] == 0
     # The provider's call.completed for the hung-up call changes nothing.
     await asyncio.sleep(0.3)
-    assert (await r.final(call_id))[0]["status"] == "timed_out"
+    assert (await r.final(call_id))[0].status == "timed_out"
 
 
 async def test_watchdog_leaves_the_call_live_when_told_not_to_hang_up(rig: StartRig) -> None:
@@ -280,7 +280,7 @@ async def test_watchdog_leaves_the_call_live_when_told_not_to_hang_up(rig: Start
         dialer={"max_call_duration": "1s", "hangup_on_timeout": False},
     )
     call, _, events = await r.final(await r.queue(stuck), timeout=15)
-    assert call["status"] == "timed_out" and call["reason"] == "STILL_LIVE"
+    assert call.status == "timed_out" and call.reason == "STILL_LIVE"
     assert "hangup_on_timeout is off" in events[-1].error["message"]
     (sim_call,) = r.sim_calls(stuck)
     assert not sim_call.hung_up and not sim_call.terminal
@@ -315,15 +315,15 @@ async def test_ambiguous_placements_are_found_or_redialed_never_rung_twice(
     )
     call, (attempt,), events = await r.final(created_id)
     (sim_call,) = r.sim_calls(created)
-    assert call["status"] == "busy"
-    assert attempt["provider_call_id"] == sim_call.id and not attempt["ambiguous"]
+    assert call.status == "busy"
+    assert attempt.provider_call_id == sim_call.id and not attempt.ambiguous
     assert "call.requeued" not in [e.type for e in events]
     call, (attempt,), events = await r.final(never_id)
-    assert call["status"] == "busy"
+    assert call.status == "busy"
     assert len(r.sim_calls(never)) == 1  # the hung placement created nothing: rung once
     requeued = [e for e in events if e.type == "call.requeued"]
     assert len(requeued) == 1 and requeued[0].error["code"] == "NOT_PLACED"
-    assert attempt["provider_call_id"] == r.sim_calls(never)[0].id
+    assert attempt.provider_call_id == r.sim_calls(never)[0].id
     assert r.daemon.metrics.redials._value.get() == 1
 
 
@@ -347,8 +347,8 @@ async def test_a_lost_placement_is_told_apart_from_another_record_of_the_number(
     call, (attempt,), _ = await r.final(call_id, timeout=20)
     ours = [c for c in r.sim_calls(number) if c.metadata.get("orchestrator_attempt")]
     assert len(r.sim_calls(number)) == 2 and len(ours) == 1
-    assert attempt["provider_call_id"] == ours[0].id
-    assert call["status"] == "busy"
+    assert attempt.provider_call_id == ours[0].id
+    assert call.status == "busy"
 
 
 async def test_look_ups_stay_within_the_budget_with_hundreds_of_live_calls(
@@ -380,14 +380,14 @@ async def test_look_ups_stay_within_the_budget_with_hundreds_of_live_calls(
     assert len(lookups) <= burst + rate * (last - first) + 1, (len(lookups), last - first)
     assert len(lookups) <= 120
     assert Counter(e for e, _ in lookups)["list-calls"] >= 1
-    looked = [a for n in numbers for a in await _attempts(r, n) if a["checks"]]
+    looked = [a for n in numbers for a in await _attempts(r, n) if a.checks]
     assert len(looked) > len(lookups)  # list-calls told us about many calls per request
 
 
 async def _attempts(r: Rig, number: str) -> list[Any]:
     calls = await r.store.list_calls(limit=500)
-    found = [c for c in calls if c["to_number"] == number]
-    return (await r.store.get_call(found[0]["id"]))[1] if found else []
+    found = [c for c in calls if c.to_number == number]
+    return (await r.store.get_call(found[0].id))[1] if found else []
 
 
 @pytest.fixture
@@ -416,13 +416,13 @@ async def test_two_daemons_never_look_up_the_same_call(pg_store: str, rig: Start
     deadline = time.monotonic() + 30
     while True:
         attempts = [a for n in numbers for a in await _attempts(one, n)]
-        if len(attempts) == 40 and all(a["checks"] for a in attempts):
+        if len(attempts) == 40 and all(a.checks for a in attempts):
             break
-        assert time.monotonic() < deadline, [a["checks"] for a in attempts]
+        assert time.monotonic() < deadline, [a.checks for a in attempts]
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)
     attempts = [a for n in numbers for a in await _attempts(one, n)]
-    assert [a["checks"] for a in attempts] == [1] * 40
+    assert [a.checks for a in attempts] == [1] * 40
     asked = Counter(c for e, _, c in one.sim.requests if e == "get-call")
     assert all(n == 1 for n in asked.values()), asked
 
@@ -454,7 +454,7 @@ async def test_a_campaign_canceled_with_hangup_ends_its_live_calls_at_the_provid
         listed = (await api.get("/v1/calls", params={"campaign": campaign})).json()["calls"]
     for call in listed:
         final, _, events = await r.final(call["id"])
-        assert final["status"] == "canceled" and final["reason"] == "CAMPAIGN_CANCELED"
+        assert final.status == "canceled" and final.reason == "CAMPAIGN_CANCELED"
         assert "hung up at the provider" in events[-1].error["message"]
     assert all(c.hung_up and c.terminal for c in r.sim.calls)
     assert await r.store.live_count() == 0
@@ -507,7 +507,7 @@ async def test_hang_ups_are_tried_again_until_the_provider_answers(rig: StartRig
     ids = [await r.queue(n) for n in numbers]
     for call_id in ids:
         call, _, events = await r.final(call_id, timeout=30)
-        assert (call["status"], call["reason"]) == ("timed_out", "HUNG_UP"), events[-1]
+        assert (call.status, call.reason) == ("timed_out", "HUNG_UP"), events[-1]
     assert all(c.hung_up and c.terminal for c in r.sim.calls)
     failed = r.sim.stats()["rejected"]
     assert failed > 0, "the records_error fault did not strike"

@@ -64,7 +64,7 @@ async def _dial_and_end(store: Store, status: CallStatus) -> Event:
     assert isinstance(got, Claim)
     result = await store.ingest(
         Webhook(raw=f"{got.attempt_id}:{status}".encode(), status=status),
-        token=got.attempt["webhook_token"],
+        token=got.attempt.webhook_token,
     )
     [event] = result.events
     return event
@@ -88,16 +88,16 @@ async def test_schedule_backs_off_and_gives_up(store: tuple[Store, Clock]) -> No
     for _ in range(3):
         ended = await _dial_and_end(s, CallStatus.BUSY)
         await _deliver_all(s, subs)
-        found = await s.get_call(call["id"])
+        found = await s.get_call(call.id)
         assert found is not None
         row, attempts, events = found
-        if attempts[-1]["status"] == "queued":
-            waits.append(attempts[-1]["not_before"] - ended.occurred_at)
-            clock.now = attempts[-1]["not_before"]
+        if attempts[-1].status == "queued":
+            waits.append(attempts[-1].not_before - ended.occurred_at)
+            clock.now = attempts[-1].not_before
     assert waits == [600.0, 1200.0]
     types = Counter(e.type for e in events)
     assert types["call.retry_scheduled"] == 2 and types["call.retries_exhausted"] == 1
-    assert (row["status"], row["attempts"]) == ("busy", 3)
+    assert (row.status, row.attempts) == ("busy", 3)
 
 
 async def test_a_redelivered_outcome_schedules_one_attempt(store: tuple[Store, Clock]) -> None:
@@ -109,8 +109,8 @@ async def test_a_redelivered_outcome_schedules_one_attempt(store: tuple[Store, C
     first = await s.schedule_retry(busy, at=busy.occurred_at + 60)
     again = await s.schedule_retry(busy, at=busy.occurred_at + 60)
     assert first is not None and first.type == "call.retry_scheduled" and again is None
-    attempts = await s.attempts_of(call["id"])
-    assert [a["number"] for a in attempts] == [1, 2]
+    attempts = await s.attempts_of(call.id)
+    assert [a.number for a in attempts] == [1, 2]
 
 
 @pytest.mark.slow

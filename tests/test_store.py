@@ -7,6 +7,7 @@ connector (PostgreSQL), add one factory there and one ``pytest.param`` to ``CONN
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sqlite3
@@ -21,6 +22,7 @@ from orchestrator.connectors.protocol import Connector, migrations, queries, sta
 from orchestrator.connectors.sqlite import SQLiteConnector
 from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.store import Claim, Ingest, Pacing, Store, Throttled, Webhook
+from orchestrator.store.rows import Call
 from tests.stores import T0, Env, FakeClock
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -57,7 +59,7 @@ async def events_of(store: Store, call_id: str) -> list[str]:
     return [e.type for e in found[2]]
 
 
-async def call_row(store: Store, call_id: str) -> dict[str, Any]:
+async def call_row(store: Store, call_id: str) -> Call:
     found = await store.get_call(call_id)
     assert found is not None
     return found[0]
@@ -67,8 +69,8 @@ async def dialing(store: Store, to: str = "+15550000001", **kw: Any) -> tuple[st
     """A call created and claimed: (call id, claim)."""
     call, _ = await store.create_call(new_call(to, **kw))
     got = await claim(store)
-    assert got.call["id"] == call["id"]
-    return call["id"], got
+    assert got.call.id == call.id
+    return call.id, got
 
 
 # -- create_call -----------------------------------------------------------------------------
@@ -78,22 +80,20 @@ async def test_create_call_queues_call_attempt_and_event(env: Env) -> None:
     store = env.store
     call, created = await store.create_call(new_call(campaign="spring", metadata={"k": "v"}))
     assert created is True
-    assert call["status"] == "queued"
-    assert call["to_number"] == "+15550000001"
-    assert call["campaign"] == "spring"
-    assert json.loads(call["metadata"]) == {"k": "v"}
-    assert call["created_at"] == T0 and call["attempts"] == 1 and call["reason"] is None
-    found = await store.get_call(call["id"])
+    assert call.status == "queued"
+    assert call.to_number == "+15550000001"
+    assert call.campaign == "spring"
+    assert call.metadata == {"k": "v"}
+    assert call.created_at == T0 and call.attempts == 1 and call.reason is None
+    found = await store.get_call(call.id)
     assert found is not None
     _, attempts, events = found
-    assert [(a["number"], a["status"], a["live"], a["ambiguous"]) for a in attempts] == [
-        (1, "queued", 0, 0)
-    ]
-    assert attempts[0]["not_before"] == T0 and attempts[0]["priority"] == 0
+    assert [(a.number, a.status, a.live, a.ambiguous) for a in attempts] == [(1, "queued", 0, 0)]
+    assert attempts[0].not_before == T0 and attempts[0].priority == 0
     assert [e.type for e in events] == ["call.queued"]
-    assert events[0].seq >= 1 and events[0].call.id == call["id"]
+    assert events[0].seq >= 1 and events[0].call.id == call.id
     deliveries = await store.list_deliveries()
-    assert [(d["handler"], d["state"], d["event_seq"]) for d in deliveries] == [
+    assert [(d.handler, d.state, d.event_seq) for d in deliveries] == [
         ("audit", "pending", events[0].seq)
     ]
 
@@ -102,18 +102,18 @@ async def test_idempotency_key_returns_first_call(store: Store) -> None:
     first, created = await store.create_call(new_call(), idempotency_key="k1")
     again, created_again = await store.create_call(new_call(), idempotency_key="k1")
     assert created and not created_again
-    assert again["id"] == first["id"]
-    assert [c["id"] for c in await store.list_calls()] == [first["id"]]
-    assert await events_of(store, first["id"]) == ["call.queued"]
+    assert again.id == first.id
+    assert [c.id for c in await store.list_calls()] == [first.id]
+    assert await events_of(store, first.id) == ["call.queued"]
     other, created_other = await store.create_call(new_call(), idempotency_key="k2")
-    assert created_other and other["id"] != first["id"]
+    assert created_other and other.id != first.id
 
 
 async def test_idempotency_key_with_other_body_conflicts(store: Store) -> None:
     first, _ = await store.create_call(new_call(), idempotency_key="k1")
     with pytest.raises(exceptions.IdempotencyConflict) as info:
         await store.create_call(new_call("+15550000002"), idempotency_key="k1")
-    assert info.value.call_id == first["id"]
+    assert info.value.call_id == first.id
     assert len(await store.list_calls()) == 1
 
 
@@ -128,9 +128,9 @@ async def test_claim_respects_max_live(store: Store) -> None:
     c = await store.claim_attempt("w1", max_live=2, lease=30, watchdog_after=600)
     assert a is not None and b is not None and c is None
     assert await store.live_count() == 2
-    assert a.attempt["status"] == "dialing" and a.attempt["live"] == 1
-    assert a.attempt["lease_owner"] == "w1" and a.attempt["lease_until"] == T0 + 30
-    assert (await call_row(store, a.call["id"]))["status"] == "dialing"
+    assert a.attempt.status == "dialing" and a.attempt.live == 1
+    assert a.attempt.lease_owner == "w1" and a.attempt.lease_until == T0 + 30
+    assert (await call_row(store, a.call.id)).status == "dialing"
     await store.refused(a.attempt_id, exceptions.InvalidPhoneNumber("bad"))
     assert await store.claim_attempt("w1", max_live=2, lease=30, watchdog_after=600) is not None
 
@@ -140,10 +140,10 @@ async def test_never_two_live_attempts_to_one_number(store: Store, clock: FakeCl
     clock.advance(1)
     second, _ = await store.create_call(new_call())
     assert await store.claim_attempt("w1", max_live=10, lease=30, watchdog_after=600) is None
-    await store.ingest(hook(CallStatus.COMPLETED), token=first.attempt["webhook_token"])
+    await store.ingest(hook(CallStatus.COMPLETED), token=first.attempt.webhook_token)
     got = await store.claim_attempt("w1", max_live=10, lease=30, watchdog_after=600)
-    assert got is not None and got.call["id"] == second["id"]
-    assert first_id != second["id"]
+    assert got is not None and got.call.id == second.id
+    assert first_id != second.id
 
 
 async def test_claim_order_not_before_then_id(store: Store, clock: FakeClock) -> None:
@@ -151,8 +151,8 @@ async def test_claim_order_not_before_then_id(store: Store, clock: FakeClock) ->
     clock.advance(1)
     b, _ = await store.create_call(new_call("+15550000002"))
     clock.advance(1)
-    assert (await claim(store)).call["id"] == a["id"]
-    assert (await claim(store)).call["id"] == b["id"]
+    assert (await claim(store)).call.id == a.id
+    assert (await claim(store)).call.id == b.id
 
 
 async def test_claim_order_priority_first(env: Env) -> None:
@@ -162,12 +162,12 @@ async def test_claim_order_priority_first(env: Env) -> None:
     high, _ = await store.create_call(new_call("+15550000002"))
     # The engine always writes priority 0; raise one directly to check the queue's order.
     async with store.connector.transaction() as tx:
-        row = await tx.fetchone("list_attempts", call_id=high["id"])
+        row = await tx.fetchone("list_attempts", call_id=high.id)
         assert row is not None
         await tx.fetchone(
             "insert_attempt",
             id="prio-attempt",
-            call_id=high["id"],
+            call_id=high.id,
             number=2,
             to_number="+15550000003",
             from_number=row["from_number"],
@@ -178,14 +178,14 @@ async def test_claim_order_priority_first(env: Env) -> None:
             now=clock.now,
         )
     assert (await claim(store)).attempt_id == "prio-attempt"
-    assert (await claim(store)).call["id"] == low["id"]
+    assert (await claim(store)).call.id == low.id
 
 
 async def test_priority_of_new_call_is_used(store: Store, clock: FakeClock) -> None:
     await store.create_call(new_call("+15550000001"))
     clock.advance(1)
     high, _ = await store.create_call(new_call("+15550000002", priority=5))
-    assert (await claim(store)).call["id"] == high["id"]
+    assert (await claim(store)).call.id == high.id
 
 
 async def test_claimed_attempt_gets_a_watchdog(store: Store, clock: FakeClock) -> None:
@@ -194,7 +194,7 @@ async def test_claimed_attempt_gets_a_watchdog(store: Store, clock: FakeClock) -
     assert await store.fire_next() is None
     clock.advance(600)
     [event] = await store.fire_next() or []
-    assert event.type == "call.timed_out" and event.call.attempt == got.attempt["number"]
+    assert event.type == "call.timed_out" and event.call.attempt == got.attempt.number
 
 
 async def test_expired_lease_rescued_as_ambiguous_and_never_claimed(
@@ -206,8 +206,8 @@ async def test_expired_lease_rescued_as_ambiguous_and_never_claimed(
     assert await store.rescue() == 1
     assert await store.rescue() == 0
     attempt = await attempt_of(store, call_id)
-    assert attempt["status"] == "dialing" and attempt["ambiguous"] == 1 and attempt["live"] == 1
-    assert attempt["error_code"] == "ABANDONED" and attempt["lease_owner"] is None
+    assert attempt.status == "dialing" and attempt.ambiguous == 1 and attempt.live == 1
+    assert attempt.error_code == "ABANDONED" and attempt.lease_owner is None
     assert not await store.requeue(
         got.attempt_id, exceptions.RateLimited("slow"), retry_at=clock.now
     )
@@ -220,9 +220,9 @@ async def test_requeue_frees_slot_and_honours_not_before(store: Store, clock: Fa
     call_id, got = await dialing(store)
     assert await store.requeue(got.attempt_id, exceptions.RateLimited("slow"), retry_at=T0 + 60)
     attempt = await attempt_of(store, call_id)
-    assert (attempt["status"], attempt["live"], attempt["not_before"]) == ("queued", 0, T0 + 60)
-    assert attempt["error_code"] == "RATE_LIMITED" and attempt["lease_owner"] is None
-    assert (await call_row(store, call_id))["status"] == "queued"
+    assert (attempt.status, attempt.live, attempt.not_before) == ("queued", 0, T0 + 60)
+    assert attempt.error_code == "RATE_LIMITED" and attempt.lease_owner is None
+    assert (await call_row(store, call_id)).status == "queued"
     assert await store.live_count() == 0
     assert await store.next_timer() is None
     assert await store.claim_attempt("w1", max_live=10, lease=30, watchdog_after=600) is None
@@ -240,8 +240,8 @@ async def test_refused_emits_rejected_and_frees_slot(store: Store) -> None:
     assert [e.type for e in events] == ["call.rejected"]
     assert events[0].error is not None and events[0].error["code"] == "INSUFFICIENT_BALANCE"
     call = await call_row(store, call_id)
-    assert call["status"] == "rejected" and call["reason"] == "INSUFFICIENT_BALANCE"
-    assert call["ended_at"] == T0
+    assert call.status == "rejected" and call.reason == "INSUFFICIENT_BALANCE"
+    assert call.ended_at == T0
     assert await store.live_count() == 0
     assert await store.next_timer() is None
     assert await store.refused(got.attempt_id, exceptions.InsufficientBalance("again")) == []
@@ -252,8 +252,8 @@ async def test_ambiguous_keeps_the_slot(store: Store, clock: FakeClock) -> None:
     call_id, got = await dialing(store)
     await store.ambiguous(got.attempt_id, exceptions.AmbiguousPlacement("timed out"))
     attempt = await attempt_of(store, call_id)
-    assert attempt["ambiguous"] == 1 and attempt["live"] == 1
-    assert attempt["error_code"] == "AMBIGUOUS" and attempt["lease_owner"] is None
+    assert attempt.ambiguous == 1 and attempt.live == 1
+    assert attempt.error_code == "AMBIGUOUS" and attempt.lease_owner is None
     assert await store.live_count() == 1
     await store.create_call(new_call())
     clock.advance(3600)
@@ -272,7 +272,7 @@ async def test_placed_emits_initiated_once(store: Store) -> None:
     again = await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated")
     assert again == []
     attempt = await attempt_of(store, call_id)
-    assert (attempt["status"], attempt["provider_call_id"], attempt["lease_owner"]) == (
+    assert (attempt.status, attempt.provider_call_id, attempt.lease_owner) == (
         "initiated",
         "P1",
         None,
@@ -284,7 +284,7 @@ async def test_placed_with_provider_queued_emits_nothing(store: Store) -> None:
     call_id, got = await dialing(store)
     assert await store.placed(got.attempt_id, provider_call_id="P1", provider_status="queued") == []
     attempt = await attempt_of(store, call_id)
-    assert (attempt["status"], attempt["provider_status"], attempt["provider_call_id"]) == (
+    assert (attempt.status, attempt.provider_status, attempt.provider_call_id) == (
         "dialing",
         "queued",
         "P1",
@@ -300,12 +300,12 @@ async def test_placed_with_provider_queued_emits_nothing(store: Store) -> None:
 async def test_ingest_by_token(store: Store) -> None:
     call_id, got = await dialing(store)
     result = await store.ingest(
-        hook(CallStatus.RINGING, provider_call_id="P1"), token=got.attempt["webhook_token"]
+        hook(CallStatus.RINGING, provider_call_id="P1"), token=got.attempt.webhook_token
     )
     assert result.outcome is Ingest.APPLIED and result.call_id == call_id
     assert [e.type for e in result.events] == ["call.ringing"]
-    assert (await call_row(store, call_id))["status"] == "ringing"
-    assert (await attempt_of(store, call_id))["provider_call_id"] == "P1"
+    assert (await call_row(store, call_id)).status == "ringing"
+    assert (await attempt_of(store, call_id)).provider_call_id == "P1"
 
 
 async def test_ingest_by_correlation(store: Store) -> None:
@@ -319,7 +319,7 @@ async def test_ingest_by_provider_call_id(store: Store) -> None:
     await store.placed(got.attempt_id, provider_call_id="P9", provider_status="initiated")
     result = await store.ingest(hook(CallStatus.IN_PROGRESS, provider_call_id="P9"))
     assert result.outcome is Ingest.APPLIED and result.call_id == call_id
-    assert (await call_row(store, call_id))["status"] == "in_progress"
+    assert (await call_row(store, call_id)).status == "in_progress"
 
 
 async def test_ingest_by_numbers_for_ambiguous_attempts(store: Store) -> None:
@@ -336,12 +336,12 @@ async def test_ingest_by_numbers_for_ambiguous_attempts(store: Store) -> None:
     assert result.outcome is Ingest.MISMATCH and result.call_id == call_id
     assert result.events == ()
     attempt = await attempt_of(store, call_id)
-    assert (attempt["ambiguous"], attempt["provider_call_id"], attempt["status"]) == (
+    assert (attempt.ambiguous, attempt.provider_call_id, attempt.status) == (
         1,
         None,
         "dialing",
     )
-    assert attempt["check_at"] == store.clock()
+    assert attempt.check_at == store.clock()
     # Once the provider id is known, another id between the same numbers is not this call.
     await store.placed(got.attempt_id, provider_call_id="P2", provider_status="initiated")
     late = await store.ingest(hook(CallStatus.COMPLETED, provider_call_id="P3", to=to, from_=from_))
@@ -359,15 +359,15 @@ async def test_webhook_before_the_placing_answer_is_settled_by_a_look_up(store: 
     )
     assert early.outcome is Ingest.MISMATCH and early.call_id == call_id and early.events == ()
     attempt = await attempt_of(store, call_id)
-    assert (attempt["status"], attempt["provider_call_id"], attempt["live"]) == (
+    assert (attempt.status, attempt.provider_call_id, attempt.live) == (
         "dialing",
         None,
         1,
     )
-    assert attempt["check_at"] == store.clock()
+    assert attempt.check_at == store.clock()
     await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated")
     attempt = await attempt_of(store, call_id)
-    assert (attempt["status"], attempt["provider_call_id"]) == ("initiated", "P1")
+    assert (attempt.status, attempt.provider_call_id) == ("initiated", "P1")
 
 
 async def test_provider_id_of_another_attempt_is_a_conflict(store: Store) -> None:
@@ -375,15 +375,15 @@ async def test_provider_id_of_another_attempt_is_a_conflict(store: Store) -> Non
     await store.placed(one.attempt_id, provider_call_id="P1", provider_status="initiated")
     second, two = await dialing(store, "+15550000002")
     result = await store.ingest(
-        hook(CallStatus.RINGING, provider_call_id="P1"), token=two.attempt["webhook_token"]
+        hook(CallStatus.RINGING, provider_call_id="P1"), token=two.attempt.webhook_token
     )
     assert result.outcome is Ingest.CONFLICT and result.call_id == second
-    assert (await attempt_of(store, second))["provider_call_id"] is None
+    assert (await attempt_of(store, second)).provider_call_id is None
 
 
 async def test_exact_duplicate_is_ignored(store: Store) -> None:
     call_id, got = await dialing(store)
-    token = got.attempt["webhook_token"]
+    token = got.attempt.webhook_token
     first = hook(CallStatus.RINGING, provider_call_id="P1")
     assert (await store.ingest(first, token=token)).outcome is Ingest.APPLIED
     before = await store.get_call(call_id)
@@ -394,16 +394,16 @@ async def test_exact_duplicate_is_ignored(store: Store) -> None:
 
 async def test_out_of_order_and_after_terminal_are_stale(store: Store) -> None:
     call_id, got = await dialing(store)
-    token = got.attempt["webhook_token"]
+    token = got.attempt.webhook_token
     assert (await store.ingest(hook(CallStatus.IN_PROGRESS), token=token)).outcome is Ingest.APPLIED
     late = await store.ingest(hook(CallStatus.RINGING), token=token)
     assert late.outcome is Ingest.STALE and late.events == ()
-    assert (await call_row(store, call_id))["status"] == "in_progress"
+    assert (await call_row(store, call_id)).status == "in_progress"
     assert (await store.ingest(hook(CallStatus.COMPLETED), token=token)).outcome is Ingest.APPLIED
     for status in (CallStatus.IN_PROGRESS, CallStatus.COMPLETED, CallStatus.FAILED):
         after = await store.ingest(hook(status), token=token)
         assert after.outcome is Ingest.STALE and after.events == ()
-    assert (await call_row(store, call_id))["status"] == "completed"
+    assert (await call_row(store, call_id)).status == "completed"
     assert await events_of(store, call_id) == [
         "call.queued",
         "call.in_progress",
@@ -418,34 +418,34 @@ async def test_terminal_webhook_frees_slot_and_deletes_watchdog(
     clock.advance(42)
     result = await store.ingest(
         hook(CallStatus.COMPLETED, provider_call_id="P1", duration=41.5),
-        token=got.attempt["webhook_token"],
+        token=got.attempt.webhook_token,
     )
     assert [e.type for e in result.events] == ["call.completed"]
     assert result.events[0].duration == 41.5
     assert await store.live_count() == 0
     assert await store.next_timer() is None
     call = await call_row(store, call_id)
-    assert (call["status"], call["ended_at"], call["reason"]) == ("completed", T0 + 42, None)
+    assert (call.status, call.ended_at, call.reason) == ("completed", T0 + 42, None)
     attempt = await attempt_of(store, call_id)
-    assert (attempt["live"], attempt["ended_at"], attempt["duration"]) == (0, T0 + 42, 41.5)
+    assert (attempt.live, attempt.ended_at, attempt.duration) == (0, T0 + 42, 41.5)
 
 
 async def test_completed_call_has_no_stale_reason(store: Store, clock: FakeClock) -> None:
     call_id, got = await dialing(store)
     await store.requeue(got.attempt_id, exceptions.RateLimited("slow"), retry_at=clock.now)
     again = await claim(store)
-    await store.ingest(hook(CallStatus.COMPLETED), token=again.attempt["webhook_token"])
+    await store.ingest(hook(CallStatus.COMPLETED), token=again.attempt.webhook_token)
     call = await call_row(store, call_id)
-    assert (call["status"], call["reason"]) == ("completed", None)
+    assert (call.status, call.reason) == ("completed", None)
 
 
 async def test_early_webhook_before_placed(store: Store) -> None:
     call_id, got = await dialing(store)
     early = await store.ingest(
-        hook(CallStatus.INITIATED, provider_call_id="P1"), token=got.attempt["webhook_token"]
+        hook(CallStatus.INITIATED, provider_call_id="P1"), token=got.attempt.webhook_token
     )
     assert [e.type for e in early.events] == ["call.initiated"]
-    assert (await attempt_of(store, call_id))["provider_call_id"] == "P1"
+    assert (await attempt_of(store, call_id)).provider_call_id == "P1"
     assert (
         await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated") == []
     )
@@ -464,16 +464,16 @@ async def test_conflicting_provider_call_id(store: Store) -> None:
     call_id, got = await dialing(store)
     await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated")
     result = await store.ingest(
-        hook(CallStatus.COMPLETED, provider_call_id="P2"), token=got.attempt["webhook_token"]
+        hook(CallStatus.COMPLETED, provider_call_id="P2"), token=got.attempt.webhook_token
     )
     assert result.outcome is Ingest.CONFLICT and result.call_id == call_id
     attempt = await attempt_of(store, call_id)
-    assert (attempt["status"], attempt["provider_call_id"]) == ("initiated", "P1")
+    assert (attempt.status, attempt.provider_call_id) == ("initiated", "P1")
 
 
 async def test_each_lifecycle_event_once_per_attempt(store: Store) -> None:
     call_id, got = await dialing(store)
-    token = got.attempt["webhook_token"]
+    token = got.attempt.webhook_token
     await store.placed(got.attempt_id, provider_call_id="P1", provider_status="initiated")
     for status in (CallStatus.INITIATED, CallStatus.RINGING, CallStatus.RINGING) * 2:
         await store.ingest(hook(status, provider_call_id="P1"), token=token)
@@ -525,9 +525,9 @@ async def test_heartbeat_keeps_a_living_daemons_placement(store: Store, clock: F
     assert await store.heartbeat("w1", lease=30) == 0  # nothing in flight: nothing extended
     clock.advance(20)  # past the first lease, within the extended one
     assert await store.rescue() == 0
-    assert (await attempt_of(store, call_id))["lease_until"] == T0 + 50
+    assert (await attempt_of(store, call_id)).lease_until == T0 + 50
     assert await store.heartbeat("w1", lease=1, attempts=mine) == 1
-    assert (await attempt_of(store, call_id))["lease_until"] == T0 + 50  # never shortened
+    assert (await attempt_of(store, call_id)).lease_until == T0 + 50  # never shortened
     clock.advance(11)  # the daemon stopped beating
     assert await store.rescue() == 1
 
@@ -587,7 +587,7 @@ async def test_watchdog_times_out_a_live_attempt(store: Store, clock: FakeClock)
     assert [e.type for e in events] == ["call.timed_out"]
     assert events[0].error is not None and events[0].error["code"] == "NO_TERMINAL_WEBHOOK"
     call = await call_row(store, call_id)
-    assert (call["status"], call["reason"]) == ("timed_out", "NO_TERMINAL_WEBHOOK")
+    assert (call.status, call.reason) == ("timed_out", "NO_TERMINAL_WEBHOOK")
     assert await store.live_count() == 0
     assert await store.next_timer() is None
     assert await store.fire_next() is None
@@ -599,17 +599,17 @@ async def test_watchdog_on_ambiguous_attempt(store: Store, clock: FakeClock) -> 
     clock.advance(600)
     events = await store.fire_next() or []
     assert events[0].error is not None and events[0].error["code"] == "AMBIGUOUS"
-    assert (await call_row(store, call_id))["reason"] == "AMBIGUOUS"
+    assert (await call_row(store, call_id)).reason == "AMBIGUOUS"
     assert await store.live_count() == 0
 
 
 async def test_watchdog_after_the_call_ended_does_nothing(store: Store, clock: FakeClock) -> None:
     call_id, got = await dialing(store)
     clock.advance(600)
-    await store.ingest(hook(CallStatus.COMPLETED), token=got.attempt["webhook_token"])
+    await store.ingest(hook(CallStatus.COMPLETED), token=got.attempt.webhook_token)
     assert await store.fire_next() is None  # the terminal webhook removed the watchdog
     assert await events_of(store, call_id) == ["call.queued", "call.completed"]
-    assert (await call_row(store, call_id))["status"] == "completed"
+    assert (await call_row(store, call_id)).status == "completed"
 
 
 # -- deliveries ------------------------------------------------------------------------------
@@ -619,7 +619,7 @@ async def _three_events(store: Store, to: str) -> str:
     """A call with call.queued, call.initiated and call.ringing (audit: 3, crm: 1)."""
     call_id, got = await dialing(store, to)
     await store.placed(got.attempt_id, provider_call_id=f"P{to}", provider_status="initiated")
-    await store.ingest(hook(CallStatus.RINGING), token=got.attempt["webhook_token"])
+    await store.ingest(hook(CallStatus.RINGING), token=got.attempt.webhook_token)
     return call_id
 
 
@@ -661,11 +661,11 @@ async def test_delivery_retry_and_dead(store: Store, clock: FakeClock) -> None:
     assert (retried.id, retried.tries, retried.event.type) == (first.id, 2, "call.queued")
     assert await store.finish_delivery(retried, "w1", error="x" * 5000)
     [dead] = await store.list_deliveries(state="dead")
-    assert dead["id"] == first.id and dead["last_error"] == "x" * 2000 and dead["tries"] == 2
+    assert dead.id == first.id and dead.last_error == "x" * 2000 and dead.tries == 2
     [after] = await store.claim_deliveries("audit", "w1", limit=10, lease=30)
     assert after.event.type == "call.initiated"
     assert await store.finish_delivery(after, "w1")
-    states = {(d["handler"], d["state"]) for d in await store.list_deliveries(handler="audit")}
+    states = {(d.handler, d.state) for d in await store.list_deliveries(handler="audit")}
     assert states == {("audit", "dead"), ("audit", "done"), ("audit", "pending")}
     assert len(await store.list_deliveries(state="pending")) == 2  # audit ringing, crm ringing
     assert len(await store.list_deliveries(limit=1)) == 1
@@ -682,7 +682,7 @@ async def test_lost_lease_cannot_finish(store: Store, clock: FakeClock) -> None:
     assert not await store.finish_delivery(mine, "w1")
     assert await store.finish_delivery(theirs, "w2")
     [row] = await store.list_deliveries()
-    assert row["state"] == "done" and row["lease_owner"] is None
+    assert row.state == "done" and row.lease_owner is None
 
 
 async def test_release_hands_back_leases(store: Store, clock: FakeClock) -> None:
@@ -692,7 +692,7 @@ async def test_release_hands_back_leases(store: Store, clock: FakeClock) -> None
     assert len(await store.claim_deliveries("audit", "w1", limit=10, lease=300)) == 2
     await store.release("w1")
     attempt = await attempt_of(store, call_id)
-    assert attempt["ambiguous"] == 1 and attempt["error_code"] == "ABANDONED"  # never resent
+    assert attempt.ambiguous == 1 and attempt.error_code == "ABANDONED"  # never resent
     taken = await store.claim_deliveries("audit", "w2", limit=10, lease=300)
     assert len(taken) == 2 and {d.tries for d in taken} == {1}
 
@@ -705,11 +705,11 @@ async def test_get_call_events_and_attempts(store: Store) -> None:
     found = await store.get_call(call_id)
     assert found is not None
     call, attempts, events = found
-    assert call["status"] == "ringing"
+    assert call.status == "ringing"
     assert [e.type for e in events] == ["call.queued", "call.initiated", "call.ringing"]
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     assert len({e.seq for e in events}) == 3
-    assert [a["number"] for a in attempts] == [1]
+    assert [a.number for a in attempts] == [1]
     assert await store.get_call("missing") is None
 
 
@@ -719,7 +719,7 @@ async def test_list_calls_pagination_and_filters(store: Store) -> None:
         call, _ = await store.create_call(
             new_call(f"+1555000000{n}", campaign="even" if n % 2 == 0 else None)
         )
-        ids.append(call["id"])
+        ids.append(call.id)
     pages: list[str] = []
     after = None
     while True:
@@ -727,14 +727,14 @@ async def test_list_calls_pagination_and_filters(store: Store) -> None:
         if not page:
             break
         assert len(page) <= 2
-        pages += [c["id"] for c in page]
-        after = page[-1]["id"]
+        pages += [c.id for c in page]
+        after = page[-1].id
     assert pages == sorted(ids)
-    even = {c["id"] for c in await store.list_calls(campaign="even")}
+    even = {c.id for c in await store.list_calls(campaign="even")}
     assert even == {ids[0], ids[2], ids[4]}
     got = await claim(store)
-    await store.ingest(hook(CallStatus.COMPLETED), token=got.attempt["webhook_token"])
-    assert [c["id"] for c in await store.list_calls(status="completed")] == [got.call["id"]]
+    await store.ingest(hook(CallStatus.COMPLETED), token=got.attempt.webhook_token)
+    assert [c.id for c in await store.list_calls(status="completed")] == [got.call.id]
     assert len(await store.list_calls(status="queued")) == 4
     assert await store.list_calls(status="completed", campaign="nope") == []
 
@@ -744,7 +744,7 @@ async def test_list_calls_pagination_and_filters(store: Store) -> None:
 
 async def _insert_then_fail(store: Store) -> None:
     async with store.connector.transaction() as tx:
-        row = await tx.fetchone(
+        inserted = await tx.fetchone(
             "insert_call",
             id="c1",
             idempotency_key=None,
@@ -760,7 +760,7 @@ async def _insert_then_fail(store: Store) -> None:
             status="queued",
             now=T0,
         )
-        assert row is not None and row["id"] == "c1"
+        assert inserted is not None and inserted["id"] == "c1"
         assert await tx.fetchone("get_call", id="c1") is not None
         await tx.execute("insert_timer", id="t1", kind="k", ref="c1", due_at=T0)
         raise RuntimeError("abort")
@@ -783,7 +783,7 @@ async def test_failing_router_rolls_back_create_call(env: Env) -> None:
     assert await env.store.list_deliveries() == []
     call, created = await env.store.create_call(new_call(), idempotency_key="k")
     assert created
-    assert await events_of(env.store, call["id"]) == ["call.queued"]
+    assert await events_of(env.store, call.id) == ["call.queued"]
 
 
 async def test_constraint_violations_raise_store_error(store: Store) -> None:
@@ -799,7 +799,7 @@ async def test_constraint_violations_raise_store_error(store: Store) -> None:
         "now": T0,
         "campaign": None,
     }
-    token = got.attempt["webhook_token"]
+    token = got.attempt.webhook_token
     violations: list[tuple[str, dict[str, Any], str]] = [
         ("insert_attempt", {"id": "x", "number": 2, "webhook_token": token}, "UNIQUE"),
         ("insert_attempt", {"id": "x", "number": 1, "webhook_token": "t2"}, "UNIQUE"),
@@ -820,7 +820,7 @@ async def test_constraint_violations_raise_store_error(store: Store) -> None:
     for query, params, match in violations:
         with pytest.raises(exceptions.StoreError, match=match):
             await violate(query, params)
-        assert (await call_row(store, call_id))["status"] == "dialing"  # rolled back whole
+        assert (await call_row(store, call_id)).status == "dialing"  # rolled back whole
     async with store.connector.transaction() as tx:
         second = await tx.fetchone("insert_attempt", id="x", number=2, webhook_token="t2", **base)
     assert second is not None
@@ -833,7 +833,7 @@ async def test_constraint_violations_raise_store_error(store: Store) -> None:
             await tx.fetch("no_such_query")
         with pytest.raises(exceptions.StoreError, match="missing parameters"):
             await tx.fetch("get_call")
-    assert [a["id"] for a in (await store.get_call(call_id) or ((), [], []))[1]] == [
+    assert [a.id for a in (await store.get_call(call_id) or ((), [], []))[1]] == [
         got.attempt_id,
         "x",
     ]
@@ -862,14 +862,19 @@ async def test_on_conflict_do_nothing_and_shapes(store: Store) -> None:
 
 
 async def test_returned_rows_are_copies(store: Store) -> None:
+    """What leaves the store is frozen, and a connector's rows are copies: changing either
+    changes nothing stored."""
     call, _ = await store.create_call(new_call())
-    call["status"] = "mutated"
-    found = await store.get_call(call["id"])
-    assert found is not None
-    found[0]["status"] = "mutated"
-    found[1][0]["live"] = 99
-    assert (await call_row(store, call["id"]))["status"] == "queued"
-    assert (await attempt_of(store, call["id"]))["live"] == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        call.status = "mutated"  # type: ignore[misc]
+    async with store.connector.transaction() as tx:
+        row = await tx.fetchone("get_call", id=call.id)
+        assert row is not None
+        row["status"] = "mutated"
+        [attempt] = await tx.fetch("list_attempts", call_id=call.id)
+        attempt["live"] = 99
+    assert (await call_row(store, call.id)).status == "queued"
+    assert (await attempt_of(store, call.id)).live is False
 
 
 # -- SQLite only -----------------------------------------------------------------------------
@@ -884,7 +889,7 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     for _ in range(2):
         again = Store(SQLiteConnector(f"sqlite://{path}"), clock=FakeClock())
         await again.open()
-        found = await again.get_call(call["id"])
+        found = await again.get_call(call.id)
         assert found is not None and found[0] == call
         await again.close()
     with sqlite3.connect(path) as conn:
@@ -1170,9 +1175,9 @@ async def test_a_refused_body_does_not_preempt_the_real_delivery(store: Store) -
     body = hook(CallStatus.BUSY, provider_call_id="P1")
     assert (await store.ingest(body, token="made-up")).outcome is Ingest.UNMATCHED
     assert (await store.ingest(body, token="made-up")).outcome is Ingest.UNMATCHED
-    applied = await store.ingest(body, token=got.attempt["webhook_token"])
+    applied = await store.ingest(body, token=got.attempt.webhook_token)
     assert applied.outcome is Ingest.APPLIED and applied.call_id == call_id
-    again = await store.ingest(body, token=got.attempt["webhook_token"])
+    again = await store.ingest(body, token=got.attempt.webhook_token)
     assert again.outcome is Ingest.DUPLICATE and again.events == ()
 
 
@@ -1181,13 +1186,15 @@ async def test_dead_letters_can_be_replayed(store: Store, clock: FakeClock) -> N
     [delivery] = await store.claim_deliveries("audit", "w1", limit=10, lease=10)
     await store.finish_delivery(delivery, "w1", error="boom")
     [dead] = await store.list_deliveries(state="dead")
-    assert await store.replay_deliveries([dead["id"], "no-such-id"]) == [
-        {**dead, "state": "pending", "tries": 0, "not_before": clock.now, "last_error": None,
-         "updated_at": clock.now}
+    assert await store.replay_deliveries([dead.id, "no-such-id"]) == [
+        dataclasses.replace(
+            dead, state="pending", tries=0, not_before=clock.now, last_error=None,
+            updated_at=clock.now,
+        )
     ]  # fmt: skip
-    assert await store.replay_deliveries([dead["id"]]) == []  # not dead any more
+    assert await store.replay_deliveries([dead.id]) == []  # not dead any more
     [again] = await store.claim_deliveries("audit", "w2", limit=1, lease=10)
-    assert again.id == dead["id"] and again.tries == 1
+    assert again.id == dead.id and again.tries == 1
 
 
 # -- group commit ----------------------------------------------------------------------------
@@ -1199,10 +1206,10 @@ async def test_ingest_many_is_ingest_for_each_in_one_transaction(store: Store) -
     ringing = hook(CallStatus.RINGING, provider_call_id="P1")
     results = await store.ingest_many(
         [
-            (ringing, first.attempt["webhook_token"]),
-            (hook(CallStatus.RINGING, provider_call_id="P2"), second.attempt["webhook_token"]),
-            (ringing, first.attempt["webhook_token"]),  # the same delivery twice in one batch
-            (hook(CallStatus.COMPLETED, provider_call_id="P1"), first.attempt["webhook_token"]),
+            (ringing, first.attempt.webhook_token),
+            (hook(CallStatus.RINGING, provider_call_id="P2"), second.attempt.webhook_token),
+            (ringing, first.attempt.webhook_token),  # the same delivery twice in one batch
+            (hook(CallStatus.COMPLETED, provider_call_id="P1"), first.attempt.webhook_token),
             (hook(CallStatus.RINGING), "no-such-token"),
         ]
     )
@@ -1216,8 +1223,8 @@ async def test_ingest_many_is_ingest_for_each_in_one_transaction(store: Store) -
     ]
     events = await events_of(store, first_id)
     assert events[-2:] == ["call.ringing", "call.completed"] and len(set(events)) == len(events)
-    assert (await call_row(store, first_id))["status"] == "completed"
-    assert (await call_row(store, second_id))["status"] == "ringing"
+    assert (await call_row(store, first_id)).status == "completed"
+    assert (await call_row(store, second_id)).status == "ringing"
 
 
 class FailingOn(Store):
@@ -1234,7 +1241,7 @@ class FailingOn(Store):
 async def test_one_failing_webhook_fails_alone(env: Env) -> None:
     store = FailingOn(env.store.connector, router=env.store.router, clock=env.store.clock)
     call_id, got = await dialing(store)
-    token = got.attempt["webhook_token"]
+    token = got.attempt.webhook_token
     results = await store.ingest_many(
         [
             (hook(CallStatus.RINGING), token),
@@ -1243,7 +1250,7 @@ async def test_one_failing_webhook_fails_alone(env: Env) -> None:
         ]
     )
     assert [type(r).__name__ for r in results] == ["IngestResult", "StoreError", "IngestResult"]
-    assert (await call_row(store, call_id))["status"] == "completed"
+    assert (await call_row(store, call_id)).status == "completed"
     assert "call.in_progress" not in await events_of(store, call_id)
 
 
@@ -1252,13 +1259,13 @@ async def test_settle_and_claim_records_done_and_claims_the_next_of_the_call(
 ) -> None:
     await store.create_call(new_call())
     got = await claim(store)
-    await store.ingest(hook(CallStatus.RINGING), token=got.attempt["webhook_token"])
+    await store.ingest(hook(CallStatus.RINGING), token=got.attempt.webhook_token)
     [first] = await store.claim_deliveries("audit", "w1", limit=10, lease=30)
     assert first.event.type == "call.queued"
     # In one turn: the first is recorded done, so the call's next delivery can be claimed.
     [second], lost = await store.settle_and_claim("audit", "w1", done=[first], limit=10, lease=30)
     assert second.event.type == "call.ringing" and lost == []
-    assert [d["state"] for d in await store.list_deliveries(handler="audit")] == [
+    assert [d.state for d in await store.list_deliveries(handler="audit")] == [
         "done",
         "pending",
     ]
@@ -1284,3 +1291,19 @@ def test_the_claims_hot_queries_are_index_lookups_on_sqlite() -> None:
     assert "USING INDEX attempts_campaign_queue" in campaign and "TEMP B-TREE" not in campaign
     recent = plan("count_recent_attempts", to_number="+1", since=1.0)
     assert "attempts_by_number_recent" in recent
+
+
+def test_typed_rows_read_every_column_of_their_table() -> None:
+    """A migration that adds a column fails here until the typed row reads it too (and a
+    field no table has is caught as well)."""
+    from orchestrator.connectors.protocol import MIGRATIONS_TABLE, pending
+    from orchestrator.store.rows import Attempt, DeliveryRecord, columns
+
+    db = sqlite3.connect(":memory:")
+    db.execute(MIGRATIONS_TABLE.format(real="REAL"))
+    for step in pending([], serial="INTEGER"):
+        for statement in step.statements:
+            db.execute(statement)
+    for table, kind in (("calls", Call), ("attempts", Attempt), ("deliveries", DeliveryRecord)):
+        have = sorted(row[1] for row in db.execute(f"PRAGMA table_info({table})"))
+        assert sorted(columns(kind)) == have, table

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -11,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions, phone
 from orchestrator.api.common import error, invalid, parse_limit, read_json, utf8
-from orchestrator.model import RESERVED_PREFIX, NewCall, finite, iso, unstorable
+from orchestrator.model import RESERVED_PREFIX, CallStatus, Event, NewCall, finite, iso, unstorable
+from orchestrator.store.rows import Attempt, Call
 
 if TYPE_CHECKING:
     from orchestrator.api.server import ControlApi
@@ -35,63 +35,60 @@ class CallBody(BaseModel):
 
 
 def call_json(
-    call: dict[str, Any],
-    attempts: list[dict[str, Any]] | None = None,
-    events: list[Any] | None = None,
+    call: Call,
+    attempts: list[Attempt] | None = None,
+    events: list[Event] | None = None,
 ) -> dict[str, Any]:
-    """The public JSON form of a call row (with attempts and events when given)."""
+    """The public JSON form of a call (with attempts and events when given)."""
     out: dict[str, Any] = {
-        "id": call["id"],
-        "status": call["status"],
-        "reason": call["reason"],
-        "to": call["to_number"],
-        "from": call["from_number"],
-        "agent_id": call["agent_id"],
-        "campaign": call["campaign"],
-        "metadata": json.loads(call["metadata"]),
-        "purpose": call["purpose"],
-        "goal": call["goal"],
-        "template_id": call["template_id"],
-        "created_at": iso(call["created_at"]),
-        "updated_at": iso(call["updated_at"]),
-        "ended_at": iso(call["ended_at"]),
+        "id": call.id,
+        "status": call.status,
+        "reason": call.reason,
+        "to": call.to_number,
+        "from": call.from_number,
+        "agent_id": call.agent_id,
+        "campaign": call.campaign,
+        "metadata": call.metadata,
+        "purpose": call.purpose,
+        "goal": call.goal,
+        "template_id": call.template_id,
+        "created_at": iso(call.created_at),
+        "updated_at": iso(call.updated_at),
+        "ended_at": iso(call.ended_at),
     }
     if attempts is not None:
-        out["attempts"] = [
-            {
-                "number": a["number"],
-                "status": a["status"],
-                "provider_call_id": a["provider_call_id"],
-                "provider_status": a["provider_status"],
-                "ambiguous": bool(a["ambiguous"]),
-                "error": (
-                    {"code": a["error_code"], "message": a["error_message"]}
-                    if a["error_code"]
-                    else None
-                ),
-                "duration": finite(a["duration"]),
-                "created_at": iso(a["created_at"]),
-                "placed_at": iso(a["placed_at"]),
-                "ended_at": iso(a["ended_at"]),
-                "next_attempt_at": iso(a["not_before"]) if a["status"] == "queued" else None,
-                "agent_call_sid": a["agent_call_sid"],
-                "settled_by": a["settled_by"],
-                "last_lookup": (
-                    {"at": iso(a["checked_at"]), "result": a["check_result"], "count": a["checks"]}
-                    if a["checked_at"] is not None
-                    else None
-                ),
-                "next_lookup_at": iso(a["check_at"]) if a["live"] and a["check_at"] else None,
-            }
-            for a in attempts
-        ]
+        out["attempts"] = [_attempt_json(a) for a in attempts]
         latest = attempts[-1] if attempts else None
         out["next_attempt_at"] = (
-            iso(latest["not_before"]) if latest and latest["status"] == "queued" else None
+            iso(latest.not_before) if latest and latest.status is CallStatus.QUEUED else None
         )
     if events is not None:
         out["events"] = [e.to_json() for e in events]
     return out
+
+
+def _attempt_json(a: Attempt) -> dict[str, Any]:
+    return {
+        "number": a.number,
+        "status": a.status,
+        "provider_call_id": a.provider_call_id,
+        "provider_status": a.provider_status,
+        "ambiguous": a.ambiguous,
+        "error": {"code": a.error_code, "message": a.error_message} if a.error_code else None,
+        "duration": finite(a.duration),
+        "created_at": iso(a.created_at),
+        "placed_at": iso(a.placed_at),
+        "ended_at": iso(a.ended_at),
+        "next_attempt_at": iso(a.not_before) if a.status is CallStatus.QUEUED else None,
+        "agent_call_sid": a.agent_call_sid,
+        "settled_by": a.settled_by,
+        "last_lookup": (
+            {"at": iso(a.checked_at), "result": a.check_result, "count": a.checks}
+            if a.checked_at is not None
+            else None
+        ),
+        "next_lookup_at": iso(a.check_at) if a.live and a.check_at else None,
+    }
 
 
 class CallRoutes:
@@ -153,9 +150,9 @@ class CallRoutes:
             return error(409, exc.code, exc.message)
         if created:
             self.api.on_queued()
-            log.info("api.call_queued", call_id=call["id"], to=new.to)
+            log.info("api.call_queued", call_id=call.id, to=new.to)
         return web.json_response(
-            {"id": call["id"], "status": call["status"], "created": created}, status=202
+            {"id": call.id, "status": call.status, "created": created}, status=202
         )
 
     async def get(self, request: web.Request) -> web.Response:
@@ -181,6 +178,6 @@ class CallRoutes:
         return web.json_response(
             {
                 "calls": [call_json(r) for r in rows],
-                "next": rows[-1]["id"] if len(rows) == most else None,
+                "next": rows[-1].id if len(rows) == most else None,
             }
         )

@@ -15,8 +15,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from orchestrator import exceptions, phone
 from orchestrator.api.campaigns import campaign_json
 from orchestrator.api.common import error, invalid, parse_limit, read_json
-from orchestrator.connectors.protocol import Row
 from orchestrator.model import iso, unstorable
+from orchestrator.store.rows import DeliveryRecord
 
 if TYPE_CHECKING:
     from orchestrator.api.server import ControlApi
@@ -51,19 +51,19 @@ class ReplayBody(BaseModel):
     )
 
 
-def delivery_json(row: Row) -> dict[str, Any]:
+def delivery_json(row: DeliveryRecord) -> dict[str, Any]:
     """The public JSON form of an outbox row; ``route`` is the rule it was routed by."""
     return {
-        "id": row["id"],
-        "route": row["handler"],
-        "state": row["state"],
-        "tries": int(row["tries"]),
-        "event_id": row["event_id"],
-        "event_seq": int(row["event_seq"]),
-        "call_id": row["call_id"],
-        "last_error": row["last_error"],
-        "next_try_at": iso(row["not_before"]) if row["state"] == "pending" else None,
-        "updated_at": iso(row["updated_at"]),
+        "id": row.id,
+        "route": row.handler,
+        "state": row.state,
+        "tries": row.tries,
+        "event_id": row.event_id,
+        "event_seq": row.event_seq,
+        "call_id": row.call_id,
+        "last_error": row.last_error,
+        "next_try_at": iso(row.not_before) if row.state == "pending" else None,
+        "updated_at": iso(row.updated_at),
     }
 
 
@@ -174,13 +174,13 @@ class OperationsRoutes:
             if body.route is not None:
                 return error(400, "INVALID_REQUEST", "route goes with all_dead", fields=["route"])
             rows = await self.store.replay_deliveries(body.ids)
-            done = {r["id"] for r in rows}
+            done = {r.id for r in rows}
             skipped = [i for i in body.ids if i not in done]
             log.info("api.deliveries_replayed", replayed=len(rows), skipped=len(skipped))
             return web.json_response(
                 {
                     "replayed": len(rows),
-                    "ids": [r["id"] for r in rows],
+                    "ids": [r.id for r in rows],
                     "skipped": skipped,
                     "more": False,
                 }
@@ -197,10 +197,10 @@ class OperationsRoutes:
             )
             if not dead:
                 break
-            rows = await self.store.replay_deliveries([r["id"] for r in dead])
+            rows = await self.store.replay_deliveries([r.id for r in dead])
             if not rows:
                 break
-            replayed.extend(r["id"] for r in rows)
+            replayed.extend(r.id for r in rows)
         log.info("api.deliveries_replayed", replayed=len(replayed), route=body.route)
         return web.json_response(
             {"replayed": len(replayed), "ids": replayed[:1000], "skipped": [], "more": more}

@@ -22,19 +22,18 @@ from typing import Any
 from orchestrator import exceptions
 from orchestrator.connectors import protocol as connector
 from orchestrator.connectors.memory_tables import (
-    _ABANDONED,
+    ABANDONED,
     Params,
     Result,
     Storage,
-    _eq,
-    _IntegrityError,
-    _key,
-    _le,
-    _lengthen,
-    _limit,
-    _lt,
-    _order,
-    _pick,
+    eq,
+    le,
+    lengthen,
+    lt,
+    ordered,
+    pick,
+    row_key,
+    take,
 )
 from orchestrator.connectors.protocol import Row
 
@@ -45,7 +44,7 @@ class _Database(Storage):
     # -- calls ---------------------------------------------------------------------------
 
     def insert_call(self, p: Params) -> Result:
-        values = _pick(
+        values = pick(
             p,
             "id idempotency_key request_hash to_number from_number agent_id campaign metadata "
             "purpose goal template_id status",
@@ -55,27 +54,27 @@ class _Database(Storage):
         return self._one(self._insert("calls", values, on_conflict=("idempotency_key",)))
 
     def get_call(self, p: Params) -> Result:
-        return self._select(self._where("calls", lambda r: _eq(r["id"], p["id"])))
+        return self._select(self._where("calls", lambda r: eq(r["id"], p["id"])))
 
     def get_call_by_idempotency_key(self, p: Params) -> Result:
         key = p["idempotency_key"]
-        return self._select(self._where("calls", lambda r: _eq(r["idempotency_key"], key)))
+        return self._select(self._where("calls", lambda r: eq(r["idempotency_key"], key)))
 
     def list_calls(self, p: Params) -> Result:
         status, campaign, after = p["status"], p["campaign"], p["after"]
         rows = self._where(
             "calls",
             lambda r: (
-                (status is None or _eq(r["status"], status))
-                and (campaign is None or _eq(r["campaign"], campaign))
-                and (after is None or _lt(after, r["id"]))
+                (status is None or eq(r["status"], status))
+                and (campaign is None or eq(r["campaign"], campaign))
+                and (after is None or lt(after, r["id"]))
             ),
         )
-        return self._select(_limit(_order(rows, "id"), p["limit"]))
+        return self._select(take(ordered(rows, "id"), p["limit"]))
 
     def update_call(self, p: Params) -> Result:
         rows = self._where(
-            "calls", lambda r: _eq(r["id"], p["id"]) and _eq(r["attempts"], p["attempt"])
+            "calls", lambda r: eq(r["id"], p["id"]) and eq(r["attempts"], p["attempt"])
         )
         changes = {
             "status": p["status"],
@@ -90,7 +89,7 @@ class _Database(Storage):
 
     def next_call_attempt(self, p: Params) -> Result:
         rows = self._where(
-            "calls", lambda r: _eq(r["id"], p["id"]) and _eq(r["attempts"], p["previous"])
+            "calls", lambda r: eq(r["id"], p["id"]) and eq(r["attempts"], p["previous"])
         )
         changes = {"attempts": p["number"], "status": "queued", "reason": None}
         changes |= {"ended_at": None, "updated_at": p["now"]}
@@ -98,12 +97,12 @@ class _Database(Storage):
         return updated, len(updated)
 
     def insert_attempt(self, p: Params) -> Result:
-        if not any(_eq(p["call_id"], call_id) for call_id in self.tables["calls"]):
-            raise _IntegrityError("FOREIGN KEY constraint failed")
+        if not any(eq(p["call_id"], call_id) for call_id in self.tables["calls"]):
+            raise exceptions.StoreError("FOREIGN KEY constraint failed")
         fields = (
             "id call_id number to_number from_number webhook_token priority not_before campaign"
         )
-        values = _pick(p, fields)
+        values = pick(p, fields)
         values |= {"status": "queued", "live": 0, "ambiguous": 0, "created_at": p["now"]}
         return self._one(self._insert("attempts", values))
 
@@ -116,7 +115,7 @@ class _Database(Storage):
         return [], 1
 
     def get_attempt(self, p: Params) -> Result:
-        return self._select(self._where("attempts", lambda r: _eq(r["id"], p["id"])))
+        return self._select(self._where("attempts", lambda r: eq(r["id"], p["id"])))
 
     def lock_attempt(self, p: Params) -> Result:
         return self.get_attempt(p)  # one transaction at a time: nothing to wait for
@@ -126,61 +125,59 @@ class _Database(Storage):
 
     def get_attempt_by_token(self, p: Params) -> Result:
         token = p["webhook_token"]
-        return self._select(self._where("attempts", lambda r: _eq(r["webhook_token"], token)))
+        return self._select(self._where("attempts", lambda r: eq(r["webhook_token"], token)))
 
     def get_attempt_by_provider_id(self, p: Params) -> Result:
         provider = p["provider_call_id"]
-        return self._select(self._where("attempts", lambda r: _eq(r["provider_call_id"], provider)))
+        return self._select(self._where("attempts", lambda r: eq(r["provider_call_id"], provider)))
 
     def get_ambiguous_attempt(self, p: Params) -> Result:
         rows = self._where(
             "attempts",
             lambda r: (
-                _eq(r["to_number"], p["to_number"])
-                and _eq(r["from_number"], p["from_number"])
-                and _eq(r["live"], 1)
+                eq(r["to_number"], p["to_number"])
+                and eq(r["from_number"], p["from_number"])
+                and eq(r["live"], 1)
                 and r["provider_call_id"] is None
-                and (_eq(r["ambiguous"], 1) or _eq(r["status"], "dialing"))
+                and (eq(r["ambiguous"], 1) or eq(r["status"], "dialing"))
             ),
         )
-        return self._select(_order(rows, "-created_at")[:1])
+        return self._select(ordered(rows, "-created_at")[:1])
 
     def get_attempt_by_number(self, p: Params) -> Result:
         rows = self._where(
-            "attempts", lambda r: _eq(r["call_id"], p["call_id"]) and _eq(r["number"], p["number"])
+            "attempts", lambda r: eq(r["call_id"], p["call_id"]) and eq(r["number"], p["number"])
         )
         return self._select(rows)
 
     def list_attempts(self, p: Params) -> Result:
-        rows = self._where("attempts", lambda r: _eq(r["call_id"], p["call_id"]))
-        return self._select(_order(rows, "number"))
+        rows = self._where("attempts", lambda r: eq(r["call_id"], p["call_id"]))
+        return self._select(ordered(rows, "number"))
 
     def count_live(self, p: Params) -> Result:
-        return self._select([{"n": len(self._where("attempts", lambda r: _eq(r["live"], 1)))}])
+        return self._select([{"n": len(self._where("attempts", lambda r: eq(r["live"], 1)))}])
 
     def _due(self, p: Params, campaign: Callable[[Row], bool]) -> Result:
-        live = {r["to_number"] for r in self._where("attempts", lambda r: _eq(r["live"], 1))}
+        live = {r["to_number"] for r in self._where("attempts", lambda r: eq(r["live"], 1))}
         due = self._where(
             "attempts",
             lambda r: (
-                _eq(r["status"], "queued")
+                eq(r["status"], "queued")
                 and campaign(r)
-                and _le(r["not_before"], p["now"])
+                and le(r["not_before"], p["now"])
                 and r["to_number"] not in live
             ),
         )
-        return self._select(_limit(_order(due, "-priority", "not_before", "id"), p["limit"]))
+        return self._select(take(ordered(due, "-priority", "not_before", "id"), p["limit"]))
 
     def due_attempts_of_campaign(self, p: Params) -> Result:
-        return self._due(p, lambda r: _eq(r["campaign"], p["campaign"]))
+        return self._due(p, lambda r: eq(r["campaign"], p["campaign"]))
 
     def due_attempts_without_campaign(self, p: Params) -> Result:
         return self._due(p, lambda r: r["campaign"] is None)
 
     def claim_attempt_by_id(self, p: Params) -> Result:
-        rows = self._where(
-            "attempts", lambda r: _eq(r["id"], p["id"]) and _eq(r["status"], "queued")
-        )
+        rows = self._where("attempts", lambda r: eq(r["id"], p["id"]) and eq(r["status"], "queued"))
         changes = {
             "status": "dialing",
             "live": 1,
@@ -195,55 +192,53 @@ class _Database(Storage):
         return updated, len(updated)
 
     def defer_attempt(self, p: Params) -> Result:
-        rows = self._where(
-            "attempts", lambda r: _eq(r["id"], p["id"]) and _eq(r["status"], "queued")
-        )
+        rows = self._where("attempts", lambda r: eq(r["id"], p["id"]) and eq(r["status"], "queued"))
         changes = {"not_before": p["not_before"]}
         return [], len(self._update("attempts", rows, lambda r: changes))
 
     def set_call_from(self, p: Params) -> Result:
-        rows = self._where("calls", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("calls", lambda r: eq(r["id"], p["id"]))
         changes = {"from_number": p["from_number"]}
         return [], len(self._update("calls", rows, lambda r: changes))
 
     def count_recent_attempts(self, p: Params) -> Result:
         rows = self._where(
             "attempts",
-            lambda r: _eq(r["to_number"], p["to_number"]) and _le(p["since"], r["placed_at"]),
+            lambda r: eq(r["to_number"], p["to_number"]) and le(p["since"], r["placed_at"]),
         )
         return self._select([{"n": len(rows)}])
 
     def count_live_by_from(self, p: Params) -> Result:
         counts: dict[Any, int] = {}
-        for row in self._where("attempts", lambda r: _eq(r["live"], 1)):
+        for row in self._where("attempts", lambda r: eq(r["live"], 1)):
             counts[row["from_number"]] = counts.get(row["from_number"], 0) + 1
         return self._select([{"from_number": k, "n": n} for k, n in counts.items()])
 
     # -- campaigns ---------------------------------------------------------------------------
 
     def active_campaigns(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: _eq(r["status"], "active"))
-        return self._select(_order(rows, "id"))
+        rows = self._where("campaigns", lambda r: eq(r["status"], "active"))
+        return self._select(ordered(rows, "id"))
 
     def insert_campaign(self, p: Params) -> Result:
-        values = _pick(p, "id name status settings priority share budget price_per_minute")
+        values = pick(p, "id name status settings priority share budget price_per_minute")
         values |= {"reason": None, "spent": 0, "dialed": 0, "rows_total": 0, "rows_invalid": 0}
         values |= {"created_at": p["now"], "updated_at": p["now"]}
         return self._one(self._insert("campaigns", values))
 
     def get_campaign(self, p: Params) -> Result:
-        return self._select(self._where("campaigns", lambda r: _eq(r["id"], p["id"])))
+        return self._select(self._where("campaigns", lambda r: eq(r["id"], p["id"])))
 
     def list_campaigns(self, p: Params) -> Result:
-        rows = _order(self.tables["campaigns"].values(), "-created_at", "id")
-        return self._select(_limit(rows, p["limit"]))
+        rows = ordered(self.tables["campaigns"].values(), "-created_at", "id")
+        return self._select(take(rows, p["limit"]))
 
     def set_campaign_status(self, p: Params) -> Result:
         rows = self._where(
             "campaigns",
             lambda r: (
-                _eq(r["id"], p["id"])
-                and (_eq(r["status"], p["from_a"]) or _eq(r["status"], p["from_b"]))
+                eq(r["id"], p["id"])
+                and (eq(r["status"], p["from_a"]) or eq(r["status"], p["from_b"]))
             ),
         )
         changes = {"status": p["status"], "reason": p["reason"], "updated_at": p["now"]}
@@ -251,7 +246,7 @@ class _Database(Storage):
         return updated, len(updated)
 
     def count_campaign_rows(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
 
         def changes(row: Row) -> Params:
             return {
@@ -263,18 +258,18 @@ class _Database(Storage):
         return [], len(self._update("campaigns", rows, changes))
 
     def campaign_dialed(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
         return [], len(self._update("campaigns", rows, lambda r: {"dialed": r["dialed"] + 1}))
 
     def campaign_spent(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
         updated = self._update(
             "campaigns", rows, lambda r: {"spent": r["spent"] + p["cost"], "updated_at": p["now"]}
         )
         return updated, len(updated)
 
     def begin_import(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
         updated = self._update(
             "campaigns", rows, lambda r: {"imports": r["imports"] + 1, "updated_at": p["now"]}
         )
@@ -283,7 +278,7 @@ class _Database(Storage):
     def insert_campaign_error(self, p: Params) -> Result:
         values = {
             "pk": f"{p['campaign_id']}\0{p['import_no']}\0{p['line']}",
-            **_pick(p, "campaign_id import_no line reason"),
+            **pick(p, "campaign_id import_no line reason"),
         }
         row = self._insert("campaign_errors", values, on_conflict=("pk",))
         return [], 0 if row is None else 1
@@ -292,20 +287,20 @@ class _Database(Storage):
         after = (p["after_import"], p["after_line"])
 
         def wanted(r: Row) -> bool:
-            return _eq(r["campaign_id"], p["campaign_id"]) and (
-                _lt(after[0], r["import_no"])
-                or (_eq(after[0], r["import_no"]) and _lt(after[1], r["line"]))
+            return eq(r["campaign_id"], p["campaign_id"]) and (
+                lt(after[0], r["import_no"])
+                or (eq(after[0], r["import_no"]) and lt(after[1], r["line"]))
             )
 
         out = [
             {k: r[k] for k in ("campaign_id", "import_no", "line", "reason")}
             for r in self._where("campaign_errors", wanted)
         ]
-        return self._select(_limit(_order(out, "import_no", "line"), p["limit"]))
+        return self._select(take(ordered(out, "import_no", "line"), p["limit"]))
 
     def campaign_progress(self, p: Params) -> Result:
         groups: dict[Any, list[int]] = {}
-        for row in self._where("calls", lambda r: _eq(r["campaign"], p["campaign"])):
+        for row in self._where("calls", lambda r: eq(r["campaign"], p["campaign"])):
             calls, attempts = groups.setdefault(row["status"], [0, 0])
             groups[row["status"]] = [calls + 1, attempts + row["attempts"]]
         return self._select(
@@ -314,7 +309,7 @@ class _Database(Storage):
 
     def cancel_campaign_calls(self, p: Params) -> Result:
         rows = self._where(
-            "calls", lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["status"], "queued")
+            "calls", lambda r: eq(r["campaign"], p["campaign"]) and eq(r["status"], "queued")
         )
         changes = {"status": "canceled", "reason": "CAMPAIGN_CANCELED"}
         changes |= {"ended_at": p["now"], "updated_at": p["now"]}
@@ -323,14 +318,14 @@ class _Database(Storage):
     def cancel_campaign_queue(self, p: Params) -> Result:
         rows = self._where(
             "attempts",
-            lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["status"], "queued"),
+            lambda r: eq(r["campaign"], p["campaign"]) and eq(r["status"], "queued"),
         )
         changes = {"status": "canceled", "error_code": "CAMPAIGN_CANCELED"}
         changes |= {"error_message": p["reason"], "ended_at": p["now"]}
         return [], len(self._update("attempts", rows, lambda r: changes))
 
     def is_do_not_call(self, p: Params) -> Result:
-        rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))
+        rows = self._where("do_not_call", lambda r: eq(r["number"], p["number"]))
         return self._select([{"number": r["number"], "reason": r["reason"]} for r in rows])
 
     def add_do_not_call(self, p: Params) -> Result:
@@ -339,48 +334,48 @@ class _Database(Storage):
         return [], 0 if row is None else 1
 
     def list_do_not_call(self, p: Params) -> Result:
-        rows = self._where("do_not_call", lambda r: _lt(p["after"], r["number"]))
+        rows = self._where("do_not_call", lambda r: lt(p["after"], r["number"]))
         out = [{k: r[k] for k in ("number", "reason", "added_at")} for r in rows]
-        return self._select(_limit(_order(out, "number"), p["limit"]))
+        return self._select(take(ordered(out, "number"), p["limit"]))
 
     def remove_do_not_call(self, p: Params) -> Result:
-        rows = self._where("do_not_call", lambda r: _eq(r["number"], p["number"]))
+        rows = self._where("do_not_call", lambda r: eq(r["number"], p["number"]))
         return [], self._delete("do_not_call", rows)
 
     def any_due_attempt(self, p: Params) -> Result:
         due = self._where(
-            "attempts", lambda r: _eq(r["status"], "queued") and _le(r["not_before"], p["now"])
+            "attempts", lambda r: eq(r["status"], "queued") and le(r["not_before"], p["now"])
         )
         return self._select([{"due": 1}] if due else [])
 
     def count_queued(self, p: Params) -> Result:
         return self._select(
-            [{"n": len(self._where("attempts", lambda r: _eq(r["status"], "queued")))}]
+            [{"n": len(self._where("attempts", lambda r: eq(r["status"], "queued")))}]
         )
 
     def lock_dialing(self, p: Params) -> Result:
         return self._select([{"locked": 1}])  # one transaction at a time already
 
     def get_pacing(self, p: Params) -> Result:
-        return self._select(self._where("pacing", lambda r: _eq(r["name"], p["bucket"])))
+        return self._select(self._where("pacing", lambda r: eq(r["name"], p["bucket"])))
 
     def put_pacing(self, p: Params) -> Result:
         values = {"name": p["bucket"], "tokens": p["tokens"], "updated_at": p["now"]}
         values |= {"paused_until": p["paused_until"], "reason": p["reason"], "factor": p["factor"]}
-        existing = self._where("pacing", lambda r: _eq(r["name"], p["bucket"]))
+        existing = self._where("pacing", lambda r: eq(r["name"], p["bucket"]))
         if existing:
             return [], len(self._update("pacing", existing, lambda r: values))
         self._insert("pacing", values)
         return [], 1
 
     def update_attempt(self, p: Params) -> Result:
-        changes = _pick(
+        changes = pick(
             p,
             "status live ambiguous provider_call_id provider_status error_code error_message "
             "not_before lease_owner lease_until duration ended_at agent_call_sid check_at "
             "checked_at check_result checks ending settled_by",
         )
-        rows = self._where("attempts", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("attempts", lambda r: eq(r["id"], p["id"]))
         return [], len(self._update("attempts", rows, lambda r: changes))
 
     def try_lock_sweeper(self, p: Params) -> Result:
@@ -390,24 +385,24 @@ class _Database(Storage):
         rows = self._where(
             "attempts",
             lambda r: (
-                _eq(r["id"], p["id"])
-                and _eq(r["lease_owner"], p["owner"])
-                and _eq(r["status"], "dialing")
-                and _eq(r["ambiguous"], 0)
+                eq(r["id"], p["id"])
+                and eq(r["lease_owner"], p["owner"])
+                and eq(r["status"], "dialing")
+                and eq(r["ambiguous"], 0)
             ),
         )
-        return [], len(self._update("attempts", rows, lambda r: _lengthen(r, p)))
+        return [], len(self._update("attempts", rows, lambda r: lengthen(r, p)))
 
     def extend_delivery_lease(self, p: Params) -> Result:
         rows = self._where(
             "deliveries",
             lambda r: (
-                _eq(r["id"], p["id"])
-                and _eq(r["lease_owner"], p["owner"])
-                and _eq(r["state"], "pending")
+                eq(r["id"], p["id"])
+                and eq(r["lease_owner"], p["owner"])
+                and eq(r["state"], "pending")
             ),
         )
-        return [], len(self._update("deliveries", rows, lambda r: _lengthen(r, p)))
+        return [], len(self._update("deliveries", rows, lambda r: lengthen(r, p)))
 
     def notify(self, p: Params) -> Result:
         return self._select([{"topic": p["topic"]}])
@@ -417,43 +412,43 @@ class _Database(Storage):
         to be searched for ``grace`` seconds after they were sent."""
         rows = self._where(
             "attempts",
-            lambda r: _eq(r["status"], "dialing") and _eq(r["ambiguous"], 0) and test(r),
+            lambda r: eq(r["status"], "dialing") and eq(r["ambiguous"], 0) and test(r),
         )
 
         def changes(row: Row) -> Params:
             placed = row["placed_at"]
             due = None if placed is None or grace is None else placed + grace
-            return _ABANDONED | {"check_at": due}
+            return ABANDONED | {"check_at": due}
 
         rows = self._update("attempts", rows, changes)
         return rows, len(rows)
 
     def rescue_attempts(self, p: Params) -> Result:
-        return self._abandon(lambda r: _lt(r["lease_until"], p["now"]), p["grace"])
+        return self._abandon(lambda r: lt(r["lease_until"], p["now"]), p["grace"])
 
     def release_attempts(self, p: Params) -> Result:
-        return self._abandon(lambda r: _eq(r["lease_owner"], p["owner"]), p["grace"])
+        return self._abandon(lambda r: eq(r["lease_owner"], p["owner"]), p["grace"])
 
     # -- look-ups at the provider --------------------------------------------------------
 
     def due_checks(self, p: Params) -> Result:
-        rows = self._where("attempts", lambda r: _eq(r["live"], 1) and _le(r["check_at"], p["now"]))
-        return self._select(_limit(_order(rows, "check_at"), p["limit"]))
+        rows = self._where("attempts", lambda r: eq(r["live"], 1) and le(r["check_at"], p["now"]))
+        return self._select(take(ordered(rows, "check_at"), p["limit"]))
 
     def set_check_at(self, p: Params) -> Result:
-        rows = self._where("attempts", lambda r: _eq(r["id"], p["id"]) and _eq(r["live"], 1))
+        rows = self._where("attempts", lambda r: eq(r["id"], p["id"]) and eq(r["live"], 1))
         return [], len(self._update("attempts", rows, lambda r: {"check_at": p["check_at"]}))
 
     def get_live_attempt_by_number(self, p: Params) -> Result:
         return self._select(
             self._where(
-                "attempts", lambda r: _eq(r["to_number"], p["to_number"]) and _eq(r["live"], 1)
+                "attempts", lambda r: eq(r["to_number"], p["to_number"]) and eq(r["live"], 1)
             )
         )
 
     def end_campaign_calls(self, p: Params) -> Result:
         rows = self._where(
-            "attempts", lambda r: _eq(r["campaign"], p["campaign"]) and _eq(r["live"], 1)
+            "attempts", lambda r: eq(r["campaign"], p["campaign"]) and eq(r["live"], 1)
         )
         rows = self._update("attempts", rows, lambda r: {"ending": "canceled", "check_at": 0})
         return rows, len(rows)
@@ -466,44 +461,44 @@ class _Database(Storage):
     def insert_event(self, p: Params) -> Result:
         seq = max(self.tables["events"], default=0) + 1  # INTEGER PRIMARY KEY: max(rowid) + 1
         fields = "id call_id attempt_id type occurred_at dedupe_key body"
-        values = _pick(p, fields) | {"seq": seq}
+        values = pick(p, fields) | {"seq": seq}
         row = self._insert("events", values, on_conflict=("dedupe_key",))
         return self._one({"seq": row["seq"]} if row is not None else None)
 
     def list_events(self, p: Params) -> Result:
-        rows = self._where("events", lambda r: _eq(r["call_id"], p["call_id"]))
-        return self._select(_order(rows, "seq"))
+        rows = self._where("events", lambda r: eq(r["call_id"], p["call_id"]))
+        return self._select(ordered(rows, "seq"))
 
     def get_event(self, p: Params) -> Result:
-        return self._select(self._where("events", lambda r: _eq(r["seq"], p["seq"])))
+        return self._select(self._where("events", lambda r: eq(r["seq"], p["seq"])))
 
     def insert_delivery(self, p: Params) -> Result:
-        values = _pick(p, "id event_seq event_id call_id handler")
+        values = pick(p, "id event_seq event_id call_id handler")
         values |= {"state": "pending", "tries": 0, "not_before": p["now"], "updated_at": p["now"]}
         self._insert("deliveries", values)
         return [], 1
 
     def claim_deliveries(self, p: Params) -> Result:
         now = p["now"]
-        pending = self._where("deliveries", lambda r: _eq(r["state"], "pending"))
+        pending = self._where("deliveries", lambda r: eq(r["state"], "pending"))
 
         def head(d: Row) -> bool:
             return not any(
-                _eq(e["call_id"], d["call_id"])
-                and _eq(e["handler"], d["handler"])
-                and _lt(e["event_seq"], d["event_seq"])
+                eq(e["call_id"], d["call_id"])
+                and eq(e["handler"], d["handler"])
+                and lt(e["event_seq"], d["event_seq"])
                 for e in pending
             )
 
         due = [
             d
             for d in pending
-            if _eq(d["handler"], p["handler"])
-            and _le(d["not_before"], now)
-            and (d["lease_until"] is None or _lt(d["lease_until"], now))
+            if eq(d["handler"], p["handler"])
+            and le(d["not_before"], now)
+            and (d["lease_until"] is None or lt(d["lease_until"], now))
             and head(d)
         ]
-        chosen = _limit(_order(due, "event_seq"), p["limit"])
+        chosen = take(ordered(due, "event_seq"), p["limit"])
         rows = self._update(
             "deliveries",
             chosen,
@@ -517,7 +512,7 @@ class _Database(Storage):
 
     def finish_delivery(self, p: Params) -> Result:
         rows = self._where(
-            "deliveries", lambda r: _eq(r["id"], p["id"]) and _eq(r["lease_owner"], p["owner"])
+            "deliveries", lambda r: eq(r["id"], p["id"]) and eq(r["lease_owner"], p["owner"])
         )
         changes = {
             "state": p["state"],
@@ -533,9 +528,9 @@ class _Database(Storage):
         rows = self._where(
             "deliveries",
             lambda r: (
-                _eq(r["id"], p["id"])
-                and _eq(r["lease_owner"], p["owner"])
-                and _eq(r["state"], "pending")
+                eq(r["id"], p["id"])
+                and eq(r["lease_owner"], p["owner"])
+                and eq(r["state"], "pending")
             ),
         )
 
@@ -555,16 +550,14 @@ class _Database(Storage):
         rows = self._where(
             "deliveries",
             lambda r: (
-                (state is None or _eq(r["state"], state))
-                and (handler is None or _eq(r["handler"], handler))
+                (state is None or eq(r["state"], state))
+                and (handler is None or eq(r["handler"], handler))
             ),
         )
-        return self._select(_limit(_order(rows, "event_seq", "handler"), p["limit"]))
+        return self._select(take(ordered(rows, "event_seq", "handler"), p["limit"]))
 
     def replay_delivery(self, p: Params) -> Result:
-        rows = self._where(
-            "deliveries", lambda r: _eq(r["id"], p["id"]) and _eq(r["state"], "dead")
-        )
+        rows = self._where("deliveries", lambda r: eq(r["id"], p["id"]) and eq(r["state"], "dead"))
         changes = {"state": "pending", "tries": 0, "not_before": p["now"], "last_error": None}
         changes |= {"lease_owner": None, "lease_until": None, "updated_at": p["now"]}
         updated = self._update("deliveries", rows, lambda r: changes)
@@ -573,7 +566,7 @@ class _Database(Storage):
     def release_deliveries(self, p: Params) -> Result:
         rows = self._where(
             "deliveries",
-            lambda r: _eq(r["lease_owner"], p["owner"]) and _eq(r["state"], "pending"),
+            lambda r: eq(r["lease_owner"], p["owner"]) and eq(r["state"], "pending"),
         )
 
         def changes(row: Row) -> Params:
@@ -589,22 +582,20 @@ class _Database(Storage):
         return [], 0 if row is None else 1
 
     def next_due_timer(self, p: Params) -> Result:
-        due = self._where("timers", lambda r: _le(r["due_at"], p["now"]))
-        return self._select(_order(due, "due_at")[:1])
+        due = self._where("timers", lambda r: le(r["due_at"], p["now"]))
+        return self._select(ordered(due, "due_at")[:1])
 
     def delete_timer(self, p: Params) -> Result:
-        rows = self._where(
-            "timers", lambda r: _eq(r["kind"], p["kind"]) and _eq(r["ref"], p["ref"])
-        )
+        rows = self._where("timers", lambda r: eq(r["kind"], p["kind"]) and eq(r["ref"], p["ref"]))
         return [], self._delete("timers", rows)
 
     def next_timer(self, p: Params) -> Result:
         due = [r["due_at"] for r in self.tables["timers"].values() if r["due_at"] is not None]
-        return self._select([{"due_at": min(due, key=_key) if due else None}])
+        return self._select([{"due_at": min(due, key=row_key) if due else None}])
 
     def _kv(self, p: Params) -> list[Row]:
         return self._where(
-            "plugin_kv", lambda r: _eq(r["scope"], p["scope"]) and _eq(r["key"], p["key"])
+            "plugin_kv", lambda r: eq(r["scope"], p["scope"]) and eq(r["key"], p["key"])
         )
 
     def kv_get(self, p: Params) -> Result:
@@ -629,7 +620,7 @@ class _Database(Storage):
         return self._one({"id": row["id"]} if row is not None else None)
 
     def update_receipt(self, p: Params) -> Result:
-        rows = self._where("receipts", lambda r: _eq(r["id"], p["id"]))
+        rows = self._where("receipts", lambda r: eq(r["id"], p["id"]))
         changes = {"attempt_id": p["attempt_id"], "outcome": p["outcome"]}
         return [], len(self._update("receipts", rows, lambda r: changes))
 
@@ -663,8 +654,8 @@ class _MemoryTransaction:
         method: Callable[[Params], Result] = getattr(self._db, query)
         try:
             rows, changed = method(params)
-        except _IntegrityError as exc:
-            raise exceptions.StoreError(f"{query}: {exc}") from exc
+        except exceptions.StoreError as exc:  # a constraint failed, as SQLite says it
+            raise exceptions.StoreError(f"{query}: {exc.message}") from exc
         return [dict(row) for row in rows], changed
 
     async def fetch(self, query: str, **params: Any) -> list[Row]:

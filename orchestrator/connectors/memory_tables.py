@@ -9,7 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from orchestrator import exceptions
 from orchestrator.connectors.protocol import Row
+
+__all__ = [
+    "ABANDONED",
+    "Params",
+    "Result",
+    "Storage",
+    "eq",
+    "le",
+    "lengthen",
+    "lt",
+    "ordered",
+    "pick",
+    "row_key",
+    "take",
+]
 
 Params = dict[str, Any]
 Result = tuple[list[Row], int]  # (rows returned, rows changed; -1 for a SELECT like sqlite3)
@@ -90,7 +106,7 @@ _UNIQUE: dict[str, list[tuple[tuple[str, ...], Callable[[Row], bool]]]] = {
     "do_not_call": [(("number",), _always)],
 }
 
-_ABANDONED = {
+ABANDONED = {
     "ambiguous": 1,
     "lease_owner": None,
     "lease_until": None,
@@ -99,13 +115,9 @@ _ABANDONED = {
 }
 
 
-def _lengthen(row: Row, p: Params) -> Params:
+def lengthen(row: Row, p: Params) -> Params:
     current = row["lease_until"]
-    return {"lease_until": p["lease_until"] if _lt(current, p["lease_until"]) else current}
-
-
-class _IntegrityError(Exception):
-    """A constraint violation, wrapped in StoreError with the query's name."""
+    return {"lease_until": p["lease_until"] if lt(current, p["lease_until"]) else current}
 
 
 def _affinity(kind: str, value: Any) -> Any:
@@ -121,7 +133,7 @@ def _affinity(kind: str, value: Any) -> Any:
     return value
 
 
-def _key(value: Any) -> tuple[int, Any]:
+def row_key(value: Any) -> tuple[int, Any]:
     """SQLite's sort order across types: NULL, numbers, text, blobs."""
     if value is None:
         return (0, 0)
@@ -130,37 +142,37 @@ def _key(value: Any) -> tuple[int, Any]:
     return (2, value) if isinstance(value, str) else (3, value)
 
 
-def _eq(a: Any, b: Any) -> bool:
+def eq(a: Any, b: Any) -> bool:
     """SQL ``a = b``: never true when either side is NULL."""
-    return a is not None and b is not None and _key(a) == _key(b)
+    return a is not None and b is not None and row_key(a) == row_key(b)
 
 
-def _lt(a: Any, b: Any) -> bool:
+def lt(a: Any, b: Any) -> bool:
     """SQL ``a < b``: never true when either side is NULL."""
-    return a is not None and b is not None and _key(a) < _key(b)
+    return a is not None and b is not None and row_key(a) < row_key(b)
 
 
-def _le(a: Any, b: Any) -> bool:
-    return _lt(a, b) or _eq(a, b)
+def le(a: Any, b: Any) -> bool:
+    return lt(a, b) or eq(a, b)
 
 
-def _order(rows: Iterable[Row], *keys: str) -> list[Row]:
+def ordered(rows: Iterable[Row], *keys: str) -> list[Row]:
     """Rows sorted by ``keys`` (``-name`` descending); ties keep insertion (rowid) order."""
     out = list(rows)
     for key in reversed(keys):
         name = key.lstrip("-")
-        out.sort(key=lambda row: _key(row[name]), reverse=key.startswith("-"))
+        out.sort(key=lambda row: row_key(row[name]), reverse=key.startswith("-"))
     return out
 
 
-def _limit(rows: list[Row], limit: Any) -> list[Row]:
+def take(rows: list[Row], limit: Any) -> list[Row]:
     """SQLite's ``LIMIT``: a negative limit is none; NULL is an error."""
     if limit is None or isinstance(limit, str | bytes):
-        raise _IntegrityError("datatype mismatch")
+        raise exceptions.StoreError("datatype mismatch")
     return rows if limit < 0 else rows[: int(limit)]
 
 
-def _pick(params: Params, names: str) -> Params:
+def pick(params: Params, names: str) -> Params:
     """The parameters named in the space-separated ``names``."""
     return {name: params[name] for name in names.split()}
 
@@ -194,18 +206,18 @@ class Storage:
         if not cover(row) or any(row[c] is None for c in columns):
             return False
         return any(
-            other[pk] != row[pk] and cover(other) and all(_eq(other[c], row[c]) for c in columns)
+            other[pk] != row[pk] and cover(other) and all(eq(other[c], row[c]) for c in columns)
             for other in self.tables[table].values()
         )
 
     def _check(self, table: str, row: Row) -> None:
         for name, (_, not_null) in _COLUMNS[table].items():
             if not_null and row[name] is None:
-                raise _IntegrityError(f"NOT NULL constraint failed: {table}.{name}")
+                raise exceptions.StoreError(f"NOT NULL constraint failed: {table}.{name}")
         for columns, _ in _UNIQUE[table]:
             if self._clash(table, row, columns):
                 names = ", ".join(f"{table}.{c}" for c in columns)
-                raise _IntegrityError(f"UNIQUE constraint failed: {names}")
+                raise exceptions.StoreError(f"UNIQUE constraint failed: {names}")
 
     def _insert(
         self, table: str, values: Params, *, on_conflict: tuple[str, ...] | None = None
@@ -214,11 +226,11 @@ class Storage:
         row = self._new_row(table, values)
         pk = _PRIMARY.get(table, "id")
         if row[pk] is None:
-            raise _IntegrityError(f"NOT NULL constraint failed: {table}.{pk}")
+            raise exceptions.StoreError(f"NOT NULL constraint failed: {table}.{pk}")
         if row[pk] in self.tables[table]:
             if on_conflict == (pk,):
                 return None
-            raise _IntegrityError(f"UNIQUE constraint failed: {table}.{pk}")
+            raise exceptions.StoreError(f"UNIQUE constraint failed: {table}.{pk}")
         if on_conflict not in (None, (pk,)) and self._clash(table, row, on_conflict):
             return None
         self._check(table, row)
@@ -240,7 +252,7 @@ class Storage:
         try:
             for new in after:
                 self._check(table, new)
-        except _IntegrityError:
+        except exceptions.StoreError:
             stored.update(before)
             raise
         return after

@@ -9,7 +9,6 @@ is never resent and waits for a webhook or the watchdog.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from orchestrator.model import CORRELATION_KEY, Event
 from orchestrator.provider import client
 from orchestrator.store import Claim, Pacing, Store, campaigns
 from orchestrator.store.claims import Admit, ClaimRules, Defer, Refuse, Screening
+from orchestrator.store.rows import Attempt, Call
 
 log = structlog.get_logger(__name__)
 
@@ -139,10 +139,10 @@ class Dialer(ClaimLoop):
         finally:
             self._stopped.set()
 
-    def screen(self, call: Row, attempt: Row, campaign: Row | None, now: float) -> Screening:
+    def screen(self, call: Call, attempt: Attempt, campaign: Row | None, now: float) -> Screening:
         """Right before a claim: the do-not-call list, then the calling window in the
         recipient's local time (the campaign's, else the configured one)."""
-        to = str(attempt["to_number"])
+        to = attempt.to_number
         if self.settings.do_not_call is not None and to in self.settings.do_not_call:
             return Refuse(code="DO_NOT_CALL", message=f"{to} is on the do-not-call list")
         window = self.settings.window
@@ -171,16 +171,16 @@ class Dialer(ClaimLoop):
     def request(self, claim: Claim) -> client.CallRequest:
         """The provider request for a claimed attempt."""
         call, attempt = claim.call, claim.attempt
-        metadata = {**json.loads(call["metadata"]), CORRELATION_KEY: attempt["id"]}
+        metadata = {**call.metadata, CORRELATION_KEY: attempt.id}
         return client.CallRequest(
-            to=call["to_number"],
-            from_=call["from_number"],
-            agent_id=call["agent_id"] or self.settings.agent_id,
+            to=call.to_number,
+            from_=call.from_number,
+            agent_id=call.agent_id or self.settings.agent_id,
             metadata=metadata,
-            webhook_url=f"{self.settings.webhook_base}/{attempt['webhook_token']}",
-            purpose=call["purpose"],
-            goal=call["goal"],
-            template_id=call["template_id"],
+            webhook_url=f"{self.settings.webhook_base}/{attempt.webhook_token}",
+            purpose=call.purpose,
+            goal=call.goal,
+            template_id=call.template_id,
         )
 
     async def _place(self, claim: Claim) -> None:
@@ -191,7 +191,7 @@ class Dialer(ClaimLoop):
 
     async def _place_once(self, claim: Claim) -> None:
         attempt_id = claim.attempt_id
-        bound = log.bind(call_id=claim.call["id"], attempt=claim.attempt["number"])
+        bound = log.bind(call_id=claim.call.id, attempt=claim.attempt.number)
         events: list[Event] = []
         started = time.perf_counter()
         try:
@@ -235,7 +235,7 @@ class Dialer(ClaimLoop):
         refusal of this call alone ends it; the others put it back in the queue."""
         attempt_id = claim.attempt_id
         now = self.store.clock()
-        campaign = claim.attempt.get("campaign")
+        campaign = claim.attempt.campaign
         if isinstance(exc, exceptions.InsufficientBalance | exceptions.Unauthorized):
             balance = isinstance(exc, exceptions.InsufficientBalance)
             wait = self._balance_wait if balance else self.settings.unauthorized_probe
@@ -246,7 +246,7 @@ class Dialer(ClaimLoop):
             await self.store.pause_dialing(now + wait, reason=exc.code.lower())
             bound.error("dialer.paused", code=exc.code, probe_in=wait)
             event = await self.store.emit_for(
-                claim.call["id"], int(claim.attempt["number"]), kind,
+                claim.call.id, int(claim.attempt.number), kind,
                 key=f"{attempt_id}:{kind}", error={"code": exc.code, "message": exc.message},
                 data={"probe_in": wait},
             )  # fmt: skip
@@ -256,7 +256,7 @@ class Dialer(ClaimLoop):
             await self.store.pause_campaign(str(campaign), reason=f"{exc.code}: {exc.message}")
             bound.error("dialer.campaign_paused", campaign=campaign, code=exc.code)
             event = await self.store.emit_for(
-                claim.call["id"], int(claim.attempt["number"]), "campaign.paused",
+                claim.call.id, int(claim.attempt.number), "campaign.paused",
                 key=f"{attempt_id}:campaign.paused",
                 error={"code": exc.code, "message": exc.message}, data={"campaign": campaign},
             )  # fmt: skip

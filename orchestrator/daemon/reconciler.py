@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from orchestrator import exceptions
-from orchestrator.connectors.protocol import Row
 from orchestrator.daemon.loop import wait_any
 from orchestrator.metrics import Metrics
 from orchestrator.model import CORRELATION_KEY, LEGACY_CORRELATION_KEY, CallStatus, Event
@@ -33,6 +32,7 @@ from orchestrator.provider.client import MagpipeClient, ProviderCall
 from orchestrator.store import Store
 from orchestrator.store.claims import Pacing
 from orchestrator.store.lookups import ENDING_CANCELED, Finding
+from orchestrator.store.rows import Attempt
 
 log = structlog.get_logger(__name__)
 
@@ -120,25 +120,25 @@ class Reconciler:
         self._deadline = time.monotonic() + self.settings.lease / 2
         self._starved = 0.0
         now = self.store.clock()
-        pending = {c["id"]: c for c in checks}
+        pending = {c.id: c for c in checks}
         try:
             for check in checks:
-                if not check["provider_call_id"] and not check["ambiguous"]:
+                if not check.provider_call_id and not check.ambiguous:
                     # Still being placed: nothing to ask yet. If it must end, its answer brings
                     # the look-up (and the hang-up) due at once.
-                    del pending[check["id"]]
-                    await self.store.schedule_check(check["id"], at=now + self.every)
-            for check in [c for c in checks if c["id"] in pending and c["ending"]]:
+                    del pending[check.id]
+                    await self.store.schedule_check(check.id, at=now + self.every)
+            for check in [c for c in checks if c.id in pending and c.ending]:
                 if not await self._final(check):
                     return 0
-                del pending[check["id"]]
-            for check in [c for c in checks if c["id"] in pending and not c["provider_call_id"]]:
+                del pending[check.id]
+            for check in [c for c in checks if c.id in pending and not c.provider_call_id]:
                 finding = await self._search(check)
                 if finding is None:
                     return 0
                 await self._apply(check, finding)
-                del pending[check["id"]]
-            follow = [c for c in checks if c["id"] in pending]
+                del pending[check.id]
+            follow = [c for c in checks if c.id in pending]
             if not await self._follow(follow, pending):
                 return 0
         finally:
@@ -196,11 +196,11 @@ class Reconciler:
 
     # -- what each kind of look-up does --------------------------------------------------
 
-    async def _apply(self, check: Row, finding: Finding) -> None:
+    async def _apply(self, check: Attempt, finding: Finding) -> None:
         # About the placement claimed: if the attempt is dialed again meanwhile, it is stale.
-        finding = dataclasses.replace(finding, placed_at=check["placed_at"])
-        applied = await self.store.apply_finding(check["id"], finding)
-        bound = log.bind(call_id=check["call_id"], attempt=check["number"])
+        finding = dataclasses.replace(finding, placed_at=check.placed_at)
+        applied = await self.store.apply_finding(check.id, finding)
+        bound = log.bind(call_id=check.call_id, attempt=check.number)
         if applied.redialed and self.metrics is not None:
             self.metrics.redials.inc()
         if applied.redialed:
@@ -211,12 +211,12 @@ class Reconciler:
         if applied.hang_up is not None:
             await self._hang_up(applied.hang_up)
 
-    async def _final(self, check: Row) -> bool:
+    async def _final(self, check: Attempt) -> bool:
         """The watchdog fired (or the campaign was canceled): look up once more, then hang
         up or end it. False when the budget ran out (the watchdog's second firing ends it
         should the budget not come back in time)."""
-        if check["provider_call_id"]:
-            finding = await self._ask("get-call", str(check["provider_call_id"]))
+        if check.provider_call_id:
+            finding = await self._ask("get-call", str(check.provider_call_id))
         else:
             finding = await self._search(check)
         if finding is None:
@@ -224,31 +224,31 @@ class Reconciler:
         await self._apply(check, finding)
         return True
 
-    async def _hang_up(self, attempt: Row) -> None:
+    async def _hang_up(self, attempt: Attempt) -> None:
         """End at the provider a call that must end here, then here."""
-        status = CallStatus.CANCELED if attempt["ending"] == ENDING_CANCELED else None
-        live = attempt["provider_status"]
+        status = CallStatus.CANCELED if attempt.ending == ENDING_CANCELED else None
+        live = attempt.provider_status
         # The last look-up failed: whether it still rings is unknown.
-        unknown = str(attempt["check_result"] or "").startswith("error")
+        unknown = str(attempt.check_result or "").startswith("error")
         state = (
             f"no terminal status within max_call_duration, and the provider could not be "
-            f"asked ({attempt['check_result']})"
+            f"asked ({attempt.check_result})"
             if unknown
             else f"still live at the provider ({live}) after max_call_duration"
         )
         if status is None and not self.settings.hangup_on_timeout:
             code = "PROVIDER_UNREACHABLE" if unknown else "STILL_LIVE"
             events = await self.store.end_attempt(
-                attempt["id"], CallStatus.TIMED_OUT, code,
+                attempt.id, CallStatus.TIMED_OUT, code,
                 f"{state}; left as it is there (dialer.hangup_on_timeout is off)",
             )  # fmt: skip
             self.publish(events)
             return
-        legs = [str(attempt["provider_call_id"])]
-        if attempt["agent_call_sid"] and CallStatus.from_record(str(live)) is not (
+        legs = [str(attempt.provider_call_id)]
+        if attempt.agent_call_sid and CallStatus.from_record(str(live)) is not (
             CallStatus.IN_PROGRESS
         ):
-            legs.append(str(attempt["agent_call_sid"]))  # an unanswered call's agent leg stays up
+            legs.append(str(attempt.agent_call_sid))  # an unanswered call's agent leg stays up
         failure = None
         for leg in legs:
             if not await self._spend():
@@ -269,35 +269,33 @@ class Reconciler:
             retry = max(self._starved, min(self.every, 5.0))
             log.warning(
                 "reconciler.hangup_failed",
-                call_id=attempt["call_id"],
+                call_id=attempt.call_id,
                 error=failure,
                 retry_in=retry,
             )
-            await self.store.schedule_check(attempt["id"], at=self.store.clock() + retry)
+            await self.store.schedule_check(attempt.id, at=self.store.clock() + retry)
             return
         done = "hung up at the provider"
         if status is CallStatus.CANCELED:
             code, message = "CAMPAIGN_CANCELED", f"its campaign was canceled: {done}"
         else:
             code, message = "HUNG_UP", f"{state}: {done}"
-        log.warning("reconciler.hung_up", call_id=attempt["call_id"], reason=code)
+        log.warning("reconciler.hung_up", call_id=attempt.call_id, reason=code)
         self.publish(
-            await self.store.end_attempt(
-                attempt["id"], status or CallStatus.TIMED_OUT, code, message
-            )
+            await self.store.end_attempt(attempt.id, status or CallStatus.TIMED_OUT, code, message)
         )
 
-    async def _search(self, check: Row) -> Finding | None:
+    async def _search(self, check: Attempt) -> Finding | None:
         """Look for an ambiguous placement among the provider's records: by its number and
         caller id around when it was sent, then by the correlation key in each candidate's
         metadata (get-call). None when the budget ran out."""
         endpoint = "list-calls"
-        sent = datetime.fromtimestamp(float(check["placed_at"] or check["created_at"]), UTC)
+        sent = datetime.fromtimestamp(float(check.placed_at or check.created_at), UTC)
         skew = timedelta(seconds=self.settings.skew)
         until = datetime.fromtimestamp(self.store.clock(), UTC) + skew
         candidates: list[ProviderCall] = []
         try:
-            pages = self.magpipe.list_window(sent - skew, until, phone_number=check["to_number"])
+            pages = self.magpipe.list_window(sent - skew, until, phone_number=check.to_number)
             for _ in range(10):
                 if not await self._spend():
                     return None
@@ -328,7 +326,7 @@ class Reconciler:
             record = read.record or candidate
             metadata = record.metadata or {}
             key = metadata.get(CORRELATION_KEY) or metadata.get(LEGACY_CORRELATION_KEY)
-            if key == check["id"]:
+            if key == check.id:
                 return Finding(endpoint=endpoint, record=record)
             if key is None and candidate.id not in taken:
                 possible.append(record)  # no key to tell by: it could be ours
@@ -338,7 +336,7 @@ class Reconciler:
             return Finding(endpoint=endpoint, missing=True)
         return Finding(endpoint=endpoint, candidates=len(possible))
 
-    async def _follow(self, checks: Sequence[Row], pending: dict[str, Row]) -> bool:
+    async def _follow(self, checks: Sequence[Attempt], pending: dict[str, Attempt]) -> bool:
         """Look up live calls we know the provider's id of: one list-calls for many when it
         can, get-call for the rest (and for answered calls, whose transcript only get-call
         has). False when the budget ran out."""
@@ -346,23 +344,23 @@ class Reconciler:
         if len(checks) >= self.settings.list_from:
             records = await self._list(checks)
         for check in checks:
-            record = records.get(str(check["provider_call_id"]))
+            record = records.get(str(check.provider_call_id))
             if record is not None and not (record.terminal and record.answered):
                 self._count("list-calls", "found")
                 finding: Finding | None = Finding(endpoint="list-calls", record=record)
             else:
-                finding = await self._ask("get-call", str(check["provider_call_id"]))
+                finding = await self._ask("get-call", str(check.provider_call_id))
             if finding is None:
                 return False
             await self._apply(check, finding)
-            del pending[check["id"]]
+            del pending[check.id]
         return True
 
-    async def _list(self, checks: Sequence[Row]) -> dict[str, ProviderCall]:
+    async def _list(self, checks: Sequence[Attempt]) -> dict[str, ProviderCall]:
         """The records of these calls from list-calls pages over the window they were placed
         in (a few pages at most; whatever is not found is asked for one by one)."""
-        wanted = {str(c["provider_call_id"]) for c in checks}
-        first = min(float(c["placed_at"] or c["created_at"]) for c in checks)
+        wanted = {str(c.provider_call_id) for c in checks}
+        first = min(float(c.placed_at or c.created_at) for c in checks)
         skew = timedelta(seconds=self.settings.skew)
         start = datetime.fromtimestamp(first, UTC) - skew
         until = datetime.fromtimestamp(self.store.clock(), UTC) + skew
@@ -383,10 +381,10 @@ class Reconciler:
         return found
 
 
-def _could_be(record: ProviderCall, check: Row) -> bool:
+def _could_be(record: ProviderCall, check: Attempt) -> bool:
     """Whether a record of list-calls could be this attempt's placement."""
     return (
-        record.to_number == check["to_number"]
-        and record.from_number in (None, check["from_number"])
+        record.to_number == check.to_number
+        and record.from_number in (None, check.from_number)
         and record.direction in (None, "outbound")
     )

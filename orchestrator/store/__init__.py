@@ -18,27 +18,19 @@ None of them writes SQL: they run the named queries of :mod:`orchestrator.connec
 
 from __future__ import annotations
 
-from orchestrator.store.facade import (
+from orchestrator.store.claims import (
     DIAL_BUCKET,
-    EXHAUSTED,
-    LOOKUP_BUCKET,
-    WATCHDOG,
-    Applied,
-    CheckTiming,
     Claim,
     ClaimBatch,
     ClaimRules,
-    Clock,
-    Delivery,
-    Finding,
-    Ingest,
-    IngestResult,
     Pacing,
-    Router,
-    Store,
     Throttled,
-    Webhook,
 )
+from orchestrator.store.facade import Ingest, IngestResult, Store, Webhook
+from orchestrator.store.ledger import WATCHDOG, CheckTiming, Clock, Router
+from orchestrator.store.lookups import LOOKUP_BUCKET, Applied, Finding
+from orchestrator.store.outbox import EXHAUSTED, Delivery
+from orchestrator.store.rows import Attempt, Call, DeliveryRecord
 
 __all__ = [
     "DIAL_BUCKET",
@@ -46,12 +38,15 @@ __all__ = [
     "LOOKUP_BUCKET",
     "WATCHDOG",
     "Applied",
+    "Attempt",
+    "Call",
     "CheckTiming",
     "Claim",
     "ClaimBatch",
     "ClaimRules",
     "Clock",
     "Delivery",
+    "DeliveryRecord",
     "Finding",
     "Ingest",
     "IngestResult",

@@ -31,7 +31,7 @@ class StoreCallActions:
         """Queue a new call; the same ``key`` (default: this delivery) returns the same call."""
         idempotency = f"plugin:{self._handler}:{key or self._delivery_id}"
         call, _ = await self._store.create_call(new, idempotency_key=idempotency)
-        return str(call["id"])
+        return call.id
 
     async def retry(self, *, at: float, reason: str | None = None) -> Event | None:
         """Schedule this call's next attempt at epoch ``at``."""
@@ -49,7 +49,7 @@ class StoreCallActions:
         """This call's attempts so far."""
         rows = await self._store.attempts_of(self._event.call.id)
         keys = ("number", "status", "error_code", "created_at", "placed_at", "ended_at")
-        return [{k: row[k] for k in keys} for row in rows]
+        return [{k: getattr(row, k) for k in keys} for row in rows]
 
 
 class StoreKeyValue:

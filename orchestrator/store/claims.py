@@ -19,6 +19,7 @@ from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.model import CallStatus, Event, new_id
 from orchestrator.store.campaigns import settings_of
 from orchestrator.store.ledger import WATCHDOG, Ledger
+from orchestrator.store.rows import Attempt, Call
 
 DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
 DAY = 86400.0
@@ -28,12 +29,12 @@ DAY = 86400.0
 class Claim:
     """An attempt claimed for dialing, with the call it belongs to."""
 
-    attempt: Row
-    call: Row
+    attempt: Attempt
+    call: Call
 
     @property
     def attempt_id(self) -> str:
-        return str(self.attempt["id"])
+        return self.attempt.id
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +75,7 @@ class Refuse:
 
 Screening = Admit | Defer | Refuse
 #: ``screen(call, attempt, campaign, now)``: decided right before a claim, in its transaction.
-Screen = Callable[[Row, Row, Row | None, float], Screening]
+Screen = Callable[[Call, Attempt, Row | None, float], Screening]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -193,7 +194,7 @@ class Dialing(Ledger):
                 continue
             numbers.add(attempt["to_number"])
             batch.claims.append(claim)
-            from_number = claim.attempt["from_number"]
+            from_number = claim.attempt.from_number
             live_from[from_number] = live_from.get(from_number, 0) + 1
             if cid is not None:
                 dialed[cid] += 1
@@ -227,7 +228,7 @@ class Dialing(Ledger):
             message = f"{attempt['to_number']} is on the do-not-call list"
             screening = Refuse(code="DO_NOT_CALL", message=message)
         elif rules.screen is not None:
-            screening = rules.screen(call, attempt, campaign, now)
+            screening = rules.screen(Call.from_row(call), Attempt.from_row(attempt), campaign, now)
         if isinstance(screening, Admit) and rules.daily_cap is not None:
             recent = await tx.fetchone(
                 "count_recent_attempts", to_number=attempt["to_number"], since=now - DAY
@@ -271,7 +272,7 @@ class Dialing(Ledger):
             due_at=now + rules.watchdog_after,
         )
         synced = await self._sync_call(tx, claimed, now=now)
-        return Claim(attempt=claimed, call=synced)
+        return Claim(attempt=Attempt.from_row(claimed), call=Call.from_row(synced))
 
     @staticmethod
     def _caller_id(

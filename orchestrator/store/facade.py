@@ -20,39 +20,12 @@ from orchestrator import exceptions
 from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.model import CallStatus, Event, NewCall, new_id
 from orchestrator.store.campaigns import Campaigns
-from orchestrator.store.claims import (
-    DIAL_BUCKET,
-    Claim,
-    ClaimBatch,
-    ClaimRules,
-    Pacing,
-    Throttled,
-)
-from orchestrator.store.ledger import WATCHDOG, CheckTiming, Clock, Router
-from orchestrator.store.lookups import LOOKUP_BUCKET, Applied, Checks, Finding
-from orchestrator.store.outbox import EXHAUSTED, Delivery, Outbox
+from orchestrator.store.ledger import WATCHDOG
+from orchestrator.store.lookups import Checks
+from orchestrator.store.outbox import Outbox
+from orchestrator.store.rows import Attempt, Call
 
-__all__ = [
-    "DIAL_BUCKET",
-    "EXHAUSTED",
-    "LOOKUP_BUCKET",
-    "WATCHDOG",
-    "Applied",
-    "CheckTiming",
-    "Claim",
-    "ClaimBatch",
-    "ClaimRules",
-    "Clock",
-    "Delivery",
-    "Finding",
-    "Ingest",
-    "IngestResult",
-    "Pacing",
-    "Router",
-    "Store",
-    "Throttled",
-    "Webhook",
-]
+__all__ = ["Ingest", "IngestResult", "Store", "Webhook"]
 
 
 class Ingest(StrEnum):
@@ -119,7 +92,7 @@ class Store(Checks, Campaigns, Outbox):
 
     async def create_call(
         self, new: NewCall, *, idempotency_key: str | None = None
-    ) -> tuple[Row, bool]:
+    ) -> tuple[Call, bool]:
         """Queue a call (with its first attempt and ``call.queued``); return (call, created).
 
         With an ``idempotency_key`` already used for the same request, the first call is
@@ -133,7 +106,7 @@ class Store(Checks, Campaigns, Outbox):
                     "get_call_by_idempotency_key", idempotency_key=idempotency_key
                 )
                 if existing is not None:
-                    return _same_request(existing, request_hash), False
+                    return Call.from_row(_same_request(existing, request_hash)), False
             call = await tx.fetchone(
                 "insert_call",
                 id=new_id(),
@@ -155,7 +128,7 @@ class Store(Checks, Campaigns, Outbox):
                     "get_call_by_idempotency_key", idempotency_key=idempotency_key
                 )
                 assert existing is not None
-                return _same_request(existing, request_hash), False
+                return Call.from_row(_same_request(existing, request_hash)), False
             # A call names a campaign of ours (it joins its queue, pace and pauses) or a label.
             campaign = await tx.fetchone("get_campaign", id=new.campaign) if new.campaign else None
             attempt = await self._new_attempt(
@@ -168,9 +141,9 @@ class Store(Checks, Campaigns, Outbox):
                 campaign=campaign["id"] if campaign else None,
             )
             await self._emit(tx, call, attempt, CallStatus.QUEUED, now=now)
-        return call, True
+        return Call.from_row(call), True
 
-    async def get_call(self, call_id: str) -> tuple[Row, list[Row], list[Event]] | None:
+    async def get_call(self, call_id: str) -> tuple[Call, list[Attempt], list[Event]] | None:
         """The call, its attempts and its events, or None."""
         async with self.connector.transaction() as tx:
             call = await tx.fetchone("get_call", id=call_id)
@@ -179,8 +152,8 @@ class Store(Checks, Campaigns, Outbox):
             attempts = await tx.fetch("list_attempts", call_id=call_id)
             events = await tx.fetch("list_events", call_id=call_id)
         return (
-            call,
-            attempts,
+            Call.from_row(call),
+            [Attempt.from_row(a) for a in attempts],
             [Event.from_json(json.loads(e["body"]), seq=e["seq"]) for e in events],
         )
 
@@ -191,12 +164,13 @@ class Store(Checks, Campaigns, Outbox):
         campaign: str | None = None,
         limit: int = 50,
         after: str | None = None,
-    ) -> list[Row]:
+    ) -> list[Call]:
         """Calls in id (creation) order after the cursor ``after``."""
         async with self.connector.transaction() as tx:
-            return await tx.fetch(
+            rows = await tx.fetch(
                 "list_calls", status=status, campaign=campaign, after=after, limit=limit
             )
+        return [Call.from_row(r) for r in rows]
 
     async def gauges(self) -> dict[str, Any]:
         """What the metrics report of the whole store: live calls, queue depth, pause."""

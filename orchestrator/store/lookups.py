@@ -18,6 +18,7 @@ from orchestrator.model import CallStatus, Event, new_id
 from orchestrator.provider.client import ProviderCall
 from orchestrator.store.claims import Dialing, Pacing
 from orchestrator.store.ledger import WATCHDOG
+from orchestrator.store.rows import Attempt
 
 LOOKUP_BUCKET = "lookup"  # the pacing row of the fleet's look-up budget
 
@@ -63,14 +64,14 @@ class Applied:
     back to the queue."""
 
     events: list[Event] = field(default_factory=list)
-    hang_up: Row | None = None
+    hang_up: Attempt | None = None
     redialed: bool = False
 
 
 class Checks(Dialing):
     """Look-up scheduling and findings; :class:`~orchestrator.store.Store` builds on it."""
 
-    async def claim_checks(self, *, limit: int, lease: float) -> list[Row]:
+    async def claim_checks(self, *, limit: int, lease: float) -> list[Attempt]:
         """Take up to ``limit`` due look-ups: each is due again ``lease`` seconds from now
         unless its finding is recorded first, so a daemon that dies mid-look-up loses nothing
         and no other daemon asks about the same attempt meanwhile."""
@@ -79,7 +80,7 @@ class Checks(Dialing):
             rows = await tx.fetch("due_checks", now=now, limit=limit)
             for row in rows:
                 await tx.execute("set_check_at", id=row["id"], check_at=now + lease)
-        return rows
+        return [Attempt.from_row(r) for r in rows]
 
     async def schedule_check(self, attempt_id: str, *, at: float) -> None:
         """Move a live attempt's next look-up to ``at`` (a look-up given back, or postponed
@@ -167,7 +168,7 @@ class Checks(Dialing):
                     row = await self._update_attempt(
                         tx, attempt, **noted, provider_status=record.status
                     )
-                    return Applied(hang_up=row)
+                    return Applied(hang_up=Attempt.from_row(row))
                 state = record.state
                 if state is not None and state.rank > current.rank:
                     events = await self._advance(
@@ -189,7 +190,9 @@ class Checks(Dialing):
             if ending and finding.error is not None and attempt["provider_call_id"]:
                 # It must end, and nobody can say whether it still rings: hang it up blind (a
                 # call already over is simply not found).
-                return Applied(hang_up=await self._update_attempt(tx, attempt, **noted))
+                return Applied(
+                    hang_up=Attempt.from_row(await self._update_attempt(tx, attempt, **noted))
+                )
             if ending == ENDING_CANCELED:
                 message = (
                     "the provider has no record of this placement: nobody was rung"

@@ -12,6 +12,7 @@ from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.model import CallStatus, Event, iso
 from orchestrator.store.campaigns import settings_of
 from orchestrator.store.ledger import Ledger
+from orchestrator.store.rows import Attempt, DeliveryRecord
 
 EXHAUSTED = "delivery.exhausted"
 
@@ -151,12 +152,13 @@ class Outbox(Ledger):
 
     async def list_deliveries(
         self, *, state: str | None = None, handler: str | None = None, limit: int = 100
-    ) -> list[Row]:
+    ) -> list[DeliveryRecord]:
         """Outbox rows, e.g. the dead letters (``state='dead'``)."""
         async with self.connector.transaction() as tx:
-            return await tx.fetch("list_deliveries", state=state, handler=handler, limit=limit)
+            rows = await tx.fetch("list_deliveries", state=state, handler=handler, limit=limit)
+        return [DeliveryRecord.from_row(r) for r in rows]
 
-    async def replay_deliveries(self, ids: Sequence[str]) -> list[Row]:
+    async def replay_deliveries(self, ids: Sequence[str]) -> list[DeliveryRecord]:
         """Put dead letters back in the queue (tries start again); the rows replayed (ids
         that were not dead are skipped)."""
         now = self.clock()
@@ -165,7 +167,7 @@ class Outbox(Ledger):
             for delivery_id in ids:
                 row = await tx.fetchone("replay_delivery", id=delivery_id, now=now)
                 if row is not None:
-                    replayed.append(row)
+                    replayed.append(DeliveryRecord.from_row(row))
             if replayed:
                 await self._notify(tx, "deliver")
         return replayed
@@ -288,10 +290,11 @@ class Outbox(Ledger):
                 error_message=reason, error=error,
             )  # fmt: skip
 
-    async def attempts_of(self, call_id: str) -> list[Row]:
+    async def attempts_of(self, call_id: str) -> list[Attempt]:
         """The call's attempts in order."""
         async with self.connector.transaction() as tx:
-            return await tx.fetch("list_attempts", call_id=call_id)
+            rows = await tx.fetch("list_attempts", call_id=call_id)
+        return [Attempt.from_row(r) for r in rows]
 
     async def kv_get(self, scope: str, key: str) -> Any:
         """A plugin's stored value (decoded JSON), or None."""
