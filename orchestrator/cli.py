@@ -1,22 +1,24 @@
 """The ``orchestrator`` command: it parses arguments, sets up logging and calls into the app
-(the daemon, the client, the config checker and the rule test runner)."""
+(the daemon, the client, the config checker and the rule test runner).
+
+Thin on purpose: parsing needs only the standard library (and ``remote``'s parsers, which need
+no more), and each command imports what it uses (pydantic, httpx, aiohttp, structlog, the
+config...) when it runs, so ``--help`` does not pay for the daemon."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
+from orchestrator import exceptions, remote
 
-from orchestrator import config, exceptions, log, remote, rules
-from orchestrator.model import CallStatus
-from orchestrator.provider import client
+if TYPE_CHECKING:
+    from orchestrator import config, log
 
 CALL_EXAMPLE = """\
 example:
@@ -42,11 +44,12 @@ a test file:
 event fields left out get defaults (type call.completed, call.to +14155550100, attempt 1)."""
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_AMBIGUOUS, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4
+#: Stdout's reader went away (``orchestrator plugins list | head -1``): what a shell reports for
+#: a command killed by SIGPIPE (128 + 13), without the traceback.
+EXIT_PIPE_CLOSED = 141
 
 
 def _parser() -> argparse.ArgumentParser:
-    from orchestrator.provider.simulator import cli as simulator_cli
-
     parser = argparse.ArgumentParser(
         prog="orchestrator",
         description="Place and follow outbound AI-agent phone calls through Magpipe.",
@@ -115,12 +118,9 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds in-flight work gets to finish on SIGTERM (default 10)",
     )
 
-    sim = commands.add_parser(
-        "simulator",
-        help="run the built-in Magpipe simulator",
-        description="Run a Magpipe simulator that behaves as the provider's document says.",
-    )
-    simulator_cli.add_arguments(sim)
+    # The simulator's options come from its own module, which imports aiohttp: they are added
+    # to a parser of their own only when the command is ``simulator`` (_simulator_arguments).
+    commands.add_parser("simulator", help="run the built-in Magpipe simulator", add_help=False)
 
     commands.add_parser(
         "demo",
@@ -186,20 +186,67 @@ def _config_commands(commands: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit status."""
+    """Entry point of the console script; returns the process exit status.
+
+    A reader that goes away before the output is written (``| head -1``) ends the command
+    quietly with :data:`EXIT_PIPE_CLOSED`, as the Python docs' note on SIGPIPE does it.
+    """
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, not at exit, so that a closed pipe is seen where it can be handled.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # a socket or a child's pipe, not our reader: a real error
+        # Python flushes stdout again at exit: point it at devnull so that it cannot fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE_CLOSED
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe or socket whose reader has gone."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    import select
+
+    if not hasattr(select, "poll"):  # no poll (Windows): take the error for what it says
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "simulator":
+        args = _simulator_arguments(args, extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from orchestrator import log
+
     fmt = args.log_format
     level = args.log_level or ("warning" if args.command == "demo" else "info")
     redactor = log.configure(level=level, json=None if fmt == "auto" else fmt == "json")
     try:
         if args.command == "call":
+            import asyncio
+
             return asyncio.run(_wait(args) if args.wait else _call(args))
         if args.command == "run":
             return _run(args, redactor)
         if args.command == "simulator":
             return _simulator(args)
         if args.command == "demo":
+            import asyncio
+
             from orchestrator import demo
 
             return asyncio.run(demo.run())
@@ -216,14 +263,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE  # pragma: no cover - parser.error exits
 
 
+def _simulator_arguments(args: argparse.Namespace, extra: Sequence[str]) -> argparse.Namespace:
+    """Parse what follows ``simulator`` with the simulator's own options (its ``--help`` too)."""
+    from orchestrator.provider.simulator import cli as simulator_cli
+
+    parser = argparse.ArgumentParser(
+        prog="orchestrator simulator",
+        description="Run a Magpipe simulator that behaves as the provider's document says.",
+    )
+    simulator_cli.add_arguments(parser)
+    return parser.parse_args(extra, namespace=args)
+
+
 def _settings(args: argparse.Namespace) -> tuple[config.MagpipeSettings, config.Defaults]:
+    from pydantic import SecretStr
+
+    from orchestrator import config
+    from orchestrator.provider import DEFAULT_BASE_URL
+
     if args.config is not None:
         cfg = config.load(args.config)
         return cfg.magpipe, cfg.defaults
     token = os.environ.get("MAGPIPE_TOKEN")
     if not token:
         raise exceptions.ConfigError("no Magpipe token: set MAGPIPE_TOKEN or pass --config FILE")
-    base_url = os.environ.get("MAGPIPE_BASE_URL") or client.DEFAULT_BASE_URL
+    base_url = os.environ.get("MAGPIPE_BASE_URL") or DEFAULT_BASE_URL
     return config.MagpipeSettings(token=SecretStr(token), base_url=base_url), config.Defaults()
 
 
@@ -238,6 +302,10 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
 
 
 async def _call(args: argparse.Namespace) -> int:
+    import json
+
+    from orchestrator.provider import client
+
     try:
         settings, defaults = _settings(args)
         caller = args.from_ or defaults.from_
@@ -280,6 +348,8 @@ def _exit_status(exc: exceptions.OrchestratorError) -> int:
 
 
 def _simulator(args: argparse.Namespace) -> int:
+    import asyncio
+
     from orchestrator.provider.simulator import cli as simulator_cli
 
     cfg = simulator_cli.config_from_args(args)
@@ -288,6 +358,9 @@ def _simulator(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
+    import asyncio
+
+    from orchestrator import rules
     from orchestrator.daemon.supervisor import Daemon
 
     loaded = rules.load(args.config)
@@ -305,8 +378,9 @@ def _run(args: argparse.Namespace, redactor: log.Redactor) -> int:
 
 def _config_command(args: argparse.Namespace) -> int:
     """``config check|schema``, ``plugins list``, ``rules test``: 0 if all is well, else 1."""
-    from orchestrator import plugin
-    from orchestrator.testing import rule_tests as ruletest
+    import json
+
+    from orchestrator import plugin, rules
 
     if args.command == "config" and args.action == "check":
         loaded = rules.load(args.file, require_env=args.require_env)
@@ -325,8 +399,13 @@ def _config_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "plugins":
         found = rules.catalog(plugin.installed())
-        print(json.dumps(found, indent=2, default=str) if args.json else _catalog_text(found))
+        if args.json:
+            print(json.dumps(found, indent=2, default=str))
+        else:
+            print(catalog_text(found, delivery_options()))
         return EXIT_OK
+    from orchestrator.testing import rule_tests as ruletest
+
     run = ruletest.run_rule_tests(args.file)
     for line in run.problems:
         print(line, file=sys.stderr)
@@ -344,22 +423,129 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _catalog_text(found: list[dict[str, Any]]) -> str:
+# -- plugins list ------------------------------------------------------------------------------
+
+#: What each ``delivery`` option does, for ``plugins list`` (the model, DeliveryOptions in
+#: orchestrator/rules.py, has no field descriptions; one there is shown instead).
+DELIVERY_HELP = {
+    "concurrency": "deliveries of the instance at once",
+    "timeout": "how long one try may run (then it is cancelled, and counts as failed)",
+    "schedule": "the wait after try n failed, jittered (the last entry repeats)",
+    "max_attempts": "tries before the delivery is dead (None: one more than the schedule has)",
+    "jitter": "each wait is spread by this share of it (0.2: +-20%)",
+    "breaker_threshold": "failures in a row that open the instance's circuit",
+    "breaker_cooldown": "how long an open circuit waits before it lets one trial through",
+    "breaker_max_cooldown": "the cooldown doubles after each failed trial, up to this",
+}
+
+_ROLE = re.compile(r":(?:[\w-]+:)*[\w-]+:`([^`]+)`")  # :class:`~a.B`, :py:func:`f`
+_LINK = re.compile(r"`([^`<]+?)\s*<[^>]*>`_{1,2}")  # `title <https://...>`_
+_LITERAL = re.compile(r"``(.+?)``|`([^`]+)`")  # ``code``, `default role`
+_STRONG = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
+
+
+def plain_text(text: str) -> str:
+    """A docstring's reST markup as plain text, for a terminal: ``code`` and roles such as
+    :class:`~a.b.C` lose their markup (``C``; a role's ``title <target>`` keeps its title)."""
+
+    def role(match: re.Match[str]) -> str:
+        content = match.group(1)
+        title, _, target = content.partition(" <")
+        if target.endswith(">"):
+            return title
+        content = content.lstrip("!")
+        return content.rsplit(".", 1)[-1] if content.startswith("~") else content
+
+    text = _ROLE.sub(role, text)
+    text = _LINK.sub(r"\1", text)
+    text = _LITERAL.sub(lambda m: m.group(1) or m.group(2), text)
+    return _STRONG.sub(r"\1", text)
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a config file writes a duration (``500ms``, ``30s``, ``10m``, ``1h``, ``1d``:
+    the largest unit that gives a whole number), so that a default shown can be pasted."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    if 0 < seconds < 1 and round(seconds * 1000, 6).is_integer():
+        return f"{round(seconds * 1000)}ms"
+    return f"{seconds:g}s"
+
+
+def delivery_options() -> list[dict[str, Any]]:
+    """The ``delivery`` options every plugin instance takes (``plugins.NAME.delivery``), read
+    from the model the daemon checks them with, in the shape of a catalog entry's options."""
+    import typing
+
+    from orchestrator import config, rules
+
+    def is_duration(metadata: Sequence[Any]) -> bool:
+        return any(getattr(m, "func", None) is config.parse_duration for m in metadata)
+
+    options = []
+    for name, info in rules.DeliveryOptions.model_fields.items():
+        annotation: Any = info.annotation
+        if is_duration(info.metadata):
+            kind = "duration"
+        elif typing.get_origin(annotation) is tuple and is_duration(
+            getattr(typing.get_args(annotation)[0], "__metadata__", ())
+        ):
+            kind = "list of durations"
+        else:
+            kind = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        required = info.is_required()
+        options.append(
+            {
+                "name": info.alias or name,
+                "type": kind,
+                "required": required,
+                "default": None if required else info.get_default(call_default_factory=True),
+                "description": info.description or DELIVERY_HELP.get(name, ""),
+            }
+        )
+    return options
+
+
+def catalog_text(found: list[dict[str, Any]], delivery: list[dict[str, Any]]) -> str:
+    """``plugins list``: each plugin type's summary and options as plain text (no docstring
+    markup, durations as the config writes them), then the ``delivery`` options once."""
     lines = []
     for entry in found:
-        lines.append(f"{entry['type']}: {entry['description']}".rstrip(": "))
-        for option in entry["options"]:
-            default = "required" if option["required"] else f"default {option['default']!r}"
-            text = f"  {option['name']}: {option['type']}, {default}"
-            lines.append(text + (f": {option['description']}" if option["description"] else ""))
+        lines.append(f"{entry['type']}: {plain_text(entry['description'])}".rstrip(": "))
+        lines += [_option_text(option) for option in entry["options"]]
         if not entry["options"]:
             lines.append("  (no options)")
-    return "\n".join(lines) if lines else "no plugin types installed"
+    if not lines:
+        lines.append("no plugin types installed")
+    if delivery:
+        lines += ["", "delivery options, of every plugin instance (plugins.NAME.delivery):"]
+        lines += [_option_text(option) for option in delivery]
+    return "\n".join(lines)
+
+
+def _option_text(option: dict[str, Any]) -> str:
+    value = option["default"]
+    if option["required"]:
+        default = "required"
+    elif option["type"] == "duration" and isinstance(value, int | float):
+        default = f"default {duration_text(value)}"
+    elif option["type"] == "list of durations" and isinstance(value, list | tuple):
+        default = f"default [{', '.join(duration_text(v) for v in value)}]"
+    else:
+        default = f"default {value!r}"
+    text = f"  {option['name']}: {option['type']}, {default}"
+    return text + (f": {plain_text(option['description'])}" if option["description"] else "")
 
 
 async def _wait(args: argparse.Namespace) -> int:
     """Queue through the daemon's API and poll until the call is terminal."""
+    import asyncio
+    import json
+
     import httpx
+
+    from orchestrator import config
 
     if args.config is None:
         raise exceptions.ConfigError("--wait needs --config (for api.listen and api.token)")
@@ -391,10 +577,16 @@ async def _wait(args: argparse.Namespace) -> int:
             print(f"orchestrator: {error.get('code')}: {error.get('message')}", file=sys.stderr)
             return EXIT_REFUSED
         call_id = answer.json()["id"]
+        print(f"call {call_id} queued", file=sys.stderr, flush=True)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + args.timeout
+        shown = 0
         while loop.time() < deadline:
             call = (await api.get(f"/v1/calls/{call_id}")).json()
+            # Each event as it happens, on stderr: stdout keeps the final event's JSON alone.
+            for event in call["events"][shown:]:
+                print(_event_line(event), file=sys.stderr, flush=True)
+            shown = len(call["events"])
             if _terminal(call["status"]):
                 final = [e for e in call["events"] if e["status"] == call["status"]]
                 print(json.dumps(final[-1] if final else call, indent=2))
@@ -404,8 +596,22 @@ async def _wait(args: argparse.Namespace) -> int:
     return EXIT_AMBIGUOUS
 
 
+def _event_line(event: dict[str, object]) -> str:
+    """One event as ``--wait`` shows it: time, type, and what the event adds."""
+    at = str(event.get("occurred_at") or "")[11:19]
+    extra = []
+    error = event.get("error")
+    if isinstance(error, dict) and error.get("code"):
+        extra.append(f"{error['code']}: {error.get('message') or ''}".rstrip(": "))
+    if event.get("duration") is not None:
+        extra.append(f"{event['duration']} s")
+    return f"{at}  {event.get('type')}" + (f"  ({'; '.join(extra)})" if extra else "")
+
+
 def _terminal(status: object) -> bool:
     """True for a status the daemon reports as final (False for one this CLI does not know)."""
+    from orchestrator.model import CallStatus
+
     try:
         return CallStatus(str(status)).terminal
     except ValueError:

@@ -6,12 +6,14 @@ Every problem is reported at once, each with file, line, column and key path, e.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -27,7 +29,7 @@ from pydantic import (
 
 from orchestrator import exceptions, phone
 from orchestrator.exceptions import InvalidConfig
-from orchestrator.provider import client
+from orchestrator.provider import DEFAULT_BASE_URL
 from orchestrator.windows import CallingWindow
 
 _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
@@ -99,7 +101,7 @@ class ReconcileSettings(_Model):
 class MagpipeSettings(_Model):
     """How to reach the provider."""
 
-    base_url: str = client.DEFAULT_BASE_URL
+    base_url: str = DEFAULT_BASE_URL
     token: SecretStr
     webhook_secret: OptionalSecret = None
     timeout: Duration = 10.0
@@ -431,7 +433,7 @@ def validate(doc: Document, *, skip: Collection[str] = ()) -> tuple[Config | Non
         problems = []
         for error in exc.errors():
             loc = tuple(p for p in error["loc"] if isinstance(p, str | int))
-            problem = Problem(loc, _message(error))
+            problem = Problem(loc, _message(error, Config))
             if (loc and loc[0] in skip) or doc.affected(problem):
                 continue
             problems.append(doc.locate(problem))
@@ -453,11 +455,15 @@ def load(
     return cfg
 
 
-def message(error: Mapping[str, Any]) -> str:
-    """A pydantic error's message as the config reports it (``unknown key``...)."""
+def message(error: Mapping[str, Any], model: type[BaseModel] | None = None) -> str:
+    """A pydantic error's message as the config reports it (``unknown key``...).
+
+    With the ``model`` that was validated, an unknown key gets a did-you-mean from the keys
+    of the model at that level (``unknown key (did you mean 'max_live_calls'?)``).
+    """
     kind = error.get("type")
     if kind == "extra_forbidden":
-        return "unknown key"
+        return "unknown key" + (_key_hint(error, model) if model is not None else "")
     if kind == "missing":
         return "required key is missing"
     text = str(error.get("msg", "invalid"))
@@ -465,3 +471,59 @@ def message(error: Mapping[str, Any]) -> str:
 
 
 _message = message
+
+
+def known_keys(model: type[BaseModel], path: Sequence[str | int]) -> list[str] | None:
+    """The keys (aliases where a field has one) of the model found at ``path`` inside
+    ``model``, following fields, list items and mapping values; None if no model is there."""
+    annotation: Any = model
+    for part in path:
+        annotation = _step(annotation, part)
+        if annotation is None:
+            return None
+    found = _model_of(annotation)
+    if found is None:
+        return None
+    return [info.alias or name for name, info in found.model_fields.items()]
+
+
+def _key_hint(error: Mapping[str, Any], model: type[BaseModel]) -> str:
+    loc = [p for p in error.get("loc", ()) if isinstance(p, str | int)]
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    keys = known_keys(model, loc[:-1])
+    close = difflib.get_close_matches(loc[-1], keys or [], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation stands for: itself, inside ``Annotated``, or the one model of
+    a union such as ``CallingWindow | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _model_of(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        models = [m for m in map(_model_of, get_args(annotation)) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _step(annotation: Any, part: str | int) -> Any:
+    """The annotation one key or index further in (None when it cannot be told)."""
+    found = _model_of(annotation)
+    if found is not None:
+        for name, info in found.model_fields.items():
+            if part in (name, info.alias):
+                return info.annotation
+        return None
+    origin = get_origin(annotation)
+    args = get_args(annotation)
+    if origin is Annotated:
+        return _step(args[0], part)
+    if origin in (list, tuple, Sequence) and isinstance(part, int) and args:
+        return args[0]
+    if origin in (dict, Mapping) and len(args) == 2:
+        return args[1]
+    return None

@@ -322,6 +322,12 @@ class Intake:
             if self.metrics is not None:
                 self.metrics.webhook_mismatches.inc()
         if result.outcome is Ingest.STALE:
-            bound.info("intake.stale")
+            # A status short of final only repeats what the call has reached or passed (nearly
+            # every call: the placement's answer said `initiated` before the webhook did), a
+            # harmless repeat; a final status after the call ended may contradict its outcome.
+            if parsed.status.terminal:
+                bound.info("intake.stale")
+            else:
+                bound.debug("intake.stale")
         self.publish(result.events)
         return web.json_response({"ok": True, "outcome": result.outcome.value})

@@ -125,6 +125,8 @@ EVENT_TYPES = (
     "account.balance_low",
     "account.unauthorized",
     "campaign.paused",
+    "campaign.budget_reached",
+    "campaign.completed",
 )
 
 

@@ -1,7 +1,10 @@
 """The commands that talk to a running daemon's control API (``api.listen`` and ``api.token``
 from ``--config``): ``campaign``, ``status``, ``deliveries`` and ``dnc``. Exit status: 0 done;
-1 refused by the daemon (the code and message are on stderr); 2 usage or config error; 4 the
-daemon is unreachable or its store unavailable."""
+1 refused by the daemon, or an id it had nothing to do for (the reason is on stderr); 2 usage
+or config error; 4 the daemon is unreachable or its store unavailable.
+
+Importing this module costs only the standard library (the CLI builds its parser from it for
+every command, ``--help`` too): httpx and the config are imported when a command runs."""
 
 from __future__ import annotations
 
@@ -10,17 +13,22 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import httpx
-
-from orchestrator import config, exceptions
+from orchestrator import exceptions
 from orchestrator.exceptions import CommandFailed
 
+if TYPE_CHECKING:
+    import httpx
+
 COMMANDS = ("campaign", "status", "deliveries", "dnc")
+#: The campaign states ``campaign list`` and ``status`` show unless ``--all`` (still working).
+OPEN = ("active", "paused")
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 4
 CHUNK = 1 << 16
 MEDIA = {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson"}
+#: Why the daemon skipped an id of a replay (its answer does not tell the two cases apart).
+NOT_DEAD = "not replayed: no dead letter has this id (no delivery has it, or it is pending or done)"
 
 IMPORT_EXAMPLE = """\
 examples:
@@ -38,6 +46,10 @@ class DaemonApi:
     """An authenticated client of the daemon's control API."""
 
     def __init__(self, config_path: Path, *, read_timeout: float | None = 30.0) -> None:
+        import httpx
+
+        from orchestrator import config
+
         cfg = config.load(config_path)
         if cfg.api.token is None:
             raise exceptions.ConfigError(f"{config_path}: set api.token to use the control API")
@@ -48,7 +60,7 @@ class DaemonApi:
         elif ":" in host:
             host = f"[{host}]"
         self.base = f"http://{host}:{port}"
-        self.http = httpx.Client(
+        self.http: httpx.Client = httpx.Client(
             base_url=self.base,
             headers={"Authorization": f"Bearer {cfg.api.token.get_secret_value()}"},
             timeout=httpx.Timeout(30.0, connect=5.0, read=read_timeout),
@@ -62,6 +74,8 @@ class DaemonApi:
 
     def request(self, method: str, path: str, **options: Any) -> Any:
         """The JSON answer of a 2xx, else :class:`~orchestrator.exceptions.CommandFailed`."""
+        import httpx
+
         try:
             response = self.http.request(method, path, **options)
         except httpx.TransportError as exc:
@@ -115,9 +129,36 @@ def add_commands(commands: Any) -> None:
         description="Campaigns on a running daemon.",
     )
     actions = campaign.add_subparsers(dest="action", required=True, metavar="ACTION")
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--settings", help="the settings as JSON (or @FILE); flags override it")
+    flags.add_argument(
+        "--from",
+        dest="from_",
+        action="append",
+        default=[],
+        metavar="NUMBER",
+        help="a caller id of the pool (repeatable; default: defaults.from)",
+    )
+    flags.add_argument("--agent", help="agent id")
+    flags.add_argument("--purpose", help="purpose of the calls (a row's purpose wins)")
+    flags.add_argument("--goal", help="goal of the calls (a row's goal wins)")
+    flags.add_argument("--template", help="call template id")
+    flags.add_argument("--window", type=_window, help="calling window HH:MM-HH:MM, local time")
+    flags.add_argument("--days", help="days of the window, e.g. mon,tue,wed,thu,fri")
+    flags.add_argument("--time-zone", help="the window's zone (default: each number's own)")
+    flags.add_argument("--max-attempts", type=int, help="attempts per call at most")
+    flags.add_argument("--priority", type=int, help="-100 to 100 (higher is dialled first)")
+    flags.add_argument("--share", type=float, help="weight among campaigns dialling at once")
+    flags.add_argument("--budget", type=float, help="pause when this much is spent")
+    flags.add_argument("--price-per-minute", type=float, help="for spend and the budget")
+    flags.add_argument(
+        "--expected-call-minutes",
+        type=float,
+        help="what a call is taken to last for the budget until the campaign's own calls tell",
+    )
     imp = actions.add_parser(
         "import",
-        parents=[daemon],
+        parents=[daemon, flags],
         help="import a CSV or JSON-lines file as a new campaign (or into one)",
         description="Stream FILE (- for stdin) to the daemon: a new campaign named --name, or "
         "more rows for the campaign --into. Prints what was queued and the rows refused.",
@@ -137,28 +178,18 @@ def add_commands(commands: Any) -> None:
         metavar="FIELD=COLUMN",
         help="read FIELD (to, from, purpose, ..., metadata.KEY) from COLUMN (repeatable)",
     )
-    imp.add_argument("--settings", help="the settings as JSON (or @FILE); flags override it")
-    imp.add_argument(
-        "--from",
-        dest="from_",
-        action="append",
-        default=[],
-        metavar="NUMBER",
-        help="a caller id of the pool (repeatable; default: defaults.from)",
+    sets = actions.add_parser(
+        "set",
+        parents=[daemon, flags],
+        help="change a campaign's settings (a raised budget resumes it)",
+        description="Change some of a campaign's settings; the others stay. Validated as at "
+        "import. A campaign paused for its budget resumes when the new budget pays for a call.",
     )
-    imp.add_argument("--agent", help="agent id")
-    imp.add_argument("--purpose", help="purpose of the calls (a row's purpose wins)")
-    imp.add_argument("--goal", help="goal of the calls (a row's goal wins)")
-    imp.add_argument("--template", help="call template id")
-    imp.add_argument("--window", type=_window, help="calling window HH:MM-HH:MM, local time")
-    imp.add_argument("--days", help="days of the window, e.g. mon,tue,wed,thu,fri")
-    imp.add_argument("--time-zone", help="the window's zone (default: each number's own)")
-    imp.add_argument("--max-attempts", type=int, help="attempts per call at most")
-    imp.add_argument("--priority", type=int, help="-100 to 100 (higher is dialled first)")
-    imp.add_argument("--share", type=float, help="weight among campaigns dialling at once")
-    imp.add_argument("--budget", type=float, help="pause when this much is spent")
-    imp.add_argument("--price-per-minute", type=float, help="for spend and the budget")
-    actions.add_parser("list", parents=[daemon], help="campaigns, newest first")
+    sets.add_argument("id", help="the campaign id")
+    listing_campaigns = actions.add_parser("list", parents=[daemon], help="campaigns")
+    listing_campaigns.add_argument(
+        "--all", action="store_true", help="completed and canceled ones too"
+    )
     for name, text in (
         ("show", "a campaign's settings and progress"),
         ("errors", "the rows its imports refused"),
@@ -174,6 +205,8 @@ def add_commands(commands: Any) -> None:
         sub.add_argument("id", help="the campaign id")
         if name in ("pause", "cancel"):
             sub.add_argument("--reason", help="why (shown with the campaign)")
+        if name == "show":
+            _watch_flags(sub, "until the campaign is completed or canceled")
         if name == "cancel":
             sub.add_argument(
                 "--hangup", action="store_true", help="hang its live calls up at the provider too"
@@ -184,13 +217,15 @@ def add_commands(commands: Any) -> None:
             )
             sub.add_argument("--limit", type=int, default=100)
 
-    commands.add_parser(
+    status = commands.add_parser(
         "status",
         parents=[daemon],
         help="live calls, queue, dialing and provider state, campaigns, rates",
         description="A running daemon's view: the fleet's live calls, queue depth and dialing "
         "state, the provider, campaigns, and this daemon's counters and rates.",
     )
+    status.add_argument("--all", action="store_true", help="completed and canceled campaigns too")
+    _watch_flags(status, "until Ctrl-C")
 
     deliveries = commands.add_parser(
         "deliveries", help="list or replay handler deliveries (dead letters)"
@@ -225,6 +260,17 @@ def add_commands(commands: Any) -> None:
     listing.add_argument("--limit", type=int, default=100)
 
 
+def _watch_flags(parser: argparse.ArgumentParser, until: str) -> None:
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help=f"keep showing it, {until} (redrawn on a terminal, a line per change otherwise)",
+    )
+    parser.add_argument(
+        "--every", type=float, default=1.0, metavar="SECONDS", help="with --watch: how often"
+    )
+
+
 # -- running -----------------------------------------------------------------------------------
 
 
@@ -237,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
             if args.command == "campaign":
                 return _campaign(api, args)
             if args.command == "status":
-                return _print(args, api.request("GET", "/v1/status"), _status_text)
+                return _status(api, args)
             if args.command == "deliveries":
                 return _deliveries(api, args)
             return _dnc(api, args)
@@ -251,12 +297,44 @@ def _print(args: argparse.Namespace, answer: Any, text: Any) -> int:
     return EXIT_OK
 
 
+def _status(api: DaemonApi, args: argparse.Namespace) -> int:
+    params = {"campaigns": "all"} if args.all else None
+
+    def fetch() -> dict[str, Any]:
+        return dict(api.request("GET", "/v1/status", params=params))
+
+    if args.watch and not args.json:
+        from orchestrator import watch
+
+        return watch.watch(fetch, text=_status_text, line=watch.status_line, every=args.every)
+    return _print(args, fetch(), _status_text)
+
+
 def _campaign(api: DaemonApi, args: argparse.Namespace) -> int:
     if args.action == "list":
-        return _print(args, api.request("GET", "/v1/campaigns"), _campaigns_text)
+        answer = api.request("GET", "/v1/campaigns")
+        if not args.all:
+            answer["campaigns"] = [c for c in answer["campaigns"] if c["status"] in OPEN]
+        return _print(args, answer, _campaigns_text)
     path = f"/v1/campaigns/{args.id}"
     if args.action == "show":
+        if args.watch and not args.json:
+            from orchestrator import watch
+
+            return watch.watch(
+                lambda: dict(api.request("GET", path)),
+                text=_campaign_text,
+                line=watch.campaign_line,
+                done=lambda c: c["status"] in watch.FINAL_CAMPAIGN,
+                every=args.every,
+            )
         return _print(args, api.request("GET", path), _campaign_text)
+    if args.action == "set":
+        changes = settings_from(args)
+        if not changes:
+            raise CommandFailed(EXIT_USAGE, "give the settings to change (--budget N, ...)")
+        answer = api.request("PATCH", path, json=changes)
+        return _print(args, answer, _set_text)
     if args.action == "errors":
         params = {"after": args.after, "limit": args.limit}
         return _print(args, api.request("GET", path + "/errors", params=params), _errors_text)
@@ -272,7 +350,9 @@ def _deliveries(api: DaemonApi, args: argparse.Namespace) -> int:
         params: dict[str, Any] = {"state": args.state, "limit": args.limit}
         if args.route:
             params["route"] = args.route
-        return _print(args, api.request("GET", "/v1/deliveries", params=params), _deliveries_text)
+        width = _terminal_width()
+        answer = api.request("GET", "/v1/deliveries", params=params)
+        return _print(args, answer, lambda a: deliveries_text(a, width=width))
     if bool(args.ids) == args.all_dead:
         raise CommandFailed(EXIT_USAGE, "give delivery ids or --all-dead")
     if args.route and not args.all_dead:
@@ -281,16 +361,31 @@ def _deliveries(api: DaemonApi, args: argparse.Namespace) -> int:
     if args.route:
         body["route"] = args.route
     answer = api.request("POST", "/v1/deliveries/replay", json=body)
+    _print(args, answer, _replay_text)
+    # An id the daemon skipped was not replayed: say so for each, and fail as a refusal does
+    # (a script that replays a list of ids must not take a typo for a success).
+    skipped = answer.get("skipped") or []
+    for delivery_id in skipped:
+        print(f"orchestrator: {delivery_id}: {NOT_DEAD}", file=sys.stderr)
+    return EXIT_REFUSED if skipped else EXIT_OK
 
-    def text(a: dict[str, Any]) -> str:
-        lines = [f"replayed {a['replayed']} deliver{'y' if a['replayed'] == 1 else 'ies'}"]
-        if a["skipped"]:
-            lines.append(f"not dead (skipped): {' '.join(a['skipped'])}")
-        if a["more"]:
-            lines.append("more dead letters remain: run it again")
-        return "\n".join(lines)
 
-    return _print(args, answer, text)
+def _replay_text(answer: dict[str, Any]) -> str:
+    count = answer["replayed"]
+    lines = [f"replayed {count} deliver{'y' if count == 1 else 'ies'}"]
+    if answer.get("more"):
+        lines.append("more dead letters remain: run it again")
+    return "\n".join(lines)
+
+
+def _terminal_width() -> int | None:
+    """The terminal's width when stdout is one (text is wrapped to fit), else None (a pipe or a
+    file gets each row on one line, whatever its length)."""
+    if not sys.stdout.isatty():
+        return None
+    import shutil
+
+    return shutil.get_terminal_size().columns
 
 
 def _dnc_text(answer: dict[str, Any]) -> str:
@@ -346,6 +441,7 @@ def settings_from(args: argparse.Namespace) -> dict[str, Any]:
         "share": args.share,
         "budget": args.budget,
         "price_per_minute": args.price_per_minute,
+        "expected_call_minutes": args.expected_call_minutes,
     }
     settings.update({k: v for k, v in flags.items() if v is not None})
     if args.window or args.days or args.time_zone:
@@ -416,19 +512,60 @@ def _flag_values(args: argparse.Namespace) -> Sequence[Any]:
         args.share,
         args.budget,
         args.price_per_minute,
+        args.expected_call_minutes,
     ]
 
 
 # -- text --------------------------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Columns padded to their widest cell (``-`` for None)."""
+#: The narrowest the last column of a table is wrapped to: when the columns before it leave
+#: less room on the terminal, it goes under each row instead, indented by :data:`UNDER`.
+MIN_WRAP = 30
+UNDER = "    "
+
+
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, width: int | None = None
+) -> str:
+    """Columns padded to their widest cell (``-`` for None); the last column is never cut.
+
+    A line break in a last cell goes on a continuation line under the column. With ``width``
+    (a terminal's), the last cells are also wrapped at spaces to fit it, a word longer than the
+    room (a URL, say) kept whole; if the other columns leave less than :data:`MIN_WRAP`, each
+    row's last cell goes on the lines under the row instead, indented by :data:`UNDER`.
+    """
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
-    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
-    lines = [headers, *cells]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-                     for line in lines)  # fmt: skip
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers[:-1])]
+    indent = " " * (sum(widths) + 2 * len(widths))
+    under = width is not None and width - len(indent) < MIN_WRAP
+    if under:
+        indent = UNDER
+    room = None if width is None else max(width - len(indent), MIN_WRAP)
+    lines = []
+    for number, row in enumerate([list(headers), *cells]):
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
+        last = [row[-1]] if number == 0 else _wrap(row[-1], room)
+        if under and number > 0:
+            lines.append("  ".join(padded).rstrip())
+            lines += [(indent + text).rstrip() for text in last if text]
+        else:
+            lines.append("  ".join([*padded, last[0]]).rstrip())
+            lines += [(indent + text).rstrip() for text in last[1:]]
+    return "\n".join(lines)
+
+
+def _wrap(text: str, room: int | None) -> list[str]:
+    """``text``'s lines, each wrapped at spaces to ``room`` columns (None: not wrapped)."""
+    import textwrap
+
+    out: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        if room is None or len(paragraph) <= room:
+            out.append(paragraph)
+        else:
+            out += textwrap.wrap(paragraph, room, break_long_words=False, break_on_hyphens=False)
+    return out
 
 
 def _money(value: float | None) -> str:
@@ -471,9 +608,19 @@ def _campaigns_text(answer: dict[str, Any]) -> str:
     return table(("ID", "NAME", "STATUS", "ROWS", "INVALID", "DIALED", "SPENT", "BUDGET"), rows)
 
 
+def _set_text(c: dict[str, Any]) -> str:
+    text = f"campaign {c['id']} ({c['name']}): {c['status']}"
+    if c["reason"]:
+        text += f" ({c['reason']})"
+    if c["budget"] is not None:
+        text += f", spent {_money(c['spent'])} of {_money(c['budget'])}"
+    return text
+
+
 def _campaign_text(c: dict[str, Any]) -> str:
     progress = c.get("progress") or {}
-    by_status = ", ".join(f"{k} {v}" for k, v in sorted(progress.get("by_status", {}).items()))
+    by_state = progress.get("by_state") or progress.get("by_status") or {}
+    by_status = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items()))
     spent = _money(c["spent"])
     if c["budget"] is not None:
         spent += f" of {_money(c['budget'])} ({_money(c['budget_left'])} left)"
@@ -484,7 +631,7 @@ def _campaign_text(c: dict[str, Any]) -> str:
         ("status", status),
         ("rows", f"{c['rows']['total']} ({c['rows']['invalid']} refused)"),
         ("calls", f"{progress.get('calls', 0)}" + (f": {by_status}" if by_status else "")),
-        ("attempts", progress.get("attempts", 0)),
+        ("attempts", f"{progress.get('attempts', 0)} made"),
         ("dialed", c["dialed"]),
         ("spent", spent),
         ("settings", json.dumps(settings, separators=(", ", ": "))),
@@ -500,21 +647,16 @@ def _errors_text(answer: dict[str, Any]) -> str:
     return "\n".join(lines) if lines else "no refused rows"
 
 
-def _deliveries_text(answer: dict[str, Any]) -> str:
+def deliveries_text(answer: dict[str, Any], *, width: int | None = None) -> str:
+    """``deliveries list`` as a table whose LAST ERROR is printed whole (an error's end often
+    names what failed), wrapped to ``width`` when given."""
     rows = [
-        (
-            d["id"],
-            d["route"],
-            d["state"],
-            d["tries"],
-            d["call_id"],
-            (d["last_error"] or "")[:60] or None,
-        )
+        (d["id"], d["route"], d["state"], d["tries"], d["call_id"], d["last_error"] or None)
         for d in answer["deliveries"]
     ]
     if not rows:
         return "no deliveries"
-    return table(("ID", "ROUTE", "STATE", "TRIES", "CALL", "LAST ERROR"), rows)
+    return table(("ID", "ROUTE", "STATE", "TRIES", "CALL", "LAST ERROR"), rows, width=width)
 
 
 def _status_text(s: dict[str, Any]) -> str:
@@ -530,14 +672,15 @@ def _status_text(s: dict[str, Any]) -> str:
     totals = s["totals"]
     placed = totals["placements"].get("placed", 0)
     errors = {k: v for k, v in totals["placements"].items() if k != "placed"}
-    dead = sum(v for k, v in totals["handler_failures"].items() if k.endswith("/dead"))
+    queue = s.get("queue") or {}
+    held = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in queue.items() if v)
     lines = [
         ("ready", "yes" if s["ready"] else "no"),
         ("provider", s["provider"]),
         ("store", s["store"]),
         ("dialing", state),
         ("live calls", s["live"]),
-        ("queued", s["queued"]),
+        ("queued", f"{s['queued']}" + (f" ({held})" if held else "")),
         (
             "rates",
             f"{rates['placed']:g} placed/min, {rates['placement_errors']:g} refused/min, "
@@ -550,7 +693,7 @@ def _status_text(s: dict[str, Any]) -> str:
             + "".join(f", {v:g} {k}" for k, v in sorted(errors.items()))
             + " (this daemon)",
         ),
-        ("dead letters", f"{dead:g} (this daemon)"),
+        ("dead letters", f"{s.get('dead_letters', 0)} now (the fleet's)"),
     ]
     text = "\n".join(f"{k:<14}{v}" for k, v in lines)
     campaigns = [

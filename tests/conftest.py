@@ -201,11 +201,13 @@ STORE_TIER = frozenset(
         "test_checks",
         "test_group_commit",
         "test_campaigns",
+        "test_campaign_lifecycle",
     }
 )
 ACCEPTANCE_TIER = frozenset(
     {
         "test_acceptance",
+        "test_campaign_budget",
         "test_backpressure",
         "test_campaign_api",
         "test_cli",

@@ -111,7 +111,12 @@ async def test_create_then_import_rows(api: Api) -> None:
     assert answer["campaign"]["rows"] == {"total": 3, "invalid": 1}
     assert api.queued  # the dialer was woken
     status, shown = await api.call("GET", f"/v1/campaigns/{campaign['id']}")
-    assert shown["progress"] == {"calls": 2, "by_status": {"queued": 2}, "attempts": 2}
+    assert shown["progress"] == {
+        "calls": 2,
+        "by_status": {"queued": 2},
+        "by_state": {"queued": 2},
+        "attempts": 0,
+    }
     status, calls = await api.call("GET", "/v1/calls", params={"campaign": campaign["id"]})
     assert [(c["to"], c["metadata"], c["purpose"]) for c in calls["calls"]] == [
         ("+14155550100", {"first": "Ann"}, "Reminder"),

@@ -47,7 +47,8 @@ async def test_import_queues_rows_in_bulk_and_records_bad_rows(store: Store) -> 
     assert await store.campaign_progress(campaign["id"]) == {
         "calls": 5,
         "by_status": {"queued": 5},
-        "attempts": 5,
+        "by_state": {"queued": 5},
+        "attempts": 0,  # none made yet: a queued attempt is not one
     }
     [error] = await store.campaign_errors(campaign["id"])
     assert (error["line"], error["reason"]) == (4, "invalid number: +1")

@@ -329,6 +329,17 @@ def daemon_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         sim.kill()
 
 
+def _closed_window() -> dict[str, object]:
+    """A calling window open on no day near today (in any zone): the calls wait, queued, and
+    the campaign stays active, neither dialled nor completed."""
+    import datetime
+
+    days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    today = datetime.datetime.now(datetime.UTC).weekday()
+    near = {days[(today + shift) % 7] for shift in (-1, 0, 1)}
+    return {"start": "09:00", "end": "17:00", "days": [d for d in days if d not in near]}
+
+
 @pytest.mark.slow
 def test_campaign_commands(daemon_config: Path, tmp_path: Path) -> None:
     cfg = str(daemon_config)
@@ -343,7 +354,8 @@ def test_campaign_commands(daemon_config: Path, tmp_path: Path) -> None:
     done = run(
         "campaign", "import", str(leads), "--name", "cli spring", "--config", cfg,
         "--map", "to=Phone", "--map", "metadata.first=First Name", "--purpose", "Reminder",
-        "--settings", '{"priority": 3}', "--budget", "100", "--price-per-minute", "0.5",
+        "--settings", json.dumps({"priority": 3, "window": _closed_window()}), "--budget",
+        "100", "--price-per-minute", "0.5",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     first, *rest = done.stdout.splitlines()
@@ -355,6 +367,7 @@ def test_campaign_commands(daemon_config: Path, tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     campaign = json.loads(shown.stdout)
     assert campaign["settings"]["priority"] == 3 and campaign["settings"]["purpose"] == "Reminder"
+    assert campaign["status"] == "active" and campaign["progress"]["by_state"] == {"queued": 3}
     assert campaign["budget"] == 100 and campaign["rows"] == {"total": 4, "invalid": 1}
     text = run("campaign", "show", campaign_id, "--config", cfg).stdout
     assert "status    active" in text and "rows      4 (1 refused)" in text

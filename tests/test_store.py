@@ -1133,7 +1133,7 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
               from_b="canceled", now=5)  # fmt: skip
     await change("count_campaign_rows", id="k1", total=10, invalid=2, now=6)
     await change("campaign_dialed", id="k1")
-    await run("campaign_spent", id="k1", cost=0.25, now=7)
+    await run("campaign_spent", id="k1", cost=0.25, seconds=150.0, now=7)
     for number in ("+15550000002", "+15550000001"):
         await change("add_do_not_call", number=number, reason=None, now=1)
     await run("list_do_not_call", after="", limit=10)
@@ -1163,6 +1163,26 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
                  campaign="k1")  # fmt: skip
     await run("get_call", id="b1")
     await run("get_attempt", id="ba1")
+    await run("campaign_progress", campaign="k1")
+    await run("campaign_live")
+    await run("set_campaign_settings", id="k1", settings='{"priority": 3}', priority=3, share=1.0,
+              budget=2.5, price_per_minute=0.2, now=10)  # fmt: skip
+    await run("set_campaign_settings", id="nope", settings="{}", priority=0, share=1.0,
+              budget=None, price_per_minute=0.0, now=10)  # fmt: skip
+    await change("reprioritize_campaign_queue", campaign="k1", priority=3)
+    await run("get_attempt", id="ba1")
+    await change("set_campaign_importing", id="k2", until=20.0)
+    await run("unfinished_campaigns", now=10)
+    await run("unfinished_campaigns", now=30)
+    await run("campaign_open_call", campaign="k1")
+    await run("campaign_open_call", campaign="k2")
+    await run("campaign_pending_delivery", campaign="k1")
+    await run("campaign_pending_delivery", campaign="x")
+    await run("campaign_last_call", campaign="k1")
+    await run("campaign_last_call", campaign="k2")
+    await run("queued_by_hold", now=5)
+    await run("queued_by_hold", now=50)
+    await run("count_dead_deliveries")
     await run("insert_receipt", id="r", now=1, body="b")
     await run("insert_receipt", id="r", now=2, body="c")
     await change("update_receipt", id="r", attempt_id="a0", outcome="applied")

@@ -20,7 +20,14 @@ from orchestrator import exceptions, imports
 from orchestrator.api.common import error, invalid, parse_limit, read_json
 from orchestrator.connectors.protocol import Row
 from orchestrator.model import finite, iso, load_json, unstorable
-from orchestrator.store.campaigns import CampaignSettings, CampaignStatus, RowError
+from orchestrator.store.campaigns import (
+    BUDGET_REACHED,
+    CampaignSettings,
+    CampaignStatus,
+    RowError,
+    budget_allows,
+    call_cost,
+)
 
 if TYPE_CHECKING:
     from orchestrator.api.server import ControlApi
@@ -67,6 +74,8 @@ def campaign_json(row: Row, progress: Mapping[str, Any] | None = None) -> dict[s
         "spent": round(spent, 4),
         "budget": budget,
         "budget_left": round(max(0.0, budget - spent), 4) if budget is not None else None,
+        # What one more call is expected to cost (the budget counts live calls at this).
+        "expected_call_cost": round(call_cost(row), 4),
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }
@@ -107,6 +116,7 @@ class CampaignRoutes:
         router.add_post("/v1/campaigns", self.create)
         router.add_get("/v1/campaigns", self.list)
         router.add_get("/v1/campaigns/{id}", self.show)
+        router.add_patch("/v1/campaigns/{id}", self.update)
         router.add_post("/v1/campaigns/{id}/rows", self.rows)
         router.add_get("/v1/campaigns/{id}/errors", self.errors)
         router.add_post("/v1/campaigns/{id}/{action:pause|resume|cancel}", self.transition)
@@ -242,6 +252,9 @@ class CampaignRoutes:
             )
         finally:
             await batches.aclose()
+            if import_no is not None and campaign_id is not None:
+                # All its chunks are in (or it broke off): the campaign may complete.
+                await self.store.end_import(campaign_id)
         log.info(
             "api.campaign_imported",
             campaign=campaign_id,
@@ -272,6 +285,43 @@ class CampaignRoutes:
             return error(404, "NOT_FOUND", "no such campaign")
         progress = await self.store.campaign_progress(campaign_id)
         return web.json_response(campaign_json(row, progress))
+
+    async def update(self, request: web.Request) -> web.Response:
+        """``PATCH``: change some settings (the rest stay), validated as at creation. Raising
+        the budget of a campaign paused for its budget resumes it."""
+        campaign_id = request.match_info["id"]
+        payload = await read_json(request)
+        if isinstance(payload, web.Response):
+            return payload
+        if isinstance(payload, dict) and set(payload) == {"settings"}:
+            payload = payload["settings"]  # the shape creation takes
+        if not isinstance(payload, dict) or not payload:
+            return error(400, "INVALID_REQUEST", "the body is an object of the settings to change")
+        problem = unstorable(payload)
+        if problem is not None:
+            return error(400, "INVALID_REQUEST", f"{problem[0]}: {problem[1]}", fields=[problem[0]])
+        row = await self.store.campaign(campaign_id)
+        if row is None:
+            return error(404, "NOT_FOUND", "no such campaign")
+        if row["status"] == CampaignStatus.CANCELED:
+            return error(409, "CAMPAIGN_CANCELED", "a canceled campaign cannot be changed")
+        patch = _aliased(payload)
+        assert isinstance(patch, dict)
+        merged = {**json.loads(row["settings"]), **patch}
+        try:
+            settings = CampaignSettings.model_validate(merged)
+        except ValidationError as exc:
+            return invalid(exc)
+        except exceptions.InputError as exc:  # a caller id of the pool
+            return error(400, exc.code, exc.message, fields=["settings.from_numbers"])
+        updated = await self.store.set_campaign(campaign_id, settings)
+        if updated is None:
+            return error(409, "CAMPAIGN_CANCELED", "a canceled campaign cannot be changed")
+        if updated["status"] == CampaignStatus.ACTIVE:
+            self.api.on_queued()
+        log.info("api.campaign_updated", campaign=campaign_id, changed=sorted(payload))
+        progress = await self.store.campaign_progress(campaign_id)
+        return web.json_response(campaign_json(updated, progress))
 
     async def errors(self, request: web.Request) -> web.Response:
         """The rows the imports refused, by line; ``next`` is the cursor for ``after``."""
@@ -316,8 +366,19 @@ class CampaignRoutes:
             reason, hangup = body.reason, body.hangup
         if hangup and action != "cancel":
             return error(400, "INVALID_REQUEST", "hangup: only a cancel hangs calls up")
-        if await self.store.campaign(campaign_id) is None:
+        current = await self.store.campaign(campaign_id)
+        if current is None:
             return error(404, "NOT_FOUND", "no such campaign")
+        spent = str(current["reason"] or "").startswith(BUDGET_REACHED)
+        if action == "resume" and spent and not budget_allows(current):
+            # Resumed as it is, the next claim would pause it again at once.
+            return error(
+                409,
+                "BUDGET_REACHED",
+                f"{current['reason']}: raise the budget (PATCH /v1/campaigns/{campaign_id} "
+                '{"budget": N}, or orchestrator campaign set ID --budget N) and it resumes',
+                campaign_status=str(current["status"]),
+            )
         if action == "pause":
             row = await self.store.pause_campaign(
                 campaign_id, reason=reason or "paused through the API"

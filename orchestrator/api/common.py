@@ -22,6 +22,28 @@ def error(status: int, code: str, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": body}, status=status)
 
 
+#: The codes of the answers aiohttp raises itself (routing, body size); others are named
+#: after their reason (``Bad Request``: ``BAD_REQUEST``).
+HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "TOO_LARGE"}
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """``exc`` (an error aiohttp raised, e.g. 404 for an unknown path, 405 for a wrong method)
+    in the API's error shape; a 405 keeps its ``Allow`` header and lists the methods."""
+    code = HTTP_CODES.get(exc.status) or exc.reason.upper().replace(" ", "_").replace("-", "_")
+    extra: dict[str, Any] = {}
+    message = exc.reason
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        extra["allowed"] = sorted(exc.allowed_methods)
+        message = f"{exc.method} is not allowed here; allowed: {', '.join(extra['allowed'])}"
+    elif exc.status == 404 and message == "Not Found":
+        message = "no such route"
+    answer = error(exc.status, code, message, **extra)
+    if "Allow" in exc.headers:
+        answer.headers["Allow"] = exc.headers["Allow"]
+    return answer
+
+
 def utf8(text: str) -> bool:
     """False for a header value that was not UTF-8 (aiohttp keeps such bytes as surrogates)."""
     try:

@@ -16,6 +16,7 @@ from orchestrator import exceptions, phone
 from orchestrator.api.campaigns import campaign_json
 from orchestrator.api.common import error, invalid, parse_limit, read_json
 from orchestrator.model import iso, unstorable
+from orchestrator.store.campaigns import CampaignStatus
 from orchestrator.store.rows import DeliveryRecord
 
 if TYPE_CHECKING:
@@ -210,14 +211,23 @@ class OperationsRoutes:
         """Live calls, queue depth, the fleet's dialing state, the provider, the campaigns and
         this daemon's counters and rates."""
         gauges = await self.store.gauges()
+        holds = await self.store.queue_holds()
         state = await self.store.dialing_state()
         ready, detail = await self.api.ready()
-        campaigns = await self.store.campaigns(limit=20)
+        every = request.query.get("campaigns") == "all"
+        campaigns = [
+            c
+            for c in await self.store.campaigns(limit=100 if every else 200)
+            if every or c["status"] in CampaignStatus.OPEN
+        ][:20]
         totals = self._totals()
         return web.json_response(
             {
                 "live": gauges["live"],
                 "queued": gauges["queued"],
+                # What holds the queued calls: they add up to "queued".
+                "queue": {k: v for k, v in holds.items() if k != "dead_letters"},
+                "dead_letters": holds["dead_letters"],
                 "dialing": {
                     "paused": bool(state["reason"]),
                     "reason": state["reason"],

@@ -1,6 +1,7 @@
 """The control API's application: bearer-token authentication, the health checks, metrics, and
 the routes of :mod:`.calls`, :mod:`.campaigns` and :mod:`.operations`. Every route but the
-health checks needs ``Authorization: Bearer <api.token>``."""
+health checks needs ``Authorization: Bearer <api.token>``. Every error is JSON in one shape
+(:func:`.common.error`), aiohttp's own 404 and 405 included."""
 
 from __future__ import annotations
 
@@ -14,12 +15,25 @@ from aiohttp import web
 from orchestrator import config, exceptions
 from orchestrator.api.calls import CallRoutes
 from orchestrator.api.campaigns import CampaignRoutes
-from orchestrator.api.common import MAX_BODY, Handler, error
+from orchestrator.api.common import MAX_BODY, Handler, error, http_error
 from orchestrator.api.operations import OperationsRoutes
 from orchestrator.metrics import CONTENT_TYPE_LATEST, Metrics
 from orchestrator.store import Store
 
 log = structlog.get_logger(__name__)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The errors aiohttp raises (404 for an unknown path, 405 for a wrong method, ...) in the
+    API's JSON error shape. It wraps the authentication, which still answers first: a request
+    without the token gets its 401 whatever the path, as before."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_error(exc)
 
 
 class ControlApi:
@@ -44,7 +58,7 @@ class ControlApi:
 
     def app(self) -> web.Application:
         """The API application."""
-        app = web.Application(middlewares=[self._auth], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[_json_errors, self._auth], client_max_size=MAX_BODY)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_text)

@@ -21,11 +21,11 @@ from typing import Any
 
 from orchestrator import exceptions
 from orchestrator.connectors import protocol as connector
+from orchestrator.connectors.memory_campaigns import CampaignQueries
 from orchestrator.connectors.memory_tables import (
     ABANDONED,
     Params,
     Result,
-    Storage,
     eq,
     le,
     lengthen,
@@ -38,7 +38,7 @@ from orchestrator.connectors.memory_tables import (
 from orchestrator.connectors.protocol import Row
 
 
-class _Database(Storage):
+class _Database(CampaignQueries):
     """Every named query of ``queries.sql``, in Python, over the tables of :class:`Storage`."""
 
     # -- calls ---------------------------------------------------------------------------
@@ -215,132 +215,6 @@ class _Database(Storage):
         return self._select([{"from_number": k, "n": n} for k, n in counts.items()])
 
     # -- campaigns ---------------------------------------------------------------------------
-
-    def active_campaigns(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: eq(r["status"], "active"))
-        return self._select(ordered(rows, "id"))
-
-    def insert_campaign(self, p: Params) -> Result:
-        values = pick(p, "id name status settings priority share budget price_per_minute")
-        values |= {"reason": None, "spent": 0, "dialed": 0, "rows_total": 0, "rows_invalid": 0}
-        values |= {"created_at": p["now"], "updated_at": p["now"]}
-        return self._one(self._insert("campaigns", values))
-
-    def get_campaign(self, p: Params) -> Result:
-        return self._select(self._where("campaigns", lambda r: eq(r["id"], p["id"])))
-
-    def list_campaigns(self, p: Params) -> Result:
-        rows = ordered(self.tables["campaigns"].values(), "-created_at", "id")
-        return self._select(take(rows, p["limit"]))
-
-    def set_campaign_status(self, p: Params) -> Result:
-        rows = self._where(
-            "campaigns",
-            lambda r: (
-                eq(r["id"], p["id"])
-                and (eq(r["status"], p["from_a"]) or eq(r["status"], p["from_b"]))
-            ),
-        )
-        changes = {"status": p["status"], "reason": p["reason"], "updated_at": p["now"]}
-        updated = self._update("campaigns", rows, lambda r: changes)
-        return updated, len(updated)
-
-    def count_campaign_rows(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
-
-        def changes(row: Row) -> Params:
-            return {
-                "rows_total": row["rows_total"] + p["total"],
-                "rows_invalid": row["rows_invalid"] + p["invalid"],
-                "updated_at": p["now"],
-            }
-
-        return [], len(self._update("campaigns", rows, changes))
-
-    def campaign_dialed(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
-        return [], len(self._update("campaigns", rows, lambda r: {"dialed": r["dialed"] + 1}))
-
-    def campaign_spent(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
-        updated = self._update(
-            "campaigns", rows, lambda r: {"spent": r["spent"] + p["cost"], "updated_at": p["now"]}
-        )
-        return updated, len(updated)
-
-    def begin_import(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
-        updated = self._update(
-            "campaigns", rows, lambda r: {"imports": r["imports"] + 1, "updated_at": p["now"]}
-        )
-        return [{"imports": r["imports"]} for r in updated], len(updated)
-
-    def insert_campaign_error(self, p: Params) -> Result:
-        values = {
-            "pk": f"{p['campaign_id']}\0{p['import_no']}\0{p['line']}",
-            **pick(p, "campaign_id import_no line reason"),
-        }
-        row = self._insert("campaign_errors", values, on_conflict=("pk",))
-        return [], 0 if row is None else 1
-
-    def list_campaign_errors(self, p: Params) -> Result:
-        after = (p["after_import"], p["after_line"])
-
-        def wanted(r: Row) -> bool:
-            return eq(r["campaign_id"], p["campaign_id"]) and (
-                lt(after[0], r["import_no"])
-                or (eq(after[0], r["import_no"]) and lt(after[1], r["line"]))
-            )
-
-        out = [
-            {k: r[k] for k in ("campaign_id", "import_no", "line", "reason")}
-            for r in self._where("campaign_errors", wanted)
-        ]
-        return self._select(take(ordered(out, "import_no", "line"), p["limit"]))
-
-    def campaign_progress(self, p: Params) -> Result:
-        groups: dict[Any, list[int]] = {}
-        for row in self._where("calls", lambda r: eq(r["campaign"], p["campaign"])):
-            calls, attempts = groups.setdefault(row["status"], [0, 0])
-            groups[row["status"]] = [calls + 1, attempts + row["attempts"]]
-        return self._select(
-            [{"status": k, "calls": v[0], "attempts": v[1]} for k, v in groups.items()]
-        )
-
-    def cancel_campaign_calls(self, p: Params) -> Result:
-        rows = self._where(
-            "calls", lambda r: eq(r["campaign"], p["campaign"]) and eq(r["status"], "queued")
-        )
-        changes = {"status": "canceled", "reason": "CAMPAIGN_CANCELED"}
-        changes |= {"ended_at": p["now"], "updated_at": p["now"]}
-        return [], len(self._update("calls", rows, lambda r: changes))
-
-    def cancel_campaign_queue(self, p: Params) -> Result:
-        rows = self._where(
-            "attempts",
-            lambda r: eq(r["campaign"], p["campaign"]) and eq(r["status"], "queued"),
-        )
-        changes = {"status": "canceled", "error_code": "CAMPAIGN_CANCELED"}
-        changes |= {"error_message": p["reason"], "ended_at": p["now"]}
-        return [], len(self._update("attempts", rows, lambda r: changes))
-
-    def is_do_not_call(self, p: Params) -> Result:
-        rows = self._where("do_not_call", lambda r: eq(r["number"], p["number"]))
-        return self._select([{"number": r["number"], "reason": r["reason"]} for r in rows])
-
-    def add_do_not_call(self, p: Params) -> Result:
-        values = {"number": p["number"], "reason": p["reason"], "added_at": p["now"]}
-        row = self._insert("do_not_call", values, on_conflict=("number",))
-        return [], 0 if row is None else 1
-
-    def list_do_not_call(self, p: Params) -> Result:
-        rows = self._where("do_not_call", lambda r: lt(p["after"], r["number"]))
-        out = [{k: r[k] for k in ("number", "reason", "added_at")} for r in rows]
-        return self._select(take(ordered(out, "number"), p["limit"]))
-
-    def remove_do_not_call(self, p: Params) -> Result:
-        rows = self._where("do_not_call", lambda r: eq(r["number"], p["number"]))
-        return [], self._delete("do_not_call", rows)
 
     def any_due_attempt(self, p: Params) -> Result:
         due = self._where(

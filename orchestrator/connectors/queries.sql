@@ -177,8 +177,56 @@ WHERE id = :id;
 UPDATE campaigns SET dialed = dialed + 1 WHERE id = :id;
 
 -- name: campaign_spent
-UPDATE campaigns SET spent = spent + :cost, updated_at = :now WHERE id = :id
+-- A call of the campaign ended: its cost, and its length for the average a live call is
+-- expected to cost.
+UPDATE campaigns
+SET spent = spent + :cost, talk_seconds = talk_seconds + :seconds, talked = talked + 1,
+    updated_at = :now
+WHERE id = :id
 RETURNING *;
+
+-- name: campaign_live
+-- Live calls by campaign, for what they are expected to cost (a claim counts it).
+SELECT campaign, COUNT(*) AS live FROM attempts
+WHERE live = 1 AND campaign IS NOT NULL GROUP BY campaign ORDER BY campaign;
+
+-- name: set_campaign_settings
+-- PATCH: the settings and the columns the claim reads (a canceled campaign is not changed).
+UPDATE campaigns
+SET settings = :settings, priority = :priority, share = :share, budget = :budget,
+    price_per_minute = :price_per_minute, updated_at = :now
+WHERE id = :id AND status <> 'canceled'
+RETURNING *;
+
+-- name: reprioritize_campaign_queue
+UPDATE attempts SET priority = :priority WHERE campaign = :campaign AND status = 'queued';
+
+-- name: set_campaign_importing
+-- An import of the campaign is under way until :until (0: it ended).
+UPDATE campaigns SET importing_until = :until WHERE id = :id;
+
+-- name: unfinished_campaigns
+-- Campaigns that may have just finished: active or paused, with no import under way.
+SELECT * FROM campaigns
+WHERE status IN ('active', 'paused') AND importing_until <= :now
+ORDER BY id;
+
+-- name: campaign_open_call
+-- A call of the campaign not yet final (index calls_by_campaign_status: one probe a status).
+SELECT 1 AS open FROM calls
+WHERE campaign = :campaign AND status IN ('queued', 'dialing', 'initiated', 'ringing', 'in_progress')
+LIMIT 1;
+
+-- name: campaign_pending_delivery
+-- A delivery not yet done about one of the campaign's calls: a retry handler may yet queue
+-- the call again, so the campaign is not finished until its handlers are.
+SELECT 1 AS pending FROM deliveries d JOIN calls c ON c.id = d.call_id
+WHERE d.state = 'pending' AND c.campaign = :campaign
+LIMIT 1;
+
+-- name: campaign_last_call
+-- The call a campaign-wide event is about: the campaign's newest.
+SELECT * FROM calls WHERE campaign = :campaign ORDER BY id DESC LIMIT 1;
 
 -- name: begin_import
 -- The number of a new import into the campaign (its refused rows are kept under it).
@@ -196,8 +244,25 @@ WHERE campaign_id = :campaign_id
   AND (import_no > :after_import OR (import_no = :after_import AND line > :after_line))
 ORDER BY import_no, line LIMIT :limit;
 
+-- name: queued_by_hold
+-- Queued attempts by what holds them (status). Completed and canceled campaigns have none.
+SELECT CASE WHEN c.status = 'paused' THEN 'paused_campaign'
+            WHEN a.not_before > :now THEN 'later'
+            ELSE 'ready' END AS hold,
+       COUNT(*) AS n
+FROM attempts a LEFT JOIN campaigns c ON c.id = a.campaign
+WHERE a.status = 'queued'
+GROUP BY 1 ORDER BY 1;
+
+-- name: count_dead_deliveries
+-- Dead letters now (index deliveries_dead): replayed ones are pending again.
+SELECT COUNT(*) AS n FROM deliveries WHERE state = 'dead';
+
 -- name: campaign_progress
-SELECT status, COUNT(*) AS calls, SUM(attempts) AS attempts FROM calls
+-- Calls by status; retries: those past their first attempt (a queued one waits for a retry).
+SELECT status, COUNT(*) AS calls, SUM(attempts) AS attempts,
+       SUM(CASE WHEN attempts > 1 THEN 1 ELSE 0 END) AS retries
+FROM calls
 WHERE campaign = :campaign GROUP BY status;
 
 -- name: cancel_campaign_calls

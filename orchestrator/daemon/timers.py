@@ -1,4 +1,5 @@
-"""Due-time work: fires the watchdog timers and rescues placements abandoned by dead daemons."""
+"""Due-time work: fires the watchdog timers, rescues placements abandoned by dead daemons and
+marks finished campaigns completed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ log = structlog.get_logger(__name__)
 
 
 class Timekeeper:
-    """Fires due timers from the store, one transaction each; sweeps expired placement leases."""
+    """Fires due timers from the store, one transaction each; sweeps expired placement leases
+    and finished campaigns."""
 
     def __init__(
         self,
@@ -66,6 +68,10 @@ class Timekeeper:
             rescued = await self.store.rescue()
             if rescued:
                 log.warning("timers.rescued_abandoned_placements", count=rescued)
+            finished = await self.store.finish_campaigns()
+            for event in finished:
+                log.info("timers.campaign_completed", campaign=event.data.get("campaign"))
+            self.publish(finished)
         fired = 0
         # One timer per transaction until none is due (bounded so the sweep still runs).
         while fired < 100 and not self._stopping.is_set():

@@ -26,8 +26,8 @@ from pydantic import SecretStr
 
 from orchestrator import exceptions, phone
 from orchestrator.model import CallStatus
+from orchestrator.provider import DEFAULT_BASE_URL
 
-DEFAULT_BASE_URL = "https://mtxbiyilvgwhbdptysex.supabase.co"
 PLACE_CALL_PATH = "/functions/v1/initiate-bridged-call"
 GET_CALL_PATH = "/functions/v1/get-call"
 LIST_CALLS_PATH = "/functions/v1/list-calls"

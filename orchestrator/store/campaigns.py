@@ -19,17 +19,28 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator import exceptions, phone
 from orchestrator.connectors.protocol import Row
-from orchestrator.model import NewCall, new_id, new_token
+from orchestrator.model import Event, NewCall, new_id, new_token
 from orchestrator.store.ledger import Ledger
 from orchestrator.windows import CallingWindow
 
 
 class CampaignStatus:
-    """A campaign's states: only ``active`` campaigns are dialled."""
+    """A campaign's states: only ``active`` campaigns are dialled. ``completed``: every call
+    is final, its handlers are done with them and no import is under way (new rows make it
+    ``active`` again); ``canceled`` is for good."""
 
     ACTIVE = "active"
     PAUSED = "paused"
+    COMPLETED = "completed"
     CANCELED = "canceled"
+
+    #: The states a campaign is still working in (``status`` shows only these by default).
+    OPEN = ("active", "paused")
+
+
+#: Seconds an import is taken to be under way after its last chunk (a crashed import stops
+#: holding its campaign open after this).
+IMPORT_LEASE = 120.0
 
 
 class CampaignSettings(BaseModel):
@@ -52,6 +63,13 @@ class CampaignSettings(BaseModel):
     share: float = Field(default=1.0, gt=0, description="weight among campaigns dialling at once")
     budget: float | None = Field(default=None, ge=0, description="stop when this much is spent")
     price_per_minute: float = Field(default=0.0, ge=0, description="for spend and the budget")
+    expected_call_minutes: float = Field(
+        default=2.0,
+        gt=0,
+        le=600,
+        description="what a call is expected to last until the campaign's own calls tell "
+        "(the budget counts live calls at this, then at their average)",
+    )
 
     @field_validator("from_numbers")
     @classmethod
@@ -59,6 +77,35 @@ class CampaignSettings(BaseModel):
         for number in value:
             phone.validate_number(number, field="from_numbers")
         return value
+
+
+#: The call statuses between the claim and the final status.
+LIVE_STATUSES = frozenset({"dialing", "initiated", "ringing", "in_progress"})
+
+#: The reason a campaign paused for its budget starts with this (a raised budget resumes it).
+BUDGET_REACHED = "budget reached"
+
+
+def call_cost(campaign: Row) -> float:
+    """What one more call of ``campaign`` is expected to cost: its own average call length so
+    far (every ended call, unanswered ones too), or its ``expected_call_minutes`` before any
+    call has ended, at its price per minute."""
+    talked = int(campaign["talked"])
+    if talked > 0:
+        minutes = float(campaign["talk_seconds"]) / talked / 60.0
+    else:
+        minutes = settings_of(campaign["settings"]).expected_call_minutes
+    return minutes * float(campaign["price_per_minute"])
+
+
+def budget_allows(campaign: Row, live: int = 0) -> bool:
+    """Whether ``campaign`` may start one more call: its spend, what its ``live`` calls are
+    expected to cost and that call's expected cost stay within its budget (None: no limit)."""
+    if campaign["budget"] is None:
+        return True
+    expected = call_cost(campaign) * (live + 1)
+    # A hair of tolerance: spend adds up float fractions of a minute.
+    return float(campaign["spent"]) + expected <= float(campaign["budget"]) + 1e-9
 
 
 @functools.lru_cache(maxsize=256)
@@ -102,11 +149,20 @@ class Campaigns(Ledger):
     async def begin_import(self, campaign_id: str) -> int:
         """Number a new import into the campaign (1, 2, ...): its refused rows are kept
         under it, since every file starts again at line 1."""
+        now = self.clock()
         async with self.connector.transaction() as tx:
-            row = await tx.fetchone("begin_import", id=campaign_id, now=self.clock())
+            row = await tx.fetchone("begin_import", id=campaign_id, now=now)
+            if row is not None:
+                await tx.execute("set_campaign_importing", id=campaign_id, until=now + IMPORT_LEASE)
         if row is None:
             raise exceptions.InputError(f"no campaign {campaign_id}")
         return int(row["imports"])
+
+    async def end_import(self, campaign_id: str) -> None:
+        """The import under way has ended (all its chunks are in): the campaign may complete
+        once its calls are final."""
+        async with self.connector.transaction() as tx:
+            await tx.execute("set_campaign_importing", id=campaign_id, until=0.0)
 
     async def import_rows(
         self,
@@ -126,6 +182,14 @@ class Campaigns(Ledger):
                 raise exceptions.InputError(f"no campaign {campaign_id}")
             if campaign["status"] == CampaignStatus.CANCELED:
                 raise exceptions.InputError(f"campaign {campaign_id} is canceled")
+            if calls and campaign["status"] == CampaignStatus.COMPLETED:
+                # New rows: the campaign has work again.
+                await tx.fetchone(
+                    "set_campaign_status", id=campaign_id, status=CampaignStatus.ACTIVE,
+                    reason=None, from_a=CampaignStatus.COMPLETED,
+                    from_b=CampaignStatus.COMPLETED, now=now,
+                )  # fmt: skip
+            await tx.execute("set_campaign_importing", id=campaign_id, until=now + IMPORT_LEASE)
             settings = settings_of(campaign["settings"])
             call_rows: list[dict[str, Any]] = []
             attempt_rows: list[dict[str, Any]] = []
@@ -186,15 +250,95 @@ class Campaigns(Ledger):
             return await tx.fetch("list_campaigns", limit=limit)
 
     async def campaign_progress(self, campaign_id: str) -> dict[str, Any]:
-        """Calls by status and attempts so far."""
+        """Calls by state, in states that add up to the calls: ``queued`` (first attempt not
+        yet made), ``waiting_retry`` (queued again after an attempt), ``live`` (dialing to in
+        progress) and each final status; and the attempts made so far (a queued attempt is not
+        one)."""
         async with self.connector.transaction() as tx:
             rows = await tx.fetch("campaign_progress", campaign=campaign_id)
         by_status = {str(r["status"]): int(r["calls"]) for r in rows}
+        by_state: dict[str, int] = {}
+        queued_calls = 0
+        for r in rows:
+            status, calls = str(r["status"]), int(r["calls"])
+            if status == "queued":
+                retries = int(r["retries"] or 0)
+                queued_calls = calls
+                by_state["queued"] = calls - retries
+                by_state["waiting_retry"] = retries
+            elif status in LIVE_STATUSES:
+                by_state["live"] = by_state.get("live", 0) + calls
+            else:
+                by_state[status] = calls
         return {
             "calls": sum(by_status.values()),
             "by_status": by_status,
-            "attempts": sum(int(r["attempts"] or 0) for r in rows),
+            "by_state": {k: v for k, v in by_state.items() if v},
+            "attempts": sum(int(r["attempts"] or 0) for r in rows) - queued_calls,
         }
+
+    async def set_campaign(self, campaign_id: str, settings: CampaignSettings) -> Row | None:
+        """Change a campaign's settings (queued calls take a new priority at once); a campaign
+        paused for its budget resumes if the new budget pays for another call. None if there
+        is no such campaign or it is canceled."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            row = await tx.fetchone(
+                "set_campaign_settings", id=campaign_id, settings=settings.model_dump_json(),
+                priority=settings.priority, share=settings.share, budget=settings.budget,
+                price_per_minute=settings.price_per_minute, now=now,
+            )  # fmt: skip
+            if row is None:
+                return None
+            await tx.execute(
+                "reprioritize_campaign_queue", campaign=campaign_id, priority=settings.priority
+            )
+            held = row["status"] == CampaignStatus.PAUSED and str(row["reason"] or "").startswith(
+                BUDGET_REACHED
+            )
+            if held and budget_allows(row):
+                row = await tx.fetchone(
+                    "set_campaign_status", id=campaign_id, status=CampaignStatus.ACTIVE,
+                    reason=None, from_a=CampaignStatus.PAUSED, from_b=CampaignStatus.PAUSED,
+                    now=now,
+                )  # fmt: skip
+            await self._notify(tx, "dial")
+        return row
+
+    async def finish_campaigns(self) -> list[Event]:
+        """Mark ``completed`` each open campaign whose calls are all final, whose handlers are
+        done with them (a retry may yet queue one again) and that no import is filling; one
+        ``campaign.completed`` each, about its newest call."""
+        now = self.clock()
+        events: list[Event] = []
+        async with self.connector.transaction() as tx:
+            for campaign in await tx.fetch("unfinished_campaigns", now=now):
+                cid = campaign["id"]
+                if await tx.fetchone("campaign_open_call", campaign=cid) is not None:
+                    continue
+                if await tx.fetchone("campaign_pending_delivery", campaign=cid) is not None:
+                    continue
+                call = await tx.fetchone("campaign_last_call", campaign=cid)
+                if call is None:
+                    continue  # nothing was ever imported: an empty campaign waits for rows
+                done = await tx.fetchone(
+                    "set_campaign_status", id=cid, status=CampaignStatus.COMPLETED, reason=None,
+                    from_a=CampaignStatus.ACTIVE, from_b=CampaignStatus.PAUSED, now=now,
+                )  # fmt: skip
+                if done is None:
+                    continue
+                progress = await tx.fetch("campaign_progress", campaign=cid)
+                call, attempt = await self._call_attempt(tx, call["id"], int(call["attempts"]))
+                event = await self._emit(
+                    tx, call, attempt, None, now=now, type_="campaign.completed",
+                    dedupe_key=f"{cid}:campaign.completed:{done['updated_at']}",
+                    data={"campaign": cid, "name": campaign["name"],
+                          "calls": {str(r["status"]): int(r["calls"]) for r in progress},
+                          "spent": round(float(campaign["spent"]), 4)},
+                )  # fmt: skip
+                if event is not None:
+                    events.append(event)
+        return events
 
     async def campaign_errors(
         self, campaign_id: str, *, after: tuple[int, int] = (0, 0), limit: int = 100

@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator import exceptions
 from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.model import CallStatus, Event, new_id
-from orchestrator.store.campaigns import settings_of
+from orchestrator.store.campaigns import BUDGET_REACHED, budget_allows, call_cost, settings_of
 from orchestrator.store.ledger import WATCHDOG, Ledger
 from orchestrator.store.rows import Attempt, Call
 
@@ -170,6 +170,10 @@ class Dialing(Ledger):
         live_from = {
             row["from_number"]: int(row["n"]) for row in await tx.fetch("count_live_by_from")
         }
+        # What a campaign's live calls are expected to cost counts against its budget.
+        live_of: dict[str, int] = {}
+        if any(c["budget"] is not None for c in campaigns.values()):
+            live_of = {r["campaign"]: int(r["live"]) for r in await tx.fetch("campaign_live")}
         dialed = {cid: int(row["dialed"]) for cid, row in campaigns.items()}
         batch = ClaimBatch()
         numbers: set[str] = set()
@@ -189,7 +193,9 @@ class Dialing(Ledger):
             campaign = campaigns.get(cid) if cid is not None else None
             if attempt["to_number"] in numbers:
                 continue
-            claim = await self._admit(tx, owner, rules, attempt, campaign, live_from, now, batch)
+            claim = await self._admit(
+                tx, owner, rules, attempt, campaign, live_from, live_of, now, batch
+            )
             if claim is None:
                 continue
             numbers.add(attempt["to_number"])
@@ -198,6 +204,7 @@ class Dialing(Ledger):
             live_from[from_number] = live_from.get(from_number, 0) + 1
             if cid is not None:
                 dialed[cid] += 1
+                live_of[cid] = live_of.get(cid, 0) + 1
                 await tx.execute("campaign_dialed", id=cid)
         return batch
 
@@ -209,19 +216,19 @@ class Dialing(Ledger):
         attempt: Row,
         campaign: Row | None,
         live_from: Mapping[str, int],
+        live_of: Mapping[str, int],
         now: float,
         batch: ClaimBatch,
     ) -> Claim | None:
         """Screen one candidate and claim it, or defer or refuse it (then None)."""
         call = await tx.fetchone("get_call", id=attempt["call_id"])
         assert call is not None
-        budget = campaign["budget"] if campaign is not None else None
-        if campaign is not None and budget is not None and campaign["spent"] >= budget:
-            await tx.fetchone(
-                "set_campaign_status", id=campaign["id"], status="paused",
-                reason=f"budget of {budget:g} spent", from_a="active", from_b="active", now=now,
-            )  # fmt: skip
-            return None
+        if campaign is not None and campaign["budget"] is not None:
+            live = live_of.get(campaign["id"], 0)
+            if not budget_allows(campaign, live):
+                if live == 0:  # nothing left to pay for: the budget is reached
+                    await self._budget_reached(tx, campaign, call, attempt, now, batch)
+                return None  # else wait: live calls may end cheaper than expected
         refusal = await tx.fetchone("is_do_not_call", number=attempt["to_number"])
         screening: Screening = Admit()
         if refusal is not None:
@@ -273,6 +280,33 @@ class Dialing(Ledger):
         )
         synced = await self._sync_call(tx, claimed, now=now)
         return Claim(attempt=Attempt.from_row(claimed), call=Call.from_row(synced))
+
+    async def _budget_reached(
+        self,
+        tx: Transaction,
+        campaign: Row,
+        call: Row,
+        attempt: Row,
+        now: float,
+        batch: ClaimBatch,
+    ) -> None:
+        """Pause a campaign whose budget cannot pay for one more call, and say so."""
+        budget, spent = float(campaign["budget"]), float(campaign["spent"])
+        paused = await tx.fetchone(
+            "set_campaign_status", id=campaign["id"], status="paused",
+            reason=f"{BUDGET_REACHED}: {spent:.2f} of {budget:g} spent", from_a="active",
+            from_b="active", now=now,
+        )  # fmt: skip
+        if paused is None:
+            return
+        event = await self._emit(
+            tx, call, attempt, None, now=now, type_="campaign.budget_reached",
+            dedupe_key=f"{campaign['id']}:campaign.budget_reached:{budget:g}",
+            data={"campaign": campaign["id"], "name": campaign["name"], "budget": budget,
+                  "spent": round(spent, 4), "expected_call_cost": round(call_cost(campaign), 4)},
+        )  # fmt: skip
+        if event is not None:
+            batch.events.append(event)
 
     @staticmethod
     def _caller_id(

@@ -185,6 +185,18 @@ class Store(Checks, Campaigns, Outbox):
             "factor": state["factor"],
         }
 
+    async def queue_holds(self) -> dict[str, int]:
+        """The queued calls by what holds them: ``ready`` (due now), ``paused_campaign`` (their
+        campaign is paused), ``later`` (not due yet: a calling window, a retry's wait), with
+        ``dead_letters``: the deliveries dead right now (replayed ones are not)."""
+        async with self.connector.transaction() as tx:
+            rows = await tx.fetch("queued_by_hold", now=self.clock())
+            dead = await tx.fetchone("count_dead_deliveries")
+        holds = {"ready": 0, "paused_campaign": 0, "later": 0}
+        holds.update({str(r["hold"]): int(r["n"]) for r in rows})
+        holds["dead_letters"] = int(dead["n"]) if dead else 0
+        return holds
+
     async def live_count(self) -> int:
         """How many attempts hold a concurrency slot right now."""
         async with self.connector.transaction() as tx:

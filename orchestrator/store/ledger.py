@@ -149,8 +149,11 @@ class Ledger:
         row = await self._update_attempt(tx, attempt, **changes)
         call = await self._sync_call(tx, row, now=now)
         duration = fields.get("duration")
-        if status.terminal and row.get("campaign") and duration:
-            await self._charge(tx, str(row["campaign"]), float(duration), now=now)
+        placed = row.get("placed_at") is not None
+        if status.terminal and row.get("campaign") and (duration or placed):
+            # Every placed call counts towards the average a live call is expected to cost,
+            # the unanswered ones (no talk, no cost) too.
+            await self._charge(tx, str(row["campaign"]), float(duration or 0.0), now=now)
         event = await self._emit(
             tx,
             call,
@@ -172,7 +175,9 @@ class Ledger:
         campaign = await tx.fetchone("get_campaign", id=campaign_id)
         if campaign is not None:
             cost = duration / 60.0 * float(campaign["price_per_minute"])
-            await tx.fetchone("campaign_spent", id=campaign_id, cost=cost, now=now)
+            await tx.fetchone(
+                "campaign_spent", id=campaign_id, cost=cost, seconds=duration, now=now
+            )
 
     async def _sync_call(self, tx: Transaction, attempt: Row, *, now: float) -> Row:
         status = CallStatus(attempt["status"])

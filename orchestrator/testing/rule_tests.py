@@ -18,12 +18,15 @@ through the compiled rules as the daemon routes it (``EventBus.route``); each ma
 ``with`` is rendered and validated, and compared with ``expect``: a ``with`` value matches if it
 equals the rendered value or the plugin's validated one (so ``delay: 10m`` matches ``10m`` and
 ``600.0``). Only problems in ``plugins`` and ``rules`` fail the run: the config's other sections
-are not checked here. The environment is ``env`` alone (not the process's), so the tests give
-the same result everywhere: a ``${VAR}`` used in ``plugins`` or ``rules`` must be set there.
+are not checked here. A test whose event ``type`` no event has (``call.complete``, ``call.*``)
+fails, with a did-you-mean as rules get. The environment is ``env`` alone (not the process's),
+so the tests give the same result everywhere: a ``${VAR}`` used in ``plugins`` or ``rules``
+must be set there.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from orchestrator import bus, config, exceptions, rules
 from orchestrator.conditions import equal
 from orchestrator.config import Problem
-from orchestrator.model import Event
+from orchestrator.model import EVENT_TYPES, Event
 from orchestrator.testing.events import make_event
 
 
@@ -107,6 +110,10 @@ def run_rule_tests(path: str | Path) -> RuleTestRun:
 
     for index, case in enumerate(spec.tests):
         diff: list[str] = []
+        unknown = _unknown_type(case.event.get("type"), ("tests", index, "event", "type"))
+        if unknown is not None:
+            run.results.append(RuleTestResult(case.name, False, [str(doc.locate(unknown))]))
+            continue
         try:
             event = make_event(**case.event)
         except (ValueError, TypeError) as exc:
@@ -127,6 +134,28 @@ def run_rule_tests(path: str | Path) -> RuleTestRun:
                 diff += _check(routes[expect.rule], expect, event)
         run.results.append(RuleTestResult(case.name, not diff, diff))
     return run
+
+
+def _unknown_type(type_: Any, where: config.KeyPath) -> Problem | None:
+    """The problem with a test event's ``type`` if no event can have it: a type the
+    orchestrator does not emit (told as rules tell an unknown ``on``, with a did-you-mean), a
+    pattern (``call.*``), or a plugin's type not of the form ``plugin.<instance>.<name>``.
+    None if it is fine, or left out (the default type is used)."""
+    if not isinstance(type_, str):
+        return None  # make_event reports it
+    if type_.startswith("plugin."):
+        if _PLUGIN_TYPE.fullmatch(type_):
+            return None
+        return Problem(where, f"a plugin's event type is plugin.<instance>.<name>, not {type_!r}")
+    if type_ in EVENT_TYPES:
+        return None
+    problems = rules.pattern_problems(type_, where)
+    if problems:
+        return problems[0]
+    return Problem(where, f"an event's type is not a pattern: {type_!r}")
+
+
+_PLUGIN_TYPE = re.compile(r"plugin\.[^.\s]+\.[^\s]+")
 
 
 def _loc(error: Any) -> config.KeyPath:

@@ -7,6 +7,8 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import re
+import textwrap
 
 import structlog
 
@@ -14,6 +16,7 @@ from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import (
     FAULT_NAMES,
     FAULT_PARAMETERS,
+    OUTCOME_NAMES,
     Dialect,
     Faults,
     Outcome,
@@ -31,9 +34,14 @@ log = structlog.get_logger(__name__)
 _FAULT_PARAMETERS = FAULT_PARAMETERS
 
 
+def _name(text: str) -> str:
+    """A fault or parameter name as the model spells it (``hang-placement``: ``hang_placement``)."""
+    return text.strip().lower().replace("-", "_")
+
+
 def _fault_arg(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
-    name = name.strip().replace("-", "_")
+    name = _name(name)
     if not sep or name not in (*FAULT_NAMES, *_FAULT_PARAMETERS):
         choices = ", ".join((*FAULT_NAMES, *_FAULT_PARAMETERS))
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of: {choices}")
@@ -52,10 +60,12 @@ def _script_arg(text: str) -> tuple[str, Script]:
     number, sep, value = text.partition("=")
     names = [v.strip() for v in value.split(",") if v.strip()]
     try:
-        outcomes = [Outcome(name) for name in names]
+        outcomes = [Outcome.parse(name) for name in names]
     except ValueError:
-        choices = ", ".join(o.value for o in Outcome)
-        raise argparse.ArgumentTypeError(f"outcomes are: {choices}") from None
+        choices = ", ".join(OUTCOME_NAMES)
+        raise argparse.ArgumentTypeError(
+            f"outcomes are: {choices} ('_' and '-' alike, e.g. no_answer)"
+        ) from None
     if not sep or not number.strip() or not outcomes:
         raise argparse.ArgumentTypeError("expected NUMBER=OUTCOME[,OUTCOME...]")
     return number.strip(), Script(outcome=outcomes[0], then=tuple(outcomes[1:]))
@@ -64,7 +74,8 @@ def _script_arg(text: str) -> tuple[str, Script]:
 def _script_fault_arg(text: str) -> tuple[str, str, int]:
     number, sep, value = text.partition("=")
     fault, _, times = value.partition(":")
-    if not sep or not number.strip() or fault.strip() not in FAULT_NAMES:
+    fault = _name(fault)
+    if not sep or not number.strip() or fault not in FAULT_NAMES:
         raise argparse.ArgumentTypeError(
             f"expected NUMBER=FAULT[:TIMES] with FAULT one of: {', '.join(FAULT_NAMES)}"
         )
@@ -72,11 +83,21 @@ def _script_fault_arg(text: str) -> tuple[str, str, int]:
         count = int(times) if times else 0
     except ValueError:
         raise argparse.ArgumentTypeError(f"TIMES must be a whole number, not {times!r}") from None
-    return number.strip(), fault.strip(), count
+    return number.strip(), fault, count
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps help text without breaking a name at its hyphen (``no-answer``)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(re.sub(r"\s+", " ", text).strip(), width, break_on_hyphens=False)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the simulator's command-line options to `parser` (used by the CLI's subcommand)."""
+    """Add the simulator's command-line options to `parser` (used by the CLI's subcommand);
+    their help lists the fault and outcome names, from the model."""
+    if parser.formatter_class is argparse.HelpFormatter:
+        parser.formatter_class = _HelpFormatter
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8700, help="port to listen on (0: any)")
     parser.add_argument("--seed", type=int, default=None, help="seed for reproducible runs")
@@ -116,7 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NUMBER=OUTCOME[,OUTCOME...]",
         help="fix the outcomes of a number's dials, e.g. +14155550100=busy,completed "
-        "(the last repeats; repeatable)",
+        f"(the last repeats; repeatable); OUTCOME is one of: {', '.join(OUTCOME_NAMES)} "
+        "('_' and '-' alike: no_answer is no-answer)",
     )
     parser.add_argument(
         "--script-fault",
@@ -125,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NUMBER=FAULT[:TIMES]",
         help="force a fault on a number's placements (only its first TIMES; repeatable), e.g. "
-        "+14155550100=hang_placement:1",
+        "+14155550100=hang_placement:1; FAULT is one of the --fault names",
     )
     parser.add_argument(
         "--fault",
@@ -133,7 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_fault_arg,
         default=None,
         metavar="NAME=PROB",
-        help="inject a fault, e.g. rate_limit=0.1 (repeatable)",
+        help="inject a fault with a probability, e.g. rate_limit=0.1 (repeatable); NAME is "
+        f"one of: {', '.join(FAULT_NAMES)}; or set a parameter, e.g. retry_after=2: "
+        f"{', '.join(_FAULT_PARAMETERS)} ('_' and '-' alike)",
     )
 
 

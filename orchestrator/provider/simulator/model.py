@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_OUTCOME_MIX",
     "FAULT_NAMES",
     "FAULT_PARAMETERS",
+    "OUTCOME_NAMES",
     "RECORD_STATUS",
     "TERMINAL_STATUSES",
     "CallPlan",
@@ -53,6 +54,19 @@ class Outcome(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
 
+    @classmethod
+    def parse(cls, text: str) -> Outcome:
+        """The outcome named ``text`` in any case, ``_`` and ``-`` alike: ``no-answer`` (the
+        provider's spelling) or ``no_answer`` (the lifecycle event's, ``call.no_answer``)."""
+        key = text.strip().lower().replace("_", "-")
+        for outcome in cls:
+            if outcome.value.replace("_", "-") == key:
+                return outcome
+        raise ValueError(f"unknown outcome {text!r} (one of: {', '.join(OUTCOME_NAMES)})")
+
+
+#: The outcomes' names as ``--script`` and the webhooks spell them.
+OUTCOME_NAMES: tuple[str, ...] = tuple(o.value for o in Outcome)
 
 TERMINAL_STATUSES: frozenset[str] = frozenset(o.value for o in Outcome)
 

@@ -1,7 +1,7 @@
 """A Magpipe simulator: an aiohttp app that places fake calls and sends their status webhooks.
 
-It speaks either the documented API or the shape the provider actually deploys (see
-`magpipe-contract.md`), can inject the faults a real provider shows (429, 503, slow or dropped
+It speaks either the documented API or the shape the provider actually deploys (see the
+README's "The real service, and what the daemon does about it"), can inject the faults a real provider shows (429, 503, slow or dropped
 answers, duplicate, shuffled, early or lost webhooks), and exposes `/_simulator/...` routes so
 tests and demos can see what happened. The pure model lives in `orchestrator.provider.simulator.model`.
 """

@@ -1,0 +1,94 @@
+"""``--watch``: follow a running daemon from the terminal (``campaign show ID --watch``,
+``status --watch``).
+
+On a terminal the view is redrawn in place (a ``rich`` live display, as the demo's); into a
+pipe or a file it is one plain line per change, stamped with the time, so a log of it reads
+top to bottom. A campaign's watch ends by itself when the campaign is completed or canceled;
+``status --watch`` runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+#: The campaign states a campaign's watch stops at.
+FINAL_CAMPAIGN = ("completed", "canceled")
+
+
+def campaign_line(c: dict[str, Any]) -> str:
+    """One campaign as one line: status, calls by state, spend."""
+    progress = c.get("progress") or {}
+    states = ", ".join(f"{k} {v}" for k, v in sorted((progress.get("by_state") or {}).items()))
+    spent = f"spent {c['spent']:.2f}" + (
+        f" of {c['budget']:.2f}" if c["budget"] is not None else ""
+    )
+    status = c["status"] + (f" ({c['reason']})" if c.get("reason") else "")
+    calls = progress.get("calls", 0)
+    return f"{status}; {calls} calls" + (f": {states}" if states else "") + f"; {spent}"
+
+
+def status_line(s: dict[str, Any]) -> str:
+    """The fleet's status as one line: live, the queue by what holds it, dialing, dead."""
+    queue = s.get("queue") or {}
+    held = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in queue.items() if v)
+    dialing = s["dialing"]
+    state = f"paused ({dialing['reason']})" if dialing["paused"] else "running"
+    return (
+        f"live {s['live']}; queued {s['queued']}" + (f" ({held})" if held else "")
+        + f"; dialing {state}; dead letters {s.get('dead_letters', 0)}"
+    )  # fmt: skip
+
+
+def watch(
+    fetch: Callable[[], dict[str, Any]],
+    *,
+    text: Callable[[dict[str, Any]], str],
+    line: Callable[[dict[str, Any]], str],
+    done: Callable[[dict[str, Any]], bool] = lambda answer: False,
+    every: float = 1.0,
+    out: TextIO | None = None,
+) -> int:
+    """Fetch and show until ``done`` (exit 0) or Ctrl-C (exit 130): the whole ``text`` redrawn
+    in place on a terminal, else a stamped ``line`` each time it changes."""
+    out = out if out is not None else sys.stdout
+    try:
+        if out.isatty():
+            return _live(fetch, text=text, done=done, every=every, out=out)
+        last = None
+        while True:
+            answer = fetch()
+            current = line(answer)
+            if current != last:
+                print(f"{time.strftime('%H:%M:%S')}  {current}", file=out, flush=True)
+                last = current
+            if done(answer):
+                return 0
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _live(
+    fetch: Callable[[], dict[str, Any]],
+    *,
+    text: Callable[[dict[str, Any]], str],
+    done: Callable[[dict[str, Any]], bool],
+    every: float,
+    out: TextIO,
+) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    console = Console(file=out)
+    answer = fetch()
+    with Live(Text(text(answer)), console=console, auto_refresh=False) as live:
+        while not done(answer):
+            time.sleep(every)
+            answer = fetch()
+            stamp = time.strftime("%H:%M:%S")
+            live.update(Text(f"{text(answer)}\n\n(updated {stamp}; Ctrl-C to stop)"), refresh=True)
+    return 0
