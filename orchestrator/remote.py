@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     import httpx
 
 COMMANDS = ("campaign", "status", "deliveries", "dnc")
-#: The campaign states ``campaign list`` and ``status`` show unless ``--all`` (still working).
-OPEN = ("active", "paused")
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 4
 CHUNK = 1 << 16
 MEDIA = {".csv": "text/csv", ".jsonl": "application/x-ndjson", ".ndjson": "application/x-ndjson"}
@@ -267,8 +265,23 @@ def _watch_flags(parser: argparse.ArgumentParser, until: str) -> None:
         help=f"keep showing it, {until} (redrawn on a terminal, a line per change otherwise)",
     )
     parser.add_argument(
-        "--every", type=float, default=1.0, metavar="SECONDS", help="with --watch: how often"
+        "--every",
+        type=_interval,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --watch: how often (0.5 at least; default 1)",
     )
+
+
+def _interval(text: str) -> float:
+    """``--every``: seconds, at least half a second (a watch must not hammer the daemon)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0.5:
+        raise argparse.ArgumentTypeError(f"at least 0.5 seconds, not {text}")
+    return value
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -303,30 +316,35 @@ def _status(api: DaemonApi, args: argparse.Namespace) -> int:
     def fetch() -> dict[str, Any]:
         return dict(api.request("GET", "/v1/status", params=params))
 
-    if args.watch and not args.json:
+    if args.watch:
         from orchestrator import watch
 
-        return watch.watch(fetch, text=_status_text, line=watch.status_line, every=args.every)
+        return watch.watch(
+            fetch,
+            text=_status_text,
+            line=watch.as_json if args.json else watch.status_line,
+            every=args.every,
+            plain=args.json,
+        )
     return _print(args, fetch(), _status_text)
 
 
 def _campaign(api: DaemonApi, args: argparse.Namespace) -> int:
     if args.action == "list":
-        answer = api.request("GET", "/v1/campaigns")
-        if not args.all:
-            answer["campaigns"] = [c for c in answer["campaigns"] if c["status"] in OPEN]
-        return _print(args, answer, _campaigns_text)
+        params = None if args.all else {"open": "true"}
+        return _print(args, api.request("GET", "/v1/campaigns", params=params), _campaigns_text)
     path = f"/v1/campaigns/{args.id}"
     if args.action == "show":
-        if args.watch and not args.json:
+        if args.watch:
             from orchestrator import watch
 
             return watch.watch(
                 lambda: dict(api.request("GET", path)),
                 text=_campaign_text,
-                line=watch.campaign_line,
+                line=watch.as_json if args.json else watch.campaign_line,
                 done=lambda c: c["status"] in watch.FINAL_CAMPAIGN,
                 every=args.every,
+                plain=args.json,
             )
         return _print(args, api.request("GET", path), _campaign_text)
     if args.action == "set":

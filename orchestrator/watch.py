@@ -9,10 +9,14 @@ top to bottom. A campaign's watch ends by itself when the campaign is completed 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
+
+#: The exit status of a command that could not reach the daemon (remote.EXIT_UNAVAILABLE).
+UNREACHABLE = 4
 
 #: The campaign states a campaign's watch stops at.
 FINAL_CAMPAIGN = ("completed", "canceled")
@@ -42,6 +46,11 @@ def status_line(s: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
+def as_json(answer: dict[str, Any]) -> str:
+    """``--watch --json``: each changed answer as one JSON line."""
+    return json.dumps(answer, sort_keys=True)
+
+
 def watch(
     fetch: Callable[[], dict[str, Any]],
     *,
@@ -50,25 +59,55 @@ def watch(
     done: Callable[[dict[str, Any]], bool] = lambda answer: False,
     every: float = 1.0,
     out: TextIO | None = None,
+    plain: bool = False,
 ) -> int:
     """Fetch and show until ``done`` (exit 0) or Ctrl-C (exit 130): the whole ``text`` redrawn
-    in place on a terminal, else a stamped ``line`` each time it changes."""
+    in place on a terminal, else (or with ``plain``) a ``line`` each time it changes, stamped
+    unless it is JSON. A daemon out of reach for a while (a restart) is said and waited for."""
     out = out if out is not None else sys.stdout
+    fetch = _patient(fetch, out if plain or not out.isatty() else sys.stderr)
     try:
-        if out.isatty():
+        if out.isatty() and not plain:
             return _live(fetch, text=text, done=done, every=every, out=out)
         last = None
         while True:
             answer = fetch()
             current = line(answer)
             if current != last:
-                print(f"{time.strftime('%H:%M:%S')}  {current}", file=out, flush=True)
+                stamp = "" if line is as_json else f"{time.strftime('%H:%M:%S')}  "
+                print(f"{stamp}{current}", file=out, flush=True)
                 last = current
             if done(answer):
                 return 0
             time.sleep(every)
     except KeyboardInterrupt:
         return 130
+
+
+def _patient(
+    fetch: Callable[[], dict[str, Any]], notes: TextIO, *, give_up: float = 60.0
+) -> Callable[[], dict[str, Any]]:
+    """``fetch`` that rides out a daemon unreachable for up to ``give_up`` seconds (it says so
+    once), then lets the failure through."""
+    from orchestrator.exceptions import CommandFailed
+
+    def patient() -> dict[str, Any]:
+        since: float | None = None
+        while True:
+            try:
+                return fetch()
+            except CommandFailed as exc:
+                if exc.status != UNREACHABLE:
+                    raise
+                now = time.monotonic()
+                if since is None:
+                    since = now
+                    print(f"(the daemon is out of reach: {exc.message}; waiting)", file=notes)
+                elif now - since > give_up:
+                    raise
+                time.sleep(1.0)
+
+    return patient
 
 
 def _live(

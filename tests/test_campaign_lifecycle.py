@@ -4,6 +4,11 @@ every call is final and its handlers are done, and progress in states that add u
 
 from __future__ import annotations
 
+import json
+
+import pytest
+from pydantic import ValidationError
+
 from orchestrator.model import CallStatus
 from orchestrator.store import Store
 from orchestrator.store.campaigns import CampaignSettings, budget_allows, call_cost
@@ -66,8 +71,7 @@ async def test_raising_the_budget_resumes_a_campaign_paused_for_it(store: Store)
     row = await store.campaign(campaign["id"])
     assert row is not None and row["status"] == "paused"
     # A resume alone would be paused again at the next claim; a raised budget resumes it.
-    settings = priced(budget=3.0, priority=5)
-    changed = await store.set_campaign(campaign["id"], settings)
+    changed = await store.set_campaign(campaign["id"], {"budget": 3.0, "priority": 5})
     assert changed is not None and changed["status"] == "active" and changed["reason"] is None
     assert float(changed["budget"]) == 3.0 and changed["priority"] == 5
     resumed = (await store.claim_batch("w", rules(), limit=4)).claims
@@ -81,10 +85,10 @@ async def test_a_change_that_does_not_pay_for_a_call_leaves_it_paused(store: Sto
     [claim] = (await store.claim_batch("w", rules(), limit=2)).claims
     await finish(store, claim, duration=60.0)
     await store.claim_batch("w", rules(), limit=2)
-    changed = await store.set_campaign(campaign["id"], priced(budget=1.5))
+    changed = await store.set_campaign(campaign["id"], {"budget": 1.5})
     assert changed is not None and changed["status"] == "paused"
     assert await store.cancel_campaign(campaign["id"], reason="enough") is not None
-    assert await store.set_campaign(campaign["id"], priced(budget=9.0)) is None
+    assert await store.set_campaign(campaign["id"], {"budget": 9.0}) is None
 
 
 async def test_a_campaign_completes_when_every_call_is_final(store: Store) -> None:
@@ -156,3 +160,63 @@ async def _ended(store: Store, claim: object, status: CallStatus) -> list[object
     raw = f"{claim.attempt_id}:{status}".encode()
     result = await store.ingest(Webhook(raw=raw, status=status), token=claim.attempt.webhook_token)
     return [e for e in result.events if e.type == status.event_type]
+
+
+async def test_a_change_is_a_merge_patch_validated_as_at_creation(store: Store) -> None:
+    window = {"start": "09:00", "end": "17:00", "days": ["mon", "tue"]}
+    campaign = await store.create_campaign("merge", priced(window=window, budget=5.0))
+    changed = await store.set_campaign(campaign["id"], {"window": {"end": "18:00"}})
+    assert changed is not None
+    settings = json.loads(changed["settings"])
+    assert settings["window"]["days"] == ["mon", "tue"]  # kept: nested objects merge
+    assert settings["window"]["end"] == "18:00"
+    changed = await store.set_campaign(campaign["id"], {"budget": None})
+    assert changed is not None and changed["budget"] is None  # null removes it: no limit
+    with pytest.raises(ValidationError):
+        await store.set_campaign(campaign["id"], {"price_per_minute": 1e308})
+    with pytest.raises(ValidationError):
+        await store.set_campaign(campaign["id"], {"no_such_setting": 1})
+    row = await store.campaign(campaign["id"])
+    assert row is not None and json.loads(row["settings"])["window"]["end"] == "18:00"
+
+
+async def test_an_operators_pause_outlives_the_last_call(store: Store) -> None:
+    store.router = lambda event: []
+    campaign = await store.create_campaign("hold", CampaignSettings(from_numbers=POOL))
+    await store.import_rows(campaign["id"], calls(1))
+    await store.end_import(campaign["id"])
+    [claim] = (await store.claim_batch("w", rules(), limit=1)).claims
+    await store.pause_campaign(campaign["id"], reason="legal hold")
+    await finish(store, claim)
+    assert await store.finish_campaigns() == []
+    row = await store.campaign(campaign["id"])
+    assert row is not None and (row["status"], row["reason"]) == ("paused", "legal hold")
+
+
+async def test_a_late_retry_reopens_a_completed_campaign(store: Store) -> None:
+    store.router = lambda event: []
+    campaign = await store.create_campaign("late", CampaignSettings(from_numbers=POOL))
+    await store.import_rows(campaign["id"], calls(1))
+    await store.end_import(campaign["id"])
+    [claim] = (await store.claim_batch("w", rules(), limit=1)).claims
+    [busy] = await _ended(store, claim, CallStatus.BUSY)
+    assert len(await store.finish_campaigns()) == 1
+    # A retry delivery that went dead is replayed after the campaign completed.
+    assert await store.schedule_retry(busy, at=0.0) is not None
+    row = await store.campaign(campaign["id"])
+    assert row is not None and row["status"] == "active"
+    assert len((await store.claim_batch("w", rules(), limit=1)).claims) == 1
+
+
+async def test_one_import_ending_leaves_another_under_way(store: Store) -> None:
+    store.router = lambda event: []
+    campaign = await store.create_campaign("two", CampaignSettings(from_numbers=POOL))
+    await store.begin_import(campaign["id"])
+    await store.begin_import(campaign["id"])
+    await store.import_rows(campaign["id"], calls(1))
+    [claim] = (await store.claim_batch("w", rules(), limit=1)).claims
+    await finish(store, claim)
+    await store.end_import(campaign["id"])
+    assert await store.finish_campaigns() == []  # the second import may still send rows
+    await store.end_import(campaign["id"])
+    assert len(await store.finish_campaigns()) == 1

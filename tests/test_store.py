@@ -1171,9 +1171,25 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
               budget=None, price_per_minute=0.0, now=10)  # fmt: skip
     await change("reprioritize_campaign_queue", campaign="k1", priority=3)
     await run("get_attempt", id="ba1")
-    await change("set_campaign_importing", id="k2", until=20.0)
+    await change("start_campaign_import", id="k2", until=20.0)
+    await change("start_campaign_import", id="k2", until=25.0)
+    await change("extend_campaign_import", id="k2", until=26.0)
+    await change("set_campaign_status", id="k2", status="active", reason=None, from_a="paused",
+                 from_b="paused", now=10)  # fmt: skip
     await run("unfinished_campaigns", now=10)
     await run("unfinished_campaigns", now=30)
+    await change("end_campaign_import", id="k2")
+    await run("lock_campaign", id="k2")
+    await run("complete_campaign", id="k2", now=10)  # the other import is still under way
+    await change("end_campaign_import", id="k2")
+    await change("end_campaign_import", id="k2")  # one too many: stays at 0
+    await run("lock_campaign", id="k2")
+    await run("complete_campaign", id="k2", now=10)
+    await run("complete_campaign", id="k2", now=11)
+    await run("list_open_campaigns", limit=10)
+    await change("reopen_campaign", id="k2", now=12)
+    await change("reopen_campaign", id="k2", now=13)
+    await run("list_open_campaigns", limit=1)
     await run("campaign_open_call", campaign="k1")
     await run("campaign_open_call", campaign="k2")
     await run("campaign_pending_delivery", campaign="k1")

@@ -75,7 +75,7 @@ def campaign_json(row: Row, progress: Mapping[str, Any] | None = None) -> dict[s
         "budget": budget,
         "budget_left": round(max(0.0, budget - spent), 4) if budget is not None else None,
         # What one more call is expected to cost (the budget counts live calls at this).
-        "expected_call_cost": round(call_cost(row), 4),
+        "expected_call_cost": finite(round(call_cost(row), 4)),
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }
@@ -270,11 +270,12 @@ class CampaignRoutes:
         )
 
     async def list(self, request: web.Request) -> web.Response:
-        """Campaigns, newest first."""
+        """Campaigns, newest first; ``?open=true``: only the active and paused ones."""
         limit = parse_limit(request.query, 100)
         if isinstance(limit, web.Response):
             return limit
-        rows = await self.store.campaigns(limit=limit)
+        open_only = request.query.get("open", "").lower() in ("1", "true", "yes")
+        rows = await self.store.campaigns(limit=limit, open_only=open_only)
         return web.json_response({"campaigns": [campaign_json(r) for r in rows]})
 
     async def show(self, request: web.Request) -> web.Response:
@@ -300,21 +301,16 @@ class CampaignRoutes:
         problem = unstorable(payload)
         if problem is not None:
             return error(400, "INVALID_REQUEST", f"{problem[0]}: {problem[1]}", fields=[problem[0]])
-        row = await self.store.campaign(campaign_id)
-        if row is None:
+        if await self.store.campaign(campaign_id) is None:
             return error(404, "NOT_FOUND", "no such campaign")
-        if row["status"] == CampaignStatus.CANCELED:
-            return error(409, "CAMPAIGN_CANCELED", "a canceled campaign cannot be changed")
         patch = _aliased(payload)
         assert isinstance(patch, dict)
-        merged = {**json.loads(row["settings"]), **patch}
         try:
-            settings = CampaignSettings.model_validate(merged)
+            updated = await self.store.set_campaign(campaign_id, patch)
         except ValidationError as exc:
             return invalid(exc)
         except exceptions.InputError as exc:  # a caller id of the pool
             return error(400, exc.code, exc.message, fields=["settings.from_numbers"])
-        updated = await self.store.set_campaign(campaign_id, settings)
         if updated is None:
             return error(409, "CAMPAIGN_CANCELED", "a canceled campaign cannot be changed")
         if updated["status"] == CampaignStatus.ACTIVE:

@@ -16,7 +16,6 @@ from orchestrator import exceptions, phone
 from orchestrator.api.campaigns import campaign_json
 from orchestrator.api.common import error, invalid, parse_limit, read_json
 from orchestrator.model import iso, unstorable
-from orchestrator.store.campaigns import CampaignStatus
 from orchestrator.store.rows import DeliveryRecord
 
 if TYPE_CHECKING:
@@ -215,11 +214,7 @@ class OperationsRoutes:
         state = await self.store.dialing_state()
         ready, detail = await self.api.ready()
         every = request.query.get("campaigns") == "all"
-        campaigns = [
-            c
-            for c in await self.store.campaigns(limit=100 if every else 200)
-            if every or c["status"] in CampaignStatus.OPEN
-        ][:20]
+        campaigns = await self.store.campaigns(limit=20, open_only=not every)
         totals = self._totals()
         return web.json_response(
             {

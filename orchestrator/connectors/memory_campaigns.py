@@ -32,7 +32,7 @@ class CampaignQueries(Storage):
     def insert_campaign(self, p: Params) -> Result:
         values = pick(p, "id name status settings priority share budget price_per_minute")
         values |= {"reason": None, "spent": 0, "dialed": 0, "rows_total": 0, "rows_invalid": 0}
-        values |= {"importing_until": 0, "talk_seconds": 0, "talked": 0}
+        values |= {"importing": 0, "importing_until": 0, "talk_seconds": 0, "talked": 0}
         values |= {"created_at": p["now"], "updated_at": p["now"]}
         return self._one(self._insert("campaigns", values))
 
@@ -107,20 +107,6 @@ class CampaignQueries(Storage):
             "attempts", lambda r: eq(r["campaign"], p["campaign"]) and eq(r["status"], "queued")
         )
         return [], len(self._update("attempts", rows, lambda r: {"priority": p["priority"]}))
-
-    def set_campaign_importing(self, p: Params) -> Result:
-        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
-        return [], len(self._update("campaigns", rows, lambda r: {"importing_until": p["until"]}))
-
-    def unfinished_campaigns(self, p: Params) -> Result:
-        rows = self._where(
-            "campaigns",
-            lambda r: (
-                (eq(r["status"], "active") or eq(r["status"], "paused"))
-                and le(r["importing_until"], p["now"])
-            ),
-        )
-        return self._select(ordered(rows, "id"))
 
     def campaign_open_call(self, p: Params) -> Result:
         rows = self._where(
@@ -240,3 +226,60 @@ class CampaignQueries(Storage):
     def count_dead_deliveries(self, p: Params) -> Result:
         dead = self._where("deliveries", lambda r: eq(r["state"], "dead"))
         return self._select([{"n": len(dead)}])
+
+    def start_campaign_import(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
+
+        def changes(r: Row) -> Params:
+            return {"importing": r["importing"] + 1, "importing_until": p["until"]}
+
+        return [], len(self._update("campaigns", rows, changes))
+
+    def extend_campaign_import(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
+        return [], len(self._update("campaigns", rows, lambda r: {"importing_until": p["until"]}))
+
+    def end_campaign_import(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: eq(r["id"], p["id"]))
+
+        def changes(r: Row) -> Params:
+            return {
+                "importing": max(r["importing"] - 1, 0),
+                "importing_until": 0 if r["importing"] <= 1 else r["importing_until"],
+            }
+
+        return [], len(self._update("campaigns", rows, changes))
+
+    def lock_campaign(self, p: Params) -> Result:
+        return self._select(self._where("campaigns", lambda r: eq(r["id"], p["id"])))
+
+    def complete_campaign(self, p: Params) -> Result:
+        rows = self._where(
+            "campaigns",
+            lambda r: (
+                eq(r["id"], p["id"])
+                and eq(r["status"], "active")
+                and le(r["importing_until"], p["now"])
+            ),
+        )
+        changes = {"status": "completed", "reason": None, "updated_at": p["now"]}
+        updated = self._update("campaigns", rows, lambda r: changes)
+        return updated, len(updated)
+
+    def reopen_campaign(self, p: Params) -> Result:
+        rows = self._where(
+            "campaigns", lambda r: eq(r["id"], p["id"]) and eq(r["status"], "completed")
+        )
+        changes = {"status": "active", "reason": None, "updated_at": p["now"]}
+        return [], len(self._update("campaigns", rows, lambda r: changes))
+
+    def unfinished_campaigns(self, p: Params) -> Result:
+        rows = self._where(
+            "campaigns",
+            lambda r: eq(r["status"], "active") and le(r["importing_until"], p["now"]),
+        )
+        return self._select(ordered(rows, "id"))
+
+    def list_open_campaigns(self, p: Params) -> Result:
+        rows = self._where("campaigns", lambda r: r["status"] in ("active", "paused"))
+        return self._select(take(ordered(rows, "-created_at", "id"), p["limit"]))

@@ -52,7 +52,8 @@ _SPEC = {
     "plugin_kv": "pk T!, scope T!, key T!, value T!, updated_at R!",
     "campaigns": "id T!, name T!, status T!, reason T, settings T!, priority I!, share R!, "
     "budget R, price_per_minute R!, spent R!, dialed I!, rows_total I!, rows_invalid I!, "
-    "created_at R!, updated_at R!, imports I!, importing_until R!, talk_seconds R!, "
+    "created_at R!, updated_at R!, imports I!, importing I!, importing_until R!, "
+    "talk_seconds R!, "
     "talked I!",
     "campaign_errors": "pk T!, campaign_id T!, import_no I!, line I!, reason T!",
     "do_not_call": "number T!, reason T, added_at R!",

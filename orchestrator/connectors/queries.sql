@@ -162,6 +162,11 @@ SELECT * FROM campaigns WHERE id = :id;
 -- name: list_campaigns
 SELECT * FROM campaigns ORDER BY created_at DESC, id LIMIT :limit;
 
+-- name: list_open_campaigns
+-- The campaigns still working (status, campaign list): however old, never crowded out.
+SELECT * FROM campaigns WHERE status IN ('active', 'paused')
+ORDER BY created_at DESC, id LIMIT :limit;
+
 -- name: set_campaign_status
 -- Only from the statuses given: a canceled campaign is never resumed.
 UPDATE campaigns SET status = :status, reason = :reason, updated_at = :now
@@ -201,15 +206,41 @@ RETURNING *;
 -- name: reprioritize_campaign_queue
 UPDATE attempts SET priority = :priority WHERE campaign = :campaign AND status = 'queued';
 
--- name: set_campaign_importing
--- An import of the campaign is under way until :until (0: it ended).
+-- name: start_campaign_import
+-- One more import under way, until :until at least.
+UPDATE campaigns SET importing = importing + 1, importing_until = :until WHERE id = :id;
+
+-- name: extend_campaign_import
+-- A chunk of an import arrived: it is under way until :until.
 UPDATE campaigns SET importing_until = :until WHERE id = :id;
 
+-- name: end_campaign_import
+-- An import ended; the last one to end clears the lease (the right side reads the old row).
+UPDATE campaigns
+SET importing = CASE WHEN importing > 0 THEN importing - 1 ELSE 0 END,
+    importing_until = CASE WHEN importing <= 1 THEN 0 ELSE importing_until END
+WHERE id = :id;
+
+-- name: lock_campaign
+-- A campaign read to change what belongs to it (its rows, its settings): a completion, a
+-- PATCH or an import of the same campaign waits for this one.
+SELECT * FROM campaigns WHERE id = :id {for_update};
+
+-- name: complete_campaign
+-- Only an active campaign, and only if no import has started meanwhile (re-read on PostgreSQL
+-- after a lock wait): a paused one stays paused.
+UPDATE campaigns SET status = 'completed', reason = NULL, updated_at = :now
+WHERE id = :id AND status = 'active' AND importing_until <= :now
+RETURNING *;
+
+-- name: reopen_campaign
+-- A completed campaign has work again (new rows, a retry).
+UPDATE campaigns SET status = 'active', reason = NULL, updated_at = :now
+WHERE id = :id AND status = 'completed';
+
 -- name: unfinished_campaigns
--- Campaigns that may have just finished: active or paused, with no import under way.
-SELECT * FROM campaigns
-WHERE status IN ('active', 'paused') AND importing_until <= :now
-ORDER BY id;
+-- Campaigns that may have just finished: active, with no import under way.
+SELECT * FROM campaigns WHERE status = 'active' AND importing_until <= :now ORDER BY id;
 
 -- name: campaign_open_call
 -- A call of the campaign not yet final (index calls_by_campaign_status: one probe a status).

@@ -46,18 +46,23 @@ T = TypeVar("T")
 #: saves, and the write lock is held for the scan wherever it runs.
 OFF_LOOP = frozenset(
     {
+        "campaign_pending_delivery",
         "campaign_progress",
         "cancel_campaign_calls",
         "cancel_campaign_queue",
+        "count_dead_deliveries",
         "count_queued",
         "list_calls",
         "list_campaign_errors",
         "list_campaigns",
+        "list_open_campaigns",
         "list_deliveries",
         "list_do_not_call",
         "list_events",
+        "queued_by_hold",
         "release_attempts",
         "release_deliveries",
+        "reprioritize_campaign_queue",
         "rescue_attempts",
     }
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -61,8 +61,12 @@ class CampaignSettings(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=50)
     priority: int = Field(default=0, ge=-100, le=100)
     share: float = Field(default=1.0, gt=0, description="weight among campaigns dialling at once")
-    budget: float | None = Field(default=None, ge=0, description="stop when this much is spent")
-    price_per_minute: float = Field(default=0.0, ge=0, description="for spend and the budget")
+    budget: float | None = Field(
+        default=None, ge=0, le=1e12, description="stop when this much is spent"
+    )
+    price_per_minute: float = Field(
+        default=0.0, ge=0, le=1e6, description="for spend and the budget"
+    )
     expected_call_minutes: float = Field(
         default=2.0,
         gt=0,
@@ -106,6 +110,20 @@ def budget_allows(campaign: Row, live: int = 0) -> bool:
     expected = call_cost(campaign) * (live + 1)
     # A hair of tolerance: spend adds up float fractions of a minute.
     return float(campaign["spent"]) + expected <= float(campaign["budget"]) + 1e-9
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``target`` with ``patch`` applied as a JSON merge patch (RFC 7396): objects merge key by
+    key, ``null`` removes a key, anything else replaces."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -153,7 +171,7 @@ class Campaigns(Ledger):
         async with self.connector.transaction() as tx:
             row = await tx.fetchone("begin_import", id=campaign_id, now=now)
             if row is not None:
-                await tx.execute("set_campaign_importing", id=campaign_id, until=now + IMPORT_LEASE)
+                await tx.execute("start_campaign_import", id=campaign_id, until=now + IMPORT_LEASE)
         if row is None:
             raise exceptions.InputError(f"no campaign {campaign_id}")
         return int(row["imports"])
@@ -162,7 +180,7 @@ class Campaigns(Ledger):
         """The import under way has ended (all its chunks are in): the campaign may complete
         once its calls are final."""
         async with self.connector.transaction() as tx:
-            await tx.execute("set_campaign_importing", id=campaign_id, until=0.0)
+            await tx.execute("end_campaign_import", id=campaign_id)
 
     async def import_rows(
         self,
@@ -177,19 +195,15 @@ class Campaigns(Ledger):
         :meth:`begin_import`) says which import the refused rows' lines belong to."""
         now = self.clock()
         async with self.connector.transaction() as tx:
-            campaign = await tx.fetchone("get_campaign", id=campaign_id)
+            # Locked: a completion of the campaign waits, then sees these rows.
+            campaign = await tx.fetchone("lock_campaign", id=campaign_id)
             if campaign is None:
                 raise exceptions.InputError(f"no campaign {campaign_id}")
             if campaign["status"] == CampaignStatus.CANCELED:
                 raise exceptions.InputError(f"campaign {campaign_id} is canceled")
-            if calls and campaign["status"] == CampaignStatus.COMPLETED:
-                # New rows: the campaign has work again.
-                await tx.fetchone(
-                    "set_campaign_status", id=campaign_id, status=CampaignStatus.ACTIVE,
-                    reason=None, from_a=CampaignStatus.COMPLETED,
-                    from_b=CampaignStatus.COMPLETED, now=now,
-                )  # fmt: skip
-            await tx.execute("set_campaign_importing", id=campaign_id, until=now + IMPORT_LEASE)
+            if calls:  # a completed campaign has work again
+                await tx.execute("reopen_campaign", id=campaign_id, now=now)
+            await tx.execute("extend_campaign_import", id=campaign_id, until=now + IMPORT_LEASE)
             settings = settings_of(campaign["settings"])
             call_rows: list[dict[str, Any]] = []
             attempt_rows: list[dict[str, Any]] = []
@@ -244,10 +258,11 @@ class Campaigns(Ledger):
         async with self.connector.transaction() as tx:
             return await tx.fetchone("get_campaign", id=campaign_id)
 
-    async def campaigns(self, *, limit: int = 100) -> list[Row]:
-        """Campaigns, newest first."""
+    async def campaigns(self, *, limit: int = 100, open_only: bool = False) -> list[Row]:
+        """Campaigns, newest first; ``open_only``: the active and paused ones."""
+        query = "list_open_campaigns" if open_only else "list_campaigns"
         async with self.connector.transaction() as tx:
-            return await tx.fetch("list_campaigns", limit=limit)
+            return await tx.fetch(query, limit=limit)
 
     async def campaign_progress(self, campaign_id: str) -> dict[str, Any]:
         """Calls by state, in states that add up to the calls: ``queued`` (first attempt not
@@ -277,12 +292,21 @@ class Campaigns(Ledger):
             "attempts": sum(int(r["attempts"] or 0) for r in rows) - queued_calls,
         }
 
-    async def set_campaign(self, campaign_id: str, settings: CampaignSettings) -> Row | None:
-        """Change a campaign's settings (queued calls take a new priority at once); a campaign
-        paused for its budget resumes if the new budget pays for another call. None if there
-        is no such campaign or it is canceled."""
+    async def set_campaign(self, campaign_id: str, patch: Mapping[str, Any]) -> Row | None:
+        """Change some of a campaign's settings (a JSON merge patch, RFC 7396: nested objects
+        such as ``window`` are merged, ``null`` removes a key), validated as at creation, in one
+        transaction with the campaign locked (two changes at once both count). Queued calls take
+        a new priority at once; a campaign paused for its budget resumes if the new budget pays
+        for another call. None if there is no such campaign or it is canceled; pydantic's
+        ValidationError (or InputError for a caller id) if the result is not valid."""
         now = self.clock()
         async with self.connector.transaction() as tx:
+            row = await tx.fetchone("lock_campaign", id=campaign_id)
+            if row is None or row["status"] == CampaignStatus.CANCELED:
+                return None
+            before = settings_of(row["settings"])
+            merged = merge_patch(json.loads(row["settings"]), patch)
+            settings = CampaignSettings.model_validate(merged)
             row = await tx.fetchone(
                 "set_campaign_settings", id=campaign_id, settings=settings.model_dump_json(),
                 priority=settings.priority, share=settings.share, budget=settings.budget,
@@ -290,9 +314,10 @@ class Campaigns(Ledger):
             )  # fmt: skip
             if row is None:
                 return None
-            await tx.execute(
-                "reprioritize_campaign_queue", campaign=campaign_id, priority=settings.priority
-            )
+            if settings.priority != before.priority:
+                await tx.execute(
+                    "reprioritize_campaign_queue", campaign=campaign_id, priority=settings.priority
+                )
             held = row["status"] == CampaignStatus.PAUSED and str(row["reason"] or "").startswith(
                 BUDGET_REACHED
             )
@@ -314,17 +339,18 @@ class Campaigns(Ledger):
         async with self.connector.transaction() as tx:
             for campaign in await tx.fetch("unfinished_campaigns", now=now):
                 cid = campaign["id"]
-                if await tx.fetchone("campaign_open_call", campaign=cid) is not None:
-                    continue
+                # Deliveries first: a retry handler queues its call again before its delivery
+                # is done, so once none is pending, a call it queued is seen as open below.
                 if await tx.fetchone("campaign_pending_delivery", campaign=cid) is not None:
+                    continue
+                if await tx.fetchone("campaign_open_call", campaign=cid) is not None:
                     continue
                 call = await tx.fetchone("campaign_last_call", campaign=cid)
                 if call is None:
                     continue  # nothing was ever imported: an empty campaign waits for rows
-                done = await tx.fetchone(
-                    "set_campaign_status", id=cid, status=CampaignStatus.COMPLETED, reason=None,
-                    from_a=CampaignStatus.ACTIVE, from_b=CampaignStatus.PAUSED, now=now,
-                )  # fmt: skip
+                # Only if still active and no import began meanwhile (PostgreSQL re-reads the
+                # row after waiting for an import's lock).
+                done = await tx.fetchone("complete_campaign", id=cid, now=now)
                 if done is None:
                     continue
                 progress = await tx.fetch("campaign_progress", campaign=cid)

@@ -159,6 +159,9 @@ class Dialing(Ledger):
     ) -> ClaimBatch:
         if await tx.fetchone("any_due_attempt", now=now) is None:
             return ClaimBatch()  # nothing is due: no queue need be read
+        # Live calls are read before the campaigns' spend: a call that ends in between is then
+        # counted twice (live, and spent), never in neither.
+        live_of = {r["campaign"]: int(r["live"]) for r in await tx.fetch("campaign_live")}
         campaigns = {row["id"]: row for row in await tx.fetch("active_campaigns")}
         heads: dict[str | None, list[Row]] = {
             None: await tx.fetch("due_attempts_without_campaign", now=now, limit=room + 4)
@@ -170,10 +173,6 @@ class Dialing(Ledger):
         live_from = {
             row["from_number"]: int(row["n"]) for row in await tx.fetch("count_live_by_from")
         }
-        # What a campaign's live calls are expected to cost counts against its budget.
-        live_of: dict[str, int] = {}
-        if any(c["budget"] is not None for c in campaigns.values()):
-            live_of = {r["campaign"]: int(r["live"]) for r in await tx.fetch("campaign_live")}
         dialed = {cid: int(row["dialed"]) for cid, row in campaigns.items()}
         batch = ClaimBatch()
         numbers: set[str] = set()

@@ -243,6 +243,9 @@ class Outbox(Ledger):
                 tx, moved, number=number, priority=int(attempt["priority"]), not_before=at,
                 now=now, campaign=attempt["campaign"],
             )  # fmt: skip
+            if attempt["campaign"]:
+                # A campaign completed meanwhile (a dead letter replayed late) has work again.
+                await tx.execute("reopen_campaign", id=attempt["campaign"], now=now)
             event = await self._emit(
                 tx,
                 moved,
