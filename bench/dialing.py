@@ -134,7 +134,11 @@ async def daemon(sim: SimulatorProcess, offset: int, calls: int, tmp: Path) -> d
     await _fill(store, offset, calls)
     cfg = config.Config.model_validate(
         {
-            "magpipe": {"base_url": sim.url, "token": TOKEN},
+            "magpipe": {
+                "base_url": sim.url,
+                "token": TOKEN,
+                "rate_limit": {"per_minute": 10**9, "per_hour": 10**12},
+            },
             "defaults": {"from": CALLER, "agent_id": AGENT},
             "webhooks": {"listen": "127.0.0.1:0"},
             "api": {"listen": "127.0.0.1:0"},

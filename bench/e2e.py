@@ -123,7 +123,13 @@ async def daemon(
     campaign = await _fill(store, 0, calls)
     cfg = config.Config.model_validate(
         {
-            "magpipe": {"base_url": sim.url, "token": TOKEN, "webhook_secret": SECRET},
+            "magpipe": {
+                "base_url": sim.url,
+                "token": TOKEN,
+                "webhook_secret": SECRET,
+                # The simulator enforces no budget: the bench measures the daemon, not it.
+                "rate_limit": {"per_minute": 10**9, "per_hour": 10**12},
+            },
             "defaults": {"from": CALLER, "agent_id": AGENT},
             "webhooks": {"listen": "127.0.0.1:0"},
             "api": {"listen": "127.0.0.1:0"},

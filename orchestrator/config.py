@@ -98,6 +98,31 @@ class ReconcileSettings(_Model):
     )
 
 
+#: What the provider documents (``../shared/magpipe-contract.md``): requests per API key.
+DOCUMENTED_PER_MINUTE = 100
+DOCUMENTED_PER_HOUR = 1000
+#: How its own batch dialer keeps its carrier's one call per second: 5 live, 1.2 s apart.
+DOCUMENTED_LIVE_CALLS = 5
+DOCUMENTED_CALLS_PER_SECOND = 1 / 1.2
+
+
+class RateLimit(_Model):
+    """The provider key's request budget, fleet-wide: placements, look-ups and hang-ups."""
+
+    per_minute: int = Field(
+        default=DOCUMENTED_PER_MINUTE, gt=0, description="requests per minute (documented: 100)"
+    )
+    per_hour: int = Field(
+        default=DOCUMENTED_PER_HOUR, gt=0, description="requests per hour (documented: 1000)"
+    )
+    placements: float = Field(
+        default=0.6,
+        gt=0,
+        lt=1,
+        description="the share kept for placements; look-ups and hang-ups have the rest",
+    )
+
+
 class MagpipeSettings(_Model):
     """How to reach the provider."""
 
@@ -107,6 +132,7 @@ class MagpipeSettings(_Model):
     timeout: Duration = 10.0
     send_aliases: bool = True
     reconcile: ReconcileSettings = ReconcileSettings()
+    rate_limit: RateLimit = RateLimit()
 
     @field_validator("base_url")
     @classmethod
@@ -154,8 +180,17 @@ class ApiSettings(_Model):
 class DialerSettings(_Model):
     """Pacing of outbound calls, for the whole fleet of daemons on one store."""
 
-    max_live_calls: int = Field(default=20, gt=0)
-    calls_per_second: float = Field(default=5.0, gt=0)
+    max_live_calls: int = Field(
+        default=DOCUMENTED_LIVE_CALLS,
+        gt=0,
+        description="calls live at once, fleet-wide (the provider's own dialer keeps 5)",
+    )
+    calls_per_second: float = Field(
+        default=round(DOCUMENTED_CALLS_PER_SECOND, 3),
+        gt=0,
+        description="placements per second, fleet-wide (the provider's own dialer: one per "
+        "1.2 s); magpipe.rate_limit may hold it lower",
+    )
     max_call_duration: Duration = 1800.0
     max_live_per_caller_id: int | None = Field(
         default=None, gt=0, description="live calls at once from one caller id"
@@ -181,6 +216,17 @@ class DialerSettings(_Model):
     hangup_on_timeout: bool = Field(
         default=True,
         description="when the watchdog fires on a call still live at the provider, hang it up",
+    )
+    max_placement_failures: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="placements of one call the provider certainly fails (its carrier overrun: "
+        "nobody rung) before the call ends as failed (PLACEMENT_FAILED); each waits longer",
+    )
+    placement_failure_backoff: Duration = Field(
+        default=5.0,
+        description="the wait after the first such failure of a call (doubles, to 5 minutes)",
     )
 
 
@@ -336,6 +382,55 @@ class Problem:
 def invalid(problems: Sequence[Problem], *, name: str | None = None) -> InvalidConfig:
     """The error that reports every one of ``problems`` (``name``: the file's)."""
     return InvalidConfig(report(problems, name=name), problems=problems)
+
+
+def limit_warnings(cfg: Config) -> list[Problem]:
+    """Settings past what the provider documents, each naming the documented limit (the
+    daemon runs with them: a provider may grant more; ``config check`` says so)."""
+    out = []
+    limit, dialer = cfg.magpipe.rate_limit, cfg.dialer
+    if limit.per_minute > DOCUMENTED_PER_MINUTE:
+        out.append(
+            Problem(
+                ("magpipe", "rate_limit", "per_minute"),
+                f"{limit.per_minute} is over the {DOCUMENTED_PER_MINUTE} requests a minute the "
+                "provider documents",
+            )
+        )
+    if limit.per_hour > DOCUMENTED_PER_HOUR:
+        out.append(
+            Problem(
+                ("magpipe", "rate_limit", "per_hour"),
+                f"{limit.per_hour} is over the {DOCUMENTED_PER_HOUR} requests an hour the "
+                "provider documents",
+            )
+        )
+    if dialer.max_live_calls > DOCUMENTED_LIVE_CALLS:
+        out.append(
+            Problem(
+                ("dialer", "max_live_calls"),
+                f"{dialer.max_live_calls} is over the {DOCUMENTED_LIVE_CALLS} live calls the "
+                "provider's own dialer keeps",
+            )
+        )
+    if dialer.calls_per_second > DOCUMENTED_CALLS_PER_SECOND + 1e-3:
+        out.append(
+            Problem(
+                ("dialer", "calls_per_second"),
+                f"{dialer.calls_per_second:g} is over the one call per 1.2 s the provider's own "
+                "dialer keeps to its carrier's one a second",
+            )
+        )
+    share = limit.per_minute * limit.placements
+    if dialer.calls_per_second * 60 > share + 1e-9:
+        out.append(
+            Problem(
+                ("dialer", "calls_per_second"),
+                f"{dialer.calls_per_second * 60:g}/min is over the placements' share of "
+                f"magpipe.rate_limit ({share:g}/min): the budget holds the pace lower",
+            )
+        )
+    return out  # fmt: skip
 
 
 def report(problems: Sequence[Problem], *, name: str | None = None) -> str:

@@ -297,6 +297,9 @@ def demo_config(
                 "token": token,
                 "webhook_secret": secret,
                 "reconcile": {"after": LOOKUP_AFTER, "every": 2.0, "max_per_minute": 600},
+                # The simulator enforces no request budget; the real provider documents 100 a
+                # minute (the default), which would stretch this demo to many minutes.
+                "rate_limit": {"per_minute": 100_000, "per_hour": 10_000_000},
             },
             "defaults": {"from": CALLER_IDS[0], "agent_id": AGENT},
             "webhooks": {"listen": "127.0.0.1:0"},

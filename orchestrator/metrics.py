@@ -106,6 +106,12 @@ class Metrics:
             "1 while the fleet's dialing is paused (rate limit, balance, credentials)",
             registry=r,
         )
+        self.request_budget = Gauge(
+            "orchestrator_request_budget_left",
+            "Requests left of the provider key's budget (fleet), by kind and window",
+            ["kind", "window"],
+            registry=r,
+        )
         self.pace_factor = Gauge(
             "orchestrator_pace_factor",
             "How far the pace is slowed after the provider's 429s (1: full speed)",
@@ -119,4 +125,7 @@ class Metrics:
         self.queue_depth.set(current.get("queued", 0))
         self.dialing_paused.set(1 if current.get("paused") else 0)
         self.pace_factor.set(current.get("factor", 1.0))
+        for kind, windows in (current.get("budget") or {}).items():
+            for window, left in windows.items():
+                self.request_budget.labels(kind, window).set(left)
         return bytes(generate_latest(self.registry))

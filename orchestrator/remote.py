@@ -626,6 +626,16 @@ def _campaigns_text(answer: dict[str, Any]) -> str:
     return table(("ID", "NAME", "STATUS", "ROWS", "INVALID", "DIALED", "SPENT", "BUDGET"), rows)
 
 
+def _budget_text(budget: dict[str, dict[str, float]]) -> str:
+    """The request budget left: ``placements 5 this minute, 58 this hour; lookups ...``."""
+    if not budget:
+        return "no limit"
+    return "; ".join(
+        f"{kind} " + ", ".join(f"{left:g} this {window}" for window, left in windows.items())
+        for kind, windows in budget.items()
+    )
+
+
 def _set_text(c: dict[str, Any]) -> str:
     text = f"campaign {c['id']} ({c['name']}): {c['status']}"
     if c["reason"]:
@@ -712,6 +722,7 @@ def _status_text(s: dict[str, Any]) -> str:
             + " (this daemon)",
         ),
         ("dead letters", f"{s.get('dead_letters', 0)} now (the fleet's)"),
+        ("budget left", _budget_text(s.get("request_budget") or {})),
     ]
     text = "\n".join(f"{k:<14}{v}" for k, v in lines)
     campaigns = [

@@ -443,6 +443,8 @@ def load(
     warnings = list(doc.unset)
     if require_env:
         problems, warnings = [*warnings, *problems], []
+    if cfg is not None:  # settings past the provider's documented limits: said, not refused
+        warnings += [doc.locate(p) for p in config.limit_warnings(cfg)]
     problems.sort(key=lambda p: p.position)
     return Loaded(
         doc.name,

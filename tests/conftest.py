@@ -202,12 +202,15 @@ STORE_TIER = frozenset(
         "test_group_commit",
         "test_campaigns",
         "test_campaign_lifecycle",
+        "test_request_budget_store",
     }
 )
 ACCEPTANCE_TIER = frozenset(
     {
         "test_acceptance",
         "test_campaign_budget",
+        "test_carrier_overload",
+        "test_request_budget",
         "test_backpressure",
         "test_campaign_api",
         "test_cli",

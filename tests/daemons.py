@@ -213,6 +213,7 @@ class SimulatorProcess(Process):
         name: str = "simulator",
         conference_limit: float | None = None,
         script_faults: Mapping[str, str] | None = None,
+        rate_limit: int | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -246,6 +247,8 @@ class SimulatorProcess(Process):
             argv += ["--script", f"{number}={','.join(outcomes)}"]
         if conference_limit is not None:
             argv += ["--conference-limit", str(conference_limit)]
+        if rate_limit is not None:
+            argv += ["--rate-limit", str(rate_limit)]
         for number, fault in (script_faults or {}).items():
             argv += ["--script-fault", f"{number}={fault}"]
         super().__init__(name, argv, tmp_path / f"{name}.log")
@@ -280,6 +283,10 @@ def start_simulator(tmp_path: Path, **options: Any) -> SimulatorProcess:
     return sim
 
 
+#: A request budget no test reaches (the documented one would slow every test to 100 a minute).
+UNLIMITED = {"per_minute": 1_000_000, "per_hour": 1_000_000_000}
+
+
 @dataclass
 class DaemonConfig:
     """What a test varies in the daemon's YAML config."""
@@ -310,6 +317,9 @@ class DaemonConfig:
     # magpipe.reconcile; None: look-ups on, at test speed (1 s, 1 s, grace 2 s, 6000/min).
     reconcile: dict[str, Any] | None = None
     dialer: dict[str, Any] = field(default_factory=dict)  # more dialer settings
+    # magpipe.rate_limit; None: far above anything a test sends (the simulator enforces none
+    # unless started with rate_limit).
+    rate_limit: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         plugins: dict[str, Any] = dict(self.plugins)
@@ -329,6 +339,7 @@ class DaemonConfig:
                 "webhook_secret": self.webhook_secret,
                 "reconcile": self.reconcile
                 or {"after": "1s", "every": "1s", "ambiguous_grace": "2s", "max_per_minute": 6000},
+                "rate_limit": self.rate_limit or UNLIMITED,
             },
             "defaults": {"from": FROM_NUMBER},
             "webhooks": {

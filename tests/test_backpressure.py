@@ -22,6 +22,7 @@ from orchestrator.model import CallStatus, Event, NewCall
 from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import Faults, Outcome, Script, SimulatorConfig
 from orchestrator.store.campaigns import CampaignSettings
+from tests.daemons import UNLIMITED
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +82,12 @@ async def start(tmp_path: Path) -> AsyncIterator[Start]:
         await sim.start()
         cfg = config.Config.model_validate(
             {
-                "magpipe": {"base_url": sim.url, "token": TOKEN, "timeout": "5s"},
+                "magpipe": {
+                    "base_url": sim.url,
+                    "token": TOKEN,
+                    "timeout": "5s",
+                    "rate_limit": UNLIMITED,
+                },
                 "defaults": {"from": FROM, "agent_id": AGENT},
                 "webhooks": {"listen": "127.0.0.1:0"},
                 "api": {"listen": "127.0.0.1:0", "token": "api-token"},

@@ -21,6 +21,7 @@ from orchestrator.daemon.supervisor import Daemon
 from orchestrator.model import CallStatus, NewCall
 from orchestrator.provider.simulator import Simulator
 from orchestrator.provider.simulator.model import Dialect, Faults, Outcome, Script, SimulatorConfig
+from tests.daemons import UNLIMITED
 
 FROM = "+16045551234"
 SECRET = "whsec_reconcile_test"
@@ -108,6 +109,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[StartRig]:
                     "webhook_secret": SECRET,
                     "timeout": magpipe_timeout,
                     "reconcile": reconcile or FAST_LOOKUPS,
+                    "rate_limit": UNLIMITED,
                 },
                 "defaults": {"from": FROM},
                 "webhooks": {"listen": "127.0.0.1:0"},

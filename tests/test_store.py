@@ -1025,6 +1025,7 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
         "not_before": 5, "lease_owner": "o1", "lease_until": 40, "duration": None,
         "ended_at": None, "agent_call_sid": "CA1", "check_at": 33, "checked_at": 32,
         "check_result": "ringing (get-call)", "checks": 2, "ending": None, "settled_by": None,
+        "failures": 1,
     }  # fmt: skip
     await change("update_attempt", id="a2", **base)
     await run("update_attempt", id="a0", **base)  # duplicate provider_call_id

@@ -82,6 +82,7 @@ def _attempt_json(a: Attempt) -> dict[str, Any]:
         "next_attempt_at": iso(a.not_before) if a.status is CallStatus.QUEUED else None,
         "agent_call_sid": a.agent_call_sid,
         "settled_by": a.settled_by,
+        "placement_failures": a.failures,
         "last_lookup": (
             {"at": iso(a.checked_at), "result": a.check_result, "count": a.checks}
             if a.checked_at is not None

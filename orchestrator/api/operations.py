@@ -223,6 +223,8 @@ class OperationsRoutes:
                 # What holds the queued calls: they add up to "queued".
                 "queue": {k: v for k, v in holds.items() if k != "dead_letters"},
                 "dead_letters": holds["dead_letters"],
+                # What is left of the provider key's request budget, by kind and window.
+                "request_budget": gauges.get("budget", {}),
                 "dialing": {
                     "paused": bool(state["reason"]),
                     "reason": state["reason"],

@@ -247,7 +247,7 @@ class _Database(CampaignQueries):
             p,
             "status live ambiguous provider_call_id provider_status error_code error_message "
             "not_before lease_owner lease_until duration ended_at agent_call_sid check_at "
-            "checked_at check_result checks ending settled_by",
+            "checked_at check_result checks ending settled_by failures",
         )
         rows = self._where("attempts", lambda r: eq(r["id"], p["id"]))
         return [], len(self._update("attempts", rows, lambda r: changes))

@@ -40,7 +40,8 @@ _SPEC = {
     "live I!, ambiguous I!, webhook_token T!, provider_call_id T, provider_status T, "
     "error_code T, error_message T, priority I!, not_before R!, lease_owner T, lease_until R, "
     "duration R, created_at R!, placed_at R, ended_at R, campaign T, agent_call_sid T, "
-    "check_at R, checked_at R, check_result T, checks I!, ending T, settled_by T",
+    "check_at R, checked_at R, check_result T, checks I!, ending T, settled_by T, "
+    "failures I!",
     "events": "seq I!, id T!, call_id T!, attempt_id T, type T!, occurred_at R!, "
     "dedupe_key T, body T!",
     "deliveries": "id T!, event_seq I!, event_id T!, call_id T!, handler T!, state T!, "
@@ -73,7 +74,7 @@ _PRIMARY = {
     "do_not_call": "number",
 }  # every other table's primary key is "id"
 _DEFAULTS: dict[str, Row] = {
-    "attempts": {"live": 0, "ambiguous": 0, "priority": 0, "checks": 0},
+    "attempts": {"live": 0, "ambiguous": 0, "priority": 0, "checks": 0, "failures": 0},
     "deliveries": {"tries": 0},
     "campaigns": {"imports": 0},
 }

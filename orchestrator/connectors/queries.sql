@@ -352,7 +352,7 @@ SET status = :status, live = :live, ambiguous = :ambiguous,
     lease_owner = :lease_owner, lease_until = :lease_until, duration = :duration,
     ended_at = :ended_at, agent_call_sid = :agent_call_sid, check_at = :check_at,
     checked_at = :checked_at, check_result = :check_result, checks = :checks,
-    ending = :ending, settled_by = :settled_by
+    ending = :ending, settled_by = :settled_by, failures = :failures
 WHERE id = :id;
 
 -- name: try_lock_sweeper

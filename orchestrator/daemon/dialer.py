@@ -53,6 +53,9 @@ class DialerParams:
     max_placing: int = 20
     balance_probe: float = 60.0  # first wait after INSUFFICIENT_BALANCE (doubles, to 10 min)
     unauthorized_probe: float = 300.0  # wait after UNAUTHORIZED before trying once more
+    # Certain placement failures (carrier overrun) of one call before it ends as failed.
+    max_placement_failures: int = 5
+    placement_failure_backoff: float = 5.0  # doubles with each failure in a row
 
 
 class Dialer(ClaimLoop):
@@ -218,6 +221,11 @@ class Dialer(ClaimLoop):
                 "dialer.placed", provider_call_id=placed.call_id, provider_status=placed.status
             )
         self.publish(events)
+        until = self.magpipe.exhausted_until
+        if until is not None and until > self.store.clock():
+            # The provider says the key's budget is spent: every daemon waits until it frees.
+            await self.store.pause_dialing(until, reason="rate_limit_exhausted")
+            bound.warning("dialer.budget_exhausted", until=until)
 
     def _observe(self, outcome: str, started: float) -> None:
         if self.metrics is not None:
@@ -270,11 +278,21 @@ class Dialer(ClaimLoop):
                 if exc.retry_after is not None
                 else self.settings.unavailable_backoff
             )
+            if isinstance(exc, exceptions.PlacementFailed):
+                # The provider's carrier is overrun (nobody was rung): slow the fleet down, and
+                # try this call again later, a bounded number of times.
+                await self.store.pause_dialing(now, reason="placement_failed", slow_down=True)
+                retry_in, events = await self.store.placement_failed(
+                    attempt_id, exc, backoff=self.settings.placement_failure_backoff,
+                    max_failures=self.settings.max_placement_failures,
+                )  # fmt: skip
+                if retry_in is not None:
+                    bound.info("dialer.requeued", code=exc.code, retry_in=retry_in)
+                elif events:
+                    bound.warning("dialer.placement_failed", code=exc.code, error=exc.message)
+                return events
             if isinstance(exc, exceptions.RateLimited):
                 await self.store.pause_dialing(now + wait, slow_down=True)
-            elif isinstance(exc, exceptions.PlacementFailed):
-                # The provider's carrier is overrun (nobody was rung): slow the fleet down.
-                await self.store.pause_dialing(now, reason="placement_failed", slow_down=True)
             if await self.store.requeue(attempt_id, exc, retry_at=now + wait):
                 bound.info("dialer.requeued", code=exc.code, retry_in=wait)
                 self.wake.set()

@@ -157,6 +157,11 @@ class Reconciler:
             if time.monotonic() > self._deadline:
                 self._starved = 0.0
                 return False
+            until = self.magpipe.exhausted_until
+            if until is not None and until > self.store.clock():
+                # The provider says the key's budget is spent: look-ups wait until it frees.
+                await self.store.pause_lookups(until, self.pacing)
+                self.magpipe.exhausted_until = None
             wait = await self.store.take_lookup(self.pacing)
             if wait is None:
                 return True

@@ -12,9 +12,15 @@ from orchestrator import config, dnc
 from orchestrator.daemon.dialer import DialerParams
 from orchestrator.daemon.reconciler import ReconcilerParams
 from orchestrator.provider.client import MagpipeClient
-from orchestrator.store.ledger import CheckTiming
+from orchestrator.store.ledger import CheckTiming, RequestBudget
 
-__all__ = ["check_timing", "dialer_params", "magpipe_client", "reconciler_params"]
+__all__ = [
+    "check_timing",
+    "dialer_params",
+    "magpipe_client",
+    "reconciler_params",
+    "request_budget",
+]
 
 
 def check_timing(cfg: config.Config) -> CheckTiming | None:
@@ -29,6 +35,14 @@ def check_timing(cfg: config.Config) -> CheckTiming | None:
         ambiguous_grace=max(lookups.ambiguous_grace, cfg.magpipe.timeout),
         # The last look-up (and hang-up) before the watchdog ends a call regardless.
         final_grace=max(30.0, 4 * cfg.magpipe.timeout),
+    )
+
+
+def request_budget(cfg: config.Config) -> RequestBudget:
+    """The provider key's request budget the store keeps for the fleet."""
+    limit = cfg.magpipe.rate_limit
+    return RequestBudget(
+        per_minute=limit.per_minute, per_hour=limit.per_hour, placements=limit.placements
     )
 
 
@@ -61,6 +75,8 @@ def dialer_params(
         do_not_call=do_not_call,
         balance_probe=dialer.balance_probe,
         unauthorized_probe=dialer.unauthorized_probe,
+        max_placement_failures=dialer.max_placement_failures,
+        placement_failure_backoff=dialer.placement_failure_backoff,
     )
 
 

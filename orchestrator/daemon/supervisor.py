@@ -93,6 +93,7 @@ class Daemon:
             connectors.connect(cfg.store),
             router=self.bus.route,
             checks=settings.check_timing(cfg),
+            budget=settings.request_budget(cfg),
         )
         self.shutdown_grace = shutdown_grace
         # Work this daemon holds is leased for this long and kept alive by the heartbeat.
@@ -252,6 +253,8 @@ class Daemon:
         self._worker_tasks = [
             self._task(f"deliveries:{w.sub.name}", w.run()) for w in self._workers
         ]
+        for problem in config.limit_warnings(cfg):
+            log.warning("config.over_documented_limit", problem=str(problem))
         log.info(
             "daemon.started",
             owner=self.owner,

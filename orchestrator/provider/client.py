@@ -163,6 +163,9 @@ class MagpipeClient:
         self.send_aliases = send_aliases
         self.timeout = timeout
         self._owns_http = http is None
+        #: When the key's request budget frees up, if the last answer said it is spent
+        #: (``X-RateLimit-Remaining: 0``); None otherwise. The dialer and the reconciler wait.
+        self.exhausted_until: float | None = None
         self._http = http or httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
             limits=httpx.Limits(
@@ -316,7 +319,7 @@ class MagpipeClient:
         (the request never left), ConfigError (a bad base URL), or ``unanswered(kind)`` for a
         request sent and then timed out or dropped."""
         try:
-            return await self._http.post(
+            response = await self._http.post(
                 self.base_url + path,
                 json=body,
                 headers={"Authorization": f"Bearer {self._token.get_secret_value()}"},
@@ -330,6 +333,8 @@ class MagpipeClient:
             raise exceptions.ConfigError(f"bad Magpipe base_url {self.base_url!r}") from exc
         except httpx.TransportError as exc:
             raise unanswered(type(exc).__name__) from exc
+        self.exhausted_until = budget_reset(response.headers)
+        return response
 
     async def place_call(self, request: CallRequest) -> PlacedCall:
         """Place one call; return the provider's answer or raise a MagpipeError/InputError.
@@ -490,6 +495,28 @@ def parse_lookup(
         status=status,
         provider_code=code,
     )
+
+
+def budget_reset(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """When the key's request budget frees up again (epoch seconds), if an answer's
+    ``X-RateLimit-Remaining`` says it is spent; None while requests remain (or when the
+    provider sends no such headers, as deployed). ``X-RateLimit-Reset`` is read as epoch
+    seconds, or as seconds from now when it is too small to be a date."""
+    remaining = headers.get("x-ratelimit-remaining")
+    if remaining is None:
+        return None
+    try:
+        if float(remaining) > 0:
+            return None
+        reset = float(headers.get("x-ratelimit-reset", "") or "nan")
+    except ValueError:
+        return None
+    if not math.isfinite(reset):
+        return None
+    now = time.time() if now is None else now
+    # Small values are a delay (a date would be in 1970): at most an hour, whichever it is.
+    until = now + reset if reset < 1e9 else reset
+    return min(max(until, now), now + 3600.0)
 
 
 def retry_after(value: str | None) -> float | None:

@@ -18,7 +18,7 @@ from orchestrator import exceptions
 from orchestrator.connectors.protocol import Row, Transaction
 from orchestrator.model import CallStatus, Event, new_id
 from orchestrator.store.campaigns import BUDGET_REACHED, budget_allows, call_cost, settings_of
-from orchestrator.store.ledger import WATCHDOG, Ledger
+from orchestrator.store.ledger import WATCHDOG, Ledger, Window
 from orchestrator.store.rows import Attempt, Call
 
 DIAL_BUCKET = "dial"  # the pacing row of the fleet's dialer
@@ -35,6 +35,10 @@ class Claim:
     @property
     def attempt_id(self) -> str:
         return self.attempt.id
+
+
+#: The longest a call waits after a certain placement failure before it is tried again.
+MAX_FAILURE_BACKOFF = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,7 +149,17 @@ class Dialing(Ledger):
                     rate = rules.pacing.rate * bucket["factor"]
                     return ClaimBatch(wait=(1.0 - bucket["tokens"]) / rate)
                 room = min(room, int(bucket["tokens"]))
+            spent = await self._budget_room(tx, "dial", now)
+            if isinstance(spent, float):
+                return ClaimBatch(wait=spent)
+            room = min([room, *(int(b["tokens"]) for _, b in spent)])
             batch = await self._claim(tx, owner, rules, room, now)
+            for window, budget_bucket in spent:
+                if batch.claims:
+                    await self._put_bucket(
+                        tx, budget_bucket, now, window.name,
+                        tokens=budget_bucket["tokens"] - len(batch.claims),
+                    )  # fmt: skip
             if bucket is not None and batch.claims:
                 # Each claim spends a token; a calm pace creeps back to full speed after a 429.
                 factor = min(1.0, bucket["factor"] * 1.02 ** len(batch.claims))
@@ -323,6 +337,37 @@ class Dialing(Ledger):
             return None
         return str(min(allowed, key=lambda n: (live_from.get(n, 0), pool.index(n))))
 
+    async def _budget_room(
+        self, tx: Transaction, kind: str, now: float
+    ) -> list[tuple[Window, Row]] | float:
+        """The request budget's buckets for ``kind``, each with a token at least; or the
+        seconds until the emptiest has one."""
+        if self.budget is None:
+            return []
+        out = []
+        for window in self.budget.windows(kind):
+            pacing = Pacing(rate=window.rate, burst=window.burst)
+            bucket = await self._bucket(tx, pacing, now, window.name)
+            if bucket["tokens"] < 1.0:
+                return float((1.0 - bucket["tokens"]) / window.rate)
+            out.append((window, bucket))
+        return out
+
+    async def request_budget(self) -> dict[str, dict[str, float]]:
+        """What is left of the request budget now, by kind and window (empty: no budget)."""
+        if self.budget is None:
+            return {}
+        now = self.clock()
+        out: dict[str, dict[str, float]] = {}
+        async with self.connector.transaction() as tx:
+            for kind, label in (("dial", "placements"), ("lookup", "lookups")):
+                for window in self.budget.windows(kind):
+                    pacing = Pacing(rate=window.rate, burst=window.burst)
+                    bucket = await self._bucket(tx, pacing, now, window.name)
+                    period = window.name.rsplit(":", 1)[-1]
+                    out.setdefault(label, {})[period] = round(float(bucket["tokens"]), 2)
+        return out
+
     async def _bucket(
         self, tx: Transaction, pacing: Pacing, now: float, name: str = DIAL_BUCKET
     ) -> Row:
@@ -436,6 +481,10 @@ class Dialing(Ledger):
                 "lease_owner": None,
                 "lease_until": None,
             }
+            if not status.terminal:
+                # A refusal before this placement (429, carrier overrun) is history now; the
+                # count of certain failures stays.
+                changes.update(error_code=None, error_message=None)
             if status.terminal or provider_status != "initiated" or status.rank >= 2:
                 await self._update_attempt(tx, attempt, **changes)
                 return []
@@ -489,6 +538,46 @@ class Dialing(Ledger):
             await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
             await self._notify(tx, "dial")
         return True
+
+    async def placement_failed(
+        self,
+        attempt_id: str,
+        error: exceptions.OrchestratorError,
+        *,
+        backoff: float,
+        max_failures: int,
+    ) -> tuple[float | None, list[Event]]:
+        """The provider certainly failed to place it (its carrier overrun: nobody was rung):
+        back to the queue after ``backoff`` doubled for each failure in a row (at most five
+        minutes), or, at the ``max_failures``-th, ended as ``call.failed`` with
+        ``PLACEMENT_FAILED``. Returns the wait (None when it ended, or was not ``dialing``
+        any more) and the events."""
+        now = self.clock()
+        async with self.connector.transaction() as tx:
+            attempt = await self._attempt(tx, attempt_id)
+            if attempt["status"] != CallStatus.DIALING or attempt["ambiguous"]:
+                return None, []
+            failures = int(attempt["failures"]) + 1
+            if failures >= max_failures:
+                message = f"the provider failed to place it {failures} times: {error.message}"
+                await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
+                events = await self._advance(
+                    tx, attempt, CallStatus.FAILED, now=now, error_code="PLACEMENT_FAILED",
+                    error_message=message, failures=failures, lease_owner=None,
+                    lease_until=None,
+                    error={"code": "PLACEMENT_FAILED", "message": message},
+                )  # fmt: skip
+                return None, events
+            wait = min(backoff * 2 ** (failures - 1), MAX_FAILURE_BACKOFF)
+            await self._update_attempt(
+                tx, attempt, status=CallStatus.QUEUED.value, live=0, not_before=now + wait,
+                error_code=error.code, error_message=error.message, lease_owner=None,
+                lease_until=None, failures=failures,
+            )  # fmt: skip
+            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
+            await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
+            await self._notify(tx, "dial")
+        return wait, []
 
     async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:
         """The placement may have happened: never resend it blindly. A webhook, or the search

@@ -183,6 +183,7 @@ class Store(Checks, Campaigns, Outbox):
             "queued": int(queued["n"]) if queued else 0,
             "paused": state["reason"],
             "factor": state["factor"],
+            "budget": await self.request_budget(),
         }
 
     async def queue_holds(self) -> dict[str, int]:

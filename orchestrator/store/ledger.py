@@ -26,6 +26,44 @@ WATCHDOG = "watchdog"
 
 
 @dataclass(frozen=True, kw_only=True)
+class Window:
+    """One of a request budget's token buckets: at most ``burst`` + ``rate`` x its length in
+    any window of that length, so the bucket never lets more through than the limit."""
+
+    name: str
+    rate: float
+    burst: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestBudget:
+    """The provider key's request budget (``magpipe.rate_limit``), fleet-wide in the store:
+    ``per_minute`` and ``per_hour`` requests, of which placements have ``placements`` and
+    look-ups (and hang-ups) the rest, each share kept for its own (neither starves the other).
+    """
+
+    per_minute: float
+    per_hour: float
+    placements: float = 0.6
+
+    def windows(self, kind: str) -> tuple[Window, ...]:
+        """The buckets a request of ``kind`` (``dial`` or ``lookup``) spends one token of."""
+        share = self.placements if kind == "dial" else 1.0 - self.placements
+        out = []
+        for window, seconds, limit in (
+            ("minute", 60.0, self.per_minute),
+            ("hour", 3600.0, self.per_hour),
+        ):
+            allowed = limit * share
+            # A tenth at once, the rest spread over the window: never more than the limit in
+            # any window of that length (a bucket full at the start is its burst).
+            burst = max(1.0, allowed / 10)
+            rate = max(allowed - burst, allowed / 100, 1e-6) / seconds
+            out.append(Window(name=f"budget:{kind}:{window}", rate=rate, burst=burst))
+        return tuple(out)
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckTiming:
     """When live attempts are looked up at the provider (``magpipe.reconcile``): ``after``
     placement, then ``every``; an ambiguous placement ``ambiguous_grace`` after it was sent.
@@ -54,11 +92,14 @@ class Ledger:
         router: Router | None = None,
         clock: Clock = time.time,
         checks: CheckTiming | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
         self.connector = connector
         self.router: Router = router or (lambda event: ())
         self.clock = clock
         self.checks = checks
+        #: The provider key's request budget, spent by placements and look-ups (None: none).
+        self.budget = budget
         # Connectors that can wake other daemons (PostgreSQL's NOTIFY) say so.
         self.notifies = bool(getattr(connector, "notifies", False))
 
@@ -133,6 +174,7 @@ class Ledger:
                     "checks",
                     "ending",
                     "settled_by",
+                    "failures",
                 )
             },
         )

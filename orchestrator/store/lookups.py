@@ -99,7 +99,14 @@ class Checks(Dialing):
                 return float(bucket["paused_until"] - now)
             if bucket["tokens"] < 1.0:
                 return float((1.0 - bucket["tokens"]) / pacing.rate)
+            spent = await self._budget_room(tx, "lookup", now)
+            if isinstance(spent, float):
+                return spent  # the key's budget: look-ups have spent their share for now
             await self._put_bucket(tx, bucket, now, LOOKUP_BUCKET, tokens=bucket["tokens"] - 1)
+            for window, budget_bucket in spent:
+                await self._put_bucket(
+                    tx, budget_bucket, now, window.name, tokens=budget_bucket["tokens"] - 1
+                )
         return None
 
     async def pause_lookups(self, until: float, pacing: Pacing) -> None:

@@ -118,6 +118,8 @@ class Attempt:
     ending: str | None
     #: What told us its final status: ``webhook``, ``lookup``, ``watchdog``...
     settled_by: str | None
+    #: Placements the provider certainly failed in a row (its carrier overrun): bounded.
+    failures: int
 
     @classmethod
     def from_row(cls, row: Row) -> Self:
@@ -147,6 +149,7 @@ class Attempt:
             checks=int(row["checks"]),
             ending=row["ending"],
             settled_by=row["settled_by"],
+            failures=int(row["failures"]),
             lease_until=_time(row, "lease_until"),
             placed_at=_time(row, "placed_at"),
             ended_at=_time(row, "ended_at"),

@@ -122,6 +122,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="deployed: seconds (scaled) before an unanswered call's agent leg ends with a "
         "misleading call.completed (0: never; default 5400)",
     )
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="enforce N provider API requests per minute (sliding, real time): the rest get "
+        "429 with Retry-After (default: unlimited, as deployed)",
+    )
     parser.add_argument("--webhook-url", default=None, help="account-level webhook URL")
     parser.add_argument(
         "--webhook-secret", default=None, help="HMAC secret signing webhooks (default built in)"
@@ -187,6 +195,7 @@ def config_from_args(ns: argparse.Namespace) -> SimulatorConfig:
         ),
         faults=Faults(**faults),  # type: ignore[arg-type]
         scripts=_scripts(ns),
+        rate_limit=ns.rate_limit,
     )
 
 

@@ -220,8 +220,12 @@ class SimulatorConfig:
     # then the record is overwritten to ``completed`` and a misleading call.completed is sent.
     # 0 never ends it.
     conference_limit: float = 5400.0
+    # Provider API requests per minute enforced (429 past it); None: unlimited, as deployed.
+    rate_limit: int | None = None
 
     def __post_init__(self) -> None:
+        if self.rate_limit is not None and self.rate_limit < 1:
+            raise ValueError("rate_limit must be >= 1")
         if self.conference_limit < 0:
             raise ValueError("conference_limit must be >= 0")
         if self.max_concurrent < 1:

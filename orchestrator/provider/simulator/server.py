@@ -26,6 +26,7 @@ import phonenumbers
 import structlog
 from aiohttp import web
 
+from orchestrator.provider.simulator import limits
 from orchestrator.provider.simulator.answers import (
     Rejection as _Rejection,
 )
@@ -38,6 +39,7 @@ from orchestrator.provider.simulator.answers import (
 from orchestrator.provider.simulator.answers import (
     plain_error as _plain_error,
 )
+from orchestrator.provider.simulator.limits import KeyBudget
 from orchestrator.provider.simulator.model import (
     CallRecord,
     Dialect,
@@ -168,6 +170,8 @@ class Simulator:
         self.requests: list[tuple[str, float, str | None]] = []
         self._requests = 0
         self._rejected = 0
+        #: The key's request budget, when one is enforced (``--rate-limit``).
+        self.budget = KeyBudget(config.rate_limit) if config.rate_limit else None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._url: str | None = None
@@ -238,6 +242,8 @@ class Simulator:
             "requests": self._requests,
             "requests_by_endpoint": dict(collections.Counter(e for e, _, _ in self.requests)),
             "rejected": self._rejected,
+            "rate_limited": self.budget.limited if self.budget else 0,
+            "busiest_minute": self.budget.busiest if self.budget else None,
             "balance": round(self.balance, 6),
         }
 
@@ -728,7 +734,7 @@ class Simulator:
 
 def build_app(sim: Simulator) -> web.Application:
     """The aiohttp application serving `sim`: the provider API and the inspection routes."""
-    app = web.Application()
+    app = web.Application(middlewares=[limits.middleware(sim.budget)] if sim.budget else [])
     app.router.add_post(PLACE_CALL_PATH, sim.handle_place_call)
     records = Records(sim)
     app.router.add_post(GET_CALL_PATH, records.get_call)
