@@ -164,6 +164,20 @@ def add_commands(commands: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     imp.add_argument("file", help="the CSV or JSON-lines file, - for stdin")
+    imp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read the file as an import would, store nothing: rows it would queue and "
+        "refuse, time zones, when it would finish and what it would cost",
+    )
+    imp.add_argument(
+        "--talk-seconds",
+        type=float,
+        help="with --dry-run: average talk (default: the campaign's expected_call_minutes)",
+    )
+    imp.add_argument(
+        "--ring-seconds", type=float, help="with --dry-run: average ringing (default 20)"
+    )
     target = imp.add_mutually_exclusive_group(required=True)
     target.add_argument("--name", help="the new campaign's name")
     target.add_argument("--into", metavar="CAMPAIGN_ID", help="add the rows to this campaign")
@@ -205,6 +219,11 @@ def add_commands(commands: Any) -> None:
             sub.add_argument("--reason", help="why (shown with the campaign)")
         if name == "show":
             _watch_flags(sub, "until the campaign is completed or canceled")
+            sub.add_argument(
+                "--estimate",
+                action="store_true",
+                help="when what remains would finish, and what it would cost",
+            )
         if name == "cancel":
             sub.add_argument(
                 "--hangup", action="store_true", help="hang its live calls up at the provider too"
@@ -346,7 +365,8 @@ def _campaign(api: DaemonApi, args: argparse.Namespace) -> int:
                 every=args.every,
                 plain=args.json,
             )
-        return _print(args, api.request("GET", path), _campaign_text)
+        params = {"estimate": "true"} if args.estimate else None
+        return _print(args, api.request("GET", path, params=params), _campaign_text)
     if args.action == "set":
         changes = settings_from(args)
         if not changes:
@@ -505,6 +525,11 @@ def _import(args: argparse.Namespace) -> int:
         path = "/v1/campaigns"
         params.append(("name", args.name))
         headers["X-Campaign-Settings"] = json.dumps(settings_from(args))
+    if args.dry_run:
+        params.append(("dry_run", "true"))
+        for name in ("talk_seconds", "ring_seconds"):
+            if getattr(args, name) is not None:
+                params.append((name, str(getattr(args, name))))
     source = _source(args.file)
     try:
         # The daemon answers when the last row is in: no read timeout.
@@ -515,7 +540,7 @@ def _import(args: argparse.Namespace) -> int:
     finally:
         if source is not sys.stdin.buffer:
             source.close()
-    return _print(args, answer, _import_text)
+    return _print(args, answer, _dry_run_text if args.dry_run else _import_text)
 
 
 def _flag_values(args: argparse.Namespace) -> Sequence[Any]:
@@ -607,6 +632,32 @@ def _import_text(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _dry_run_text(answer: dict[str, Any]) -> str:
+    done, found = answer["import"], answer["estimate"]
+    lines = [
+        f"dry run: {done['queued']} row(s) would be queued, {done['invalid']} refused "
+        "(nothing was stored)"
+    ]
+    lines += [f"  line {e['line']}: {e['reason']}" for e in done["errors"]]
+    if done["more_errors"]:
+        lines.append(f"  ... {done['invalid'] - len(done['errors'])} more")
+    zones = ", ".join(f"{zone} {n}" for zone, n in answer["time_zones"].items())
+    if zones:
+        lines.append(f"time zones: {zones}")
+    pace = f"{found['calls_per_second'] * 60:.3g} calls/min, set by {found['bound_by']}"
+    if found["seconds"] is None:
+        lines.append(f"finish: not within 60 days ({pace})")
+    else:
+        hours = found["seconds"] / 3600
+        when = f"{hours:.1f} h" if hours >= 1 else f"{found['seconds'] / 60:.1f} min"
+        lines.append(f"finish: in about {when}, {found['finishes_at']} ({pace})")
+    lines.append(
+        f"cost: about {found['cost']:.2f} at {found['talk_seconds']:g} s of talk a call and "
+        f"{found['price_per_minute']:g} a minute (first attempts only)"
+    )
+    return "\n".join(lines)
+
+
 def _campaigns_text(answer: dict[str, Any]) -> str:
     rows = [
         (
@@ -665,6 +716,11 @@ def _campaign_text(c: dict[str, Any]) -> str:
         ("settings", json.dumps(settings, separators=(", ", ": "))),
         ("created", c["created_at"]),
     ]
+    found = c.get("estimate")
+    if found:
+        finish = found["finishes_at"] or "not within 60 days"
+        rows.append(("remaining", f"{found['calls']} call(s), finishing {finish}, "
+                     f"about {found['cost']:.2f} more (set by {found['bound_by']})"))  # fmt: skip
     return "\n".join(f"{k:<10}{v}" for k, v in rows)
 
 

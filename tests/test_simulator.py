@@ -574,6 +574,8 @@ async def test_balance_is_charged_then_runs_out(client: httpx.AsyncClient) -> No
             "requests": 3,
             "requests_by_endpoint": {"initiate-bridged-call": 3},
             "rejected": 1,
+            "rate_limited": 0,  # no budget enforced unless asked
+            "busiest_minute": None,
             "balance": pytest.approx(4.0),
         }
 

@@ -1165,6 +1165,8 @@ async def _script(conn: Connector) -> list[tuple[str, Any]]:
     await run("get_call", id="b1")
     await run("get_attempt", id="ba1")
     await run("campaign_progress", campaign="k1")
+    await run("campaign_queued_numbers", campaign="k1")
+    await run("campaign_queued_numbers", campaign="x")
     await run("campaign_live")
     await run("set_campaign_settings", id="k1", settings='{"priority": 3}', priority=3, share=1.0,
               budget=2.5, price_per_minute=0.2, now=10)  # fmt: skip

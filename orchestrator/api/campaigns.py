@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator import exceptions, imports
 from orchestrator.api.common import error, invalid, parse_limit, read_json
+from orchestrator.api.dry_run import dry_run, remaining
 from orchestrator.connectors.protocol import Row
 from orchestrator.model import finite, iso, load_json, unstorable
 from orchestrator.store.campaigns import (
@@ -198,6 +199,15 @@ class CampaignRoutes:
         parser = imports.RowParser(
             fmt, mapping, default_from="" if pool else self.api.defaults.from_
         )
+        if request.query.get("dry_run", "").lower() in ("1", "true", "yes"):
+            settings = (
+                body.settings
+                if body is not None
+                else CampaignSettings.model_validate_json(
+                    campaign["settings"] if campaign else "{}"
+                )
+            )
+            return await dry_run(request, parser, fmt, settings, self.api.plan)
         batches = parser.batches(request.content.iter_chunked(1 << 16))
         shown: list[RowError] = []
         written = imports.Stats()  # what is in the store
@@ -285,7 +295,12 @@ class CampaignRoutes:
         if row is None:
             return error(404, "NOT_FOUND", "no such campaign")
         progress = await self.store.campaign_progress(campaign_id)
-        return web.json_response(campaign_json(row, progress))
+        shown = campaign_json(row, progress)
+        if request.query.get("estimate", "").lower() in ("1", "true", "yes"):
+            # What remains: its queued calls' zones, at its own average call so far.
+            numbers = await self.store.queued_numbers(campaign_id)
+            shown["estimate"] = remaining(row, numbers, self.api.plan)
+        return web.json_response(shown)
 
     async def update(self, request: web.Request) -> web.Response:
         """``PATCH``: change some settings (the rest stay), validated as at creation. Raising

@@ -16,7 +16,9 @@ from orchestrator import config, exceptions
 from orchestrator.api.calls import CallRoutes
 from orchestrator.api.campaigns import CampaignRoutes
 from orchestrator.api.common import MAX_BODY, Handler, error, http_error
+from orchestrator.api.dry_run import Plan
 from orchestrator.api.operations import OperationsRoutes
+from orchestrator.estimate import Limits
 from orchestrator.metrics import CONTENT_TYPE_LATEST, Metrics
 from orchestrator.store import Store
 
@@ -48,8 +50,11 @@ class ControlApi:
         on_queued: Callable[[], None],
         ready: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]],
         metrics: Metrics | None = None,
+        plan: Plan | None = None,
     ) -> None:
         self.store = store
+        #: The daemon's dialing limits, for the estimate of a dry-run import.
+        self.plan = plan or Plan(limits=Limits(calls_per_second=1.0, max_live_calls=5))
         self._token = token.encode() if token else None
         self.defaults = defaults
         self.on_queued = on_queued

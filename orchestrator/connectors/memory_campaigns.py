@@ -283,3 +283,11 @@ class CampaignQueries(Storage):
     def list_open_campaigns(self, p: Params) -> Result:
         rows = self._where("campaigns", lambda r: r["status"] in ("active", "paused"))
         return self._select(take(ordered(rows, "-created_at", "id"), p["limit"]))
+
+    def campaign_queued_numbers(self, p: Params) -> Result:
+        counts: dict[str, int] = {}
+        for row in self._where(
+            "attempts", lambda r: eq(r["campaign"], p["campaign"]) and eq(r["status"], "queued")
+        ):
+            counts[row["to_number"]] = counts.get(row["to_number"], 0) + 1
+        return self._select([{"to_number": k, "n": v} for k, v in sorted(counts.items())])

@@ -289,6 +289,13 @@ GROUP BY 1 ORDER BY 1;
 -- Dead letters now (index deliveries_dead): replayed ones are pending again.
 SELECT COUNT(*) AS n FROM deliveries WHERE state = 'dead';
 
+-- name: campaign_queued_numbers
+-- The numbers a campaign still has to dial, with how many calls each (an estimate of what
+-- remains: their time zones).
+SELECT to_number, COUNT(*) AS n FROM attempts
+WHERE campaign = :campaign AND status = 'queued'
+GROUP BY to_number ORDER BY to_number;
+
 -- name: campaign_progress
 -- Calls by status; retries: those past their first attempt (a queued one waits for a retry).
 SELECT status, COUNT(*) AS calls, SUM(attempts) AS attempts,

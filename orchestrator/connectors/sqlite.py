@@ -48,6 +48,7 @@ OFF_LOOP = frozenset(
     {
         "campaign_pending_delivery",
         "campaign_progress",
+        "campaign_queued_numbers",
         "cancel_campaign_calls",
         "cancel_campaign_queue",
         "count_dead_deliveries",

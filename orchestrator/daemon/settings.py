@@ -9,14 +9,17 @@ the config to set a part up, so a setting added to the config is wired in here o
 from __future__ import annotations
 
 from orchestrator import config, dnc
+from orchestrator.api.dry_run import Plan
 from orchestrator.daemon.dialer import DialerParams
 from orchestrator.daemon.reconciler import ReconcilerParams
+from orchestrator.estimate import Limits
 from orchestrator.provider.client import MagpipeClient
 from orchestrator.store.ledger import CheckTiming, RequestBudget
 
 __all__ = [
     "check_timing",
     "dialer_params",
+    "estimate_plan",
     "magpipe_client",
     "reconciler_params",
     "request_budget",
@@ -43,6 +46,23 @@ def request_budget(cfg: config.Config) -> RequestBudget:
     limit = cfg.magpipe.rate_limit
     return RequestBudget(
         per_minute=limit.per_minute, per_hour=limit.per_hour, placements=limit.placements
+    )
+
+
+def estimate_plan(cfg: config.Config) -> Plan:
+    """What a dry-run import's estimate applies: the pace, the placements' share of the request
+    budget in the long run (the hour's), the live-call cap, the default window and zone."""
+    limit = cfg.magpipe.rate_limit
+    share = limit.placements
+    budget = min(limit.per_minute * share / 60.0, limit.per_hour * share / 3600.0)
+    return Plan(
+        limits=Limits(
+            calls_per_second=cfg.dialer.calls_per_second,
+            max_live_calls=cfg.dialer.max_live_calls,
+            budget_per_second=budget,
+        ),
+        window=cfg.dialer.window,
+        default_time_zone=cfg.dialer.default_time_zone,
     )
 
 

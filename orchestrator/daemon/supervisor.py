@@ -214,6 +214,7 @@ class Daemon:
             on_queued=self._dialer.wake.set,
             ready=self._ready,
             metrics=self.metrics,
+            plan=settings.estimate_plan(cfg),
         )
         api_host, api_port = _address(cfg.api.listen)
         self.urls["api"] = await self._serve(control.app(), api_host, api_port)

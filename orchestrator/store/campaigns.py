@@ -292,6 +292,12 @@ class Campaigns(Ledger):
             "attempts": sum(int(r["attempts"] or 0) for r in rows) - queued_calls,
         }
 
+    async def queued_numbers(self, campaign_id: str) -> dict[str, int]:
+        """The numbers the campaign still has to dial, with how many calls each."""
+        async with self.connector.transaction() as tx:
+            rows = await tx.fetch("campaign_queued_numbers", campaign=campaign_id)
+        return {str(r["to_number"]): int(r["n"]) for r in rows}
+
     async def set_campaign(self, campaign_id: str, patch: Mapping[str, Any]) -> Row | None:
         """Change some of a campaign's settings (a JSON merge patch, RFC 7396: nested objects
         such as ``window`` are merged, ``null`` removes a key), validated as at creation, in one
