@@ -74,16 +74,7 @@ async def dry_run(
         return error(400, "BODY_INCOMPLETE", "the body broke off")
     finally:
         await batches.aclose()
-    zones = estimate.zones_of(numbers, default=plan.default_time_zone)
-    window = settings.window or plan.window
-    found = estimate.estimate(
-        zones,
-        limits=plan.limits,
-        call_seconds=ring + talk,
-        talk_seconds=talk,
-        price_per_minute=settings.price_per_minute,
-        window=window,
-    )
+    zones, window, found = _estimate(numbers, settings, plan, talk=talk, ring=ring)
     report: dict[str, Any] = {
         "dry_run": True,
         "import": {
@@ -122,14 +113,27 @@ def remaining(
         if talked
         else settings.expected_call_minutes * 60.0
     )
+    _, _, found = _estimate(numbers, settings, plan, talk=talk, ring=RING_SECONDS)
+    return {**found.to_json(), "talk_seconds": round(talk, 1), "first_attempts_only": True}
+
+
+def _estimate(
+    numbers: Mapping[str, int],
+    settings: CampaignSettings,
+    plan: Plan,
+    *,
+    talk: float,
+    ring: float,
+) -> tuple[Counter[tuple[str, ...]], CallingWindow | None, estimate.Estimate]:
+    """The numbers' zones, the window that applies to them, and the estimate."""
     zones = estimate.zones_of(numbers, default=plan.default_time_zone)
     window = settings.window or plan.window
     found = estimate.estimate(
         zones,
         limits=plan.limits,
-        call_seconds=RING_SECONDS + talk,
+        call_seconds=ring + talk,
         talk_seconds=talk,
         price_per_minute=settings.price_per_minute,
         window=window,
     )
-    return {**found.to_json(), "talk_seconds": round(talk, 1), "first_attempts_only": True}
+    return zones, window, found
