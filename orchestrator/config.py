@@ -259,7 +259,21 @@ _SECRET_KEY = re.compile(r"token|secret|password|api_key|webhook_url|authorizati
 
 class _MarkedLoader(yaml.SafeLoader):
     """A safe loader with YAML 1.2 booleans: only true/false are booleans, so a rule's
-    ``on:`` key stays the string "on" (YAML 1.1 would read it as True)."""
+    ``on:`` key stays the string "on" (YAML 1.1 would read it as True).
+
+    Aliases (``*name``) are refused where they appear: a few hundred bytes of nested aliases
+    expand to gigabytes ("billion laughs"), and a config has no need of them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"aliases (*{event.anchor}) are not allowed in the config: write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
 
 _MarkedLoader.yaml_implicit_resolvers = {

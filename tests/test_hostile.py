@@ -591,3 +591,57 @@ def test_metrics_need_the_token_and_describe_the_daemon(setup: Setup) -> None:
     placed = value('orchestrator_placements_total{outcome="placed"}')
     assert placed >= 1
     assert value('orchestrator_provider_request_seconds_count{outcome="placed"}') == placed
+
+
+# -- issue 15, first findings: YAML aliases, /readyz ------------------------------------------
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]
+magpipe: {token: x}
+"""
+
+
+def test_yaml_aliases_are_refused_where_they_are() -> None:
+    """A few hundred bytes of nested aliases would expand to gigabytes: the first alias is a
+    located error, and nothing is expanded."""
+    from orchestrator import config
+
+    doc, problems = config.read("bomb.yaml", text=BILLION_LAUGHS, environ={})
+    assert doc is None
+    [problem] = problems
+    assert problem.where == "bomb.yaml:2:8"  # the first *a
+    assert "aliases (*a) are not allowed" in problem.message
+    plain, none = config.read("plain.yaml", text="magpipe: {token: x}\n", environ={})
+    assert plain is not None and none == []
+
+
+async def test_readyz_says_not_ok_without_saying_why(tmp_path: Any) -> None:
+    """/readyz needs no token: a store error's text (hosts, users, paths) stays out of it."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from orchestrator import config
+    from orchestrator.api import ControlApi
+    from orchestrator.connectors.sqlite import SQLiteConnector
+    from orchestrator.store import Store
+
+    store = Store(SQLiteConnector(f"sqlite://{tmp_path / 'r.db'}"))
+    leak = "connection to server at 10.1.2.3, user admin: password authentication failed"
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        return False, {"store": leak, "provider": "ok"}
+
+    control = ControlApi(
+        store, token="t0ken-for-readyz", defaults=config.Defaults(), on_queued=lambda: None,
+        ready=ready,
+    )  # fmt: skip
+    async with TestClient(TestServer(control.app())) as http:
+        answer = await http.get("/readyz")
+        body = await answer.json()
+    assert answer.status == 503 and body == {"ok": False, "store": "not ok", "provider": "ok"}
+    assert "10.1.2.3" not in json.dumps(body)

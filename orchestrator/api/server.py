@@ -102,6 +102,10 @@ class ControlApi:
         return web.json_response({"ok": True})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        """Store and provider usable."""
+        """Store and provider usable. It needs no token, so of the store it says only ``ok``
+        or ``not ok``, never why (a driver's error may name hosts, users or paths): the
+        daemon's log and ``status`` say why. The provider's state is a fixed word."""
         ok, detail = await self.ready()
+        if "store" in detail:  # a driver's error text: never to an unauthenticated caller
+            detail["store"] = "ok" if detail["store"] == "ok" else "not ok"
         return web.json_response({"ok": ok, **detail}, status=200 if ok else 503)
