@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -45,18 +46,36 @@ def validate_number(number: object, *, field: str = "to") -> str:
     return number
 
 
+#: Metadata limits: it is copied into every event and every delivery of the call, so a
+#: caller must not be able to make each of them huge.
+MAX_METADATA_KEYS = 100
+MAX_METADATA_KEY_LENGTH = 100
+MAX_METADATA_BYTES = 16 * 1024
+
+
 def validate_metadata(
-    metadata: object, *, reserved_prefix: str | tuple[str, ...] | None = None
+    metadata: object,
+    *,
+    reserved_prefix: str | tuple[str, ...] | None = None,
+    limits: bool = True,
 ) -> dict[str, Scalar]:
-    """Return a copy of ``metadata`` if it is a flat JSON object of scalars, else raise.
+    """Return a copy of ``metadata`` if it is a flat JSON object of scalars within the limits
+    (:data:`MAX_METADATA_KEYS` keys of at most :data:`MAX_METADATA_KEY_LENGTH` characters,
+    :data:`MAX_METADATA_BYTES` as JSON), else raise naming the limit.
 
     Nested values are refused because the provider only promises to echo a flat object.
     ``reserved_prefix`` names keys that belong to the orchestrator (its correlation key).
+    ``limits=False`` skips the size limits (a request the daemon builds: what the caller gave
+    was checked on the way in, and the daemon adds its own key).
     """
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
         raise exceptions.InvalidMetadata("metadata must be a JSON object")
+    if limits and len(metadata) > MAX_METADATA_KEYS:
+        raise exceptions.InvalidMetadata(
+            f"metadata has {len(metadata)} keys: at most {MAX_METADATA_KEYS}"
+        )
     clean: dict[str, Scalar] = {}
     for key, value in metadata.items():
         if not isinstance(key, str) or not key:
@@ -72,5 +91,15 @@ def validate_metadata(
                 f"metadata[{key!r}] must be a string, number, boolean or null, "
                 f"not {type(value).__name__}"
             )
+        if limits and len(key) > MAX_METADATA_KEY_LENGTH:
+            raise exceptions.InvalidMetadata(
+                f"metadata key {key[:40]!r}... is {len(key)} characters: at most "
+                f"{MAX_METADATA_KEY_LENGTH}"
+            )
         clean[key] = value
+    size = len(json.dumps(clean, ensure_ascii=False).encode("utf-8")) if limits else 0
+    if size > MAX_METADATA_BYTES:
+        raise exceptions.InvalidMetadata(
+            f"metadata is {size} bytes as JSON: at most {MAX_METADATA_BYTES}"
+        )
     return clean

@@ -645,3 +645,22 @@ async def test_readyz_says_not_ok_without_saying_why(tmp_path: Any) -> None:
         body = await answer.json()
     assert answer.status == 503 and body == {"ok": False, "store": "not ok", "provider": "ok"}
     assert "10.1.2.3" not in json.dumps(body)
+
+
+def test_metadata_is_bounded_and_the_answer_names_the_limit() -> None:
+    """Metadata is copied into every event and delivery of a call: 40,000 keys, a huge key or
+    a huge value are refused with the limit named; within the limits it passes."""
+    from orchestrator import exceptions, phone
+
+    with pytest.raises(exceptions.InvalidMetadata, match="40000 keys: at most 100"):
+        phone.validate_metadata({f"k{n}": n for n in range(40_000)})
+    with pytest.raises(exceptions.InvalidMetadata, match="characters: at most 100"):
+        phone.validate_metadata({"k" * 101: 1})
+    with pytest.raises(exceptions.InvalidMetadata, match="bytes as JSON: at most 16384"):
+        phone.validate_metadata({"note": "x" * 20_000})
+    within = {f"k{n}": "v" * 100 for n in range(100)}
+    assert phone.validate_metadata(within) == within
+    # What the daemon builds (the caller's metadata plus its own key) is not held to them.
+    assert (
+        len(phone.validate_metadata({**within, "orchestrator_attempt": "a"}, limits=False)) == 101
+    )

@@ -64,7 +64,7 @@ class CallRequest:
         """Raise :class:`~orchestrator.exceptions.InputError` unless the request may be sent."""
         phone.validate_number(self.to, field="to")
         phone.validate_number(self.from_, field="from")
-        phone.validate_metadata(self.metadata)
+        phone.validate_metadata(self.metadata, limits=False)
         return self
 
 
