@@ -756,8 +756,9 @@ def _status_text(s: dict[str, Any]) -> str:
     totals = s["totals"]
     placed = totals["placements"].get("placed", 0)
     errors = {k: v for k, v in totals["placements"].items() if k != "placed"}
-    queue = s.get("queue") or {}
-    held = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in queue.items() if v)
+    from orchestrator.watch import held_text
+
+    held = held_text(s.get("queue") or {})
     lines = [
         ("ready", "yes" if s["ready"] else "no"),
         ("provider", s["provider"]),

@@ -34,10 +34,14 @@ def campaign_line(c: dict[str, Any]) -> str:
     return f"{status}; {calls} calls" + (f": {states}" if states else "") + f"; {spent}"
 
 
+def held_text(queue: dict[str, int]) -> str:
+    """What holds the queued calls, e.g. ``ready 1, paused campaign 20`` (zero counts left out)."""
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in queue.items() if v)
+
+
 def status_line(s: dict[str, Any]) -> str:
     """The fleet's status as one line: live, the queue by what holds it, dialing, dead."""
-    queue = s.get("queue") or {}
-    held = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in queue.items() if v)
+    held = held_text(s.get("queue") or {})
     dialing = s["dialing"]
     state = f"paused ({dialing['reason']})" if dialing["paused"] else "running"
     return (

@@ -52,9 +52,7 @@ def request_budget(cfg: config.Config) -> RequestBudget:
 def estimate_plan(cfg: config.Config) -> Plan:
     """What a dry-run import's estimate applies: the pace, the placements' share of the request
     budget in the long run (the hour's), the live-call cap, the default window and zone."""
-    limit = cfg.magpipe.rate_limit
-    share = limit.placements
-    budget = min(limit.per_minute * share / 60.0, limit.per_hour * share / 3600.0)
+    budget = request_budget(cfg).long_run_rate("dial")
     return Plan(
         limits=Limits(
             calls_per_second=cfg.dialer.calls_per_second,

@@ -337,33 +337,35 @@ class Dialing(Ledger):
             return None
         return str(min(allowed, key=lambda n: (live_from.get(n, 0), pool.index(n))))
 
+    async def _budget_buckets(
+        self, tx: Transaction, kind: str, now: float
+    ) -> list[tuple[Window, Row]]:
+        """The request budget's buckets for ``kind``, refilled to ``now`` (none: no budget)."""
+        if self.budget is None:
+            return []
+        return [
+            (w, await self._bucket(tx, Pacing(rate=w.rate, burst=w.burst), now, w.name))
+            for w in self.budget.windows(kind)
+        ]
+
     async def _budget_room(
         self, tx: Transaction, kind: str, now: float
     ) -> list[tuple[Window, Row]] | float:
         """The request budget's buckets for ``kind``, each with a token at least; or the
-        seconds until the emptiest has one."""
-        if self.budget is None:
-            return []
-        out = []
-        for window in self.budget.windows(kind):
-            pacing = Pacing(rate=window.rate, burst=window.burst)
-            bucket = await self._bucket(tx, pacing, now, window.name)
+        seconds until the first one found empty has one."""
+        buckets = await self._budget_buckets(tx, kind, now)
+        for window, bucket in buckets:
             if bucket["tokens"] < 1.0:
                 return float((1.0 - bucket["tokens"]) / window.rate)
-            out.append((window, bucket))
-        return out
+        return buckets
 
     async def request_budget(self) -> dict[str, dict[str, float]]:
         """What is left of the request budget now, by kind and window (empty: no budget)."""
-        if self.budget is None:
-            return {}
         now = self.clock()
         out: dict[str, dict[str, float]] = {}
         async with self.connector.transaction() as tx:
             for kind, label in (("dial", "placements"), ("lookup", "lookups")):
-                for window in self.budget.windows(kind):
-                    pacing = Pacing(rate=window.rate, burst=window.burst)
-                    bucket = await self._bucket(tx, pacing, now, window.name)
+                for window, bucket in await self._budget_buckets(tx, kind, now):
                     period = window.name.rsplit(":", 1)[-1]
                     out.setdefault(label, {})[period] = round(float(bucket["tokens"]), 2)
         return out
@@ -523,21 +525,36 @@ class Dialing(Ledger):
             attempt = await self._attempt(tx, attempt_id)
             if attempt["status"] != CallStatus.DIALING or attempt["ambiguous"]:
                 return False
-            await self._update_attempt(
-                tx,
-                attempt,
-                status=CallStatus.QUEUED.value,
-                live=0,
-                not_before=retry_at,
-                error_code=error.code if error else None,
-                error_message=error.message if error else None,
-                lease_owner=None,
-                lease_until=None,
-            )
-            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
-            await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
-            await self._notify(tx, "dial")
+            await self._back_to_queue(tx, attempt, error, retry_at=retry_at, now=now)
         return True
+
+    async def _back_to_queue(
+        self,
+        tx: Transaction,
+        attempt: Row,
+        error: exceptions.OrchestratorError | None,
+        *,
+        retry_at: float,
+        now: float,
+        **changes: Any,
+    ) -> None:
+        """Put a ``dialing`` attempt that was certainly not placed back in the queue: its slot
+        and lease freed, its watchdog gone, due again at ``retry_at``."""
+        await self._update_attempt(
+            tx,
+            attempt,
+            status=CallStatus.QUEUED.value,
+            live=0,
+            not_before=retry_at,
+            error_code=error.code if error else None,
+            error_message=error.message if error else None,
+            lease_owner=None,
+            lease_until=None,
+            **changes,
+        )
+        await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt["id"])
+        await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
+        await self._notify(tx, "dial")
 
     async def placement_failed(
         self,
@@ -560,7 +577,6 @@ class Dialing(Ledger):
             failures = int(attempt["failures"]) + 1
             if failures >= max_failures:
                 message = f"the provider failed to place it {failures} times: {error.message}"
-                await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
                 events = await self._advance(
                     tx, attempt, CallStatus.FAILED, now=now, error_code="PLACEMENT_FAILED",
                     error_message=message, failures=failures, lease_owner=None,
@@ -569,14 +585,9 @@ class Dialing(Ledger):
                 )  # fmt: skip
                 return None, events
             wait = min(backoff * 2 ** (failures - 1), MAX_FAILURE_BACKOFF)
-            await self._update_attempt(
-                tx, attempt, status=CallStatus.QUEUED.value, live=0, not_before=now + wait,
-                error_code=error.code, error_message=error.message, lease_owner=None,
-                lease_until=None, failures=failures,
-            )  # fmt: skip
-            await tx.execute("delete_timer", kind=WATCHDOG, ref=attempt_id)
-            await self._sync_call(tx, {**attempt, "status": CallStatus.QUEUED.value}, now=now)
-            await self._notify(tx, "dial")
+            await self._back_to_queue(
+                tx, attempt, error, retry_at=now + wait, now=now, failures=failures
+            )
         return wait, []
 
     async def ambiguous(self, attempt_id: str, error: exceptions.OrchestratorError) -> None:

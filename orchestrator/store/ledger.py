@@ -62,6 +62,12 @@ class RequestBudget:
             out.append(Window(name=f"budget:{kind}:{window}", rate=rate, burst=burst))
         return tuple(out)
 
+    def long_run_rate(self, kind: str) -> float:
+        """Requests a second of ``kind`` the budget allows over hours: its tightest window's
+        share spread evenly (what an estimate of a long campaign applies)."""
+        share = self.placements if kind == "dial" else 1.0 - self.placements
+        return min(self.per_minute * share / 60.0, self.per_hour * share / 3600.0)
+
 
 @dataclass(frozen=True, kw_only=True)
 class CheckTiming:
